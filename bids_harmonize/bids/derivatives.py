@@ -1,0 +1,224 @@
+"""The one place that names and writes outputs in OUT_DIR (BIDS Derivatives 1.9).
+
+Every write is atomic (temporary name, then rename), so several participant runs sharing
+one OUT_DIR, or a run killed half-way, never leave a truncated file. Sidecars carry their
+``Sources`` as BIDS URIs (``bids:raw:...``, resolved through ``DatasetLinks``) and the
+provenance of the run that made them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from bids_harmonize import CODE_URL, __version__
+from bids_harmonize.bids.records import ImageRecord
+from bids_harmonize.utils import atomic_save_nifti, atomic_write_json, atomic_write_text
+
+PIPELINE_NAME = "bids_harmonize"
+# BIDS entity order for file names (subset that anatomical derivatives use).
+ENTITY_ORDER = (
+    ("subject", "sub"),
+    ("session", "ses"),
+    ("acquisition", "acq"),
+    ("ceagent", "ce"),
+    ("reconstruction", "rec"),
+    ("run", "run"),
+    ("part", "part"),
+    ("space", "space"),
+    ("resolution", "res"),
+    ("label", "label"),
+    ("description", "desc"),
+)
+_PROVENANCE_PACKAGES = ("torch", "nibabel", "nipype", "pybids", "SimpleITK", "numpy", "templateflow")
+
+
+class OutputDirError(ValueError):
+    """OUT_DIR holds another pipeline's derivatives; the message says what to do."""
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def container_info() -> dict[str, str] | None:
+    """Set in the container image (Dockerfile ENV); None when running outside one."""
+    kind = os.environ.get("BIDS_HARMONIZE_CONTAINER_TYPE")
+    if not kind:
+        return None
+    info = {"Type": kind}
+    tag = os.environ.get("BIDS_HARMONIZE_CONTAINER_TAG")
+    if tag:
+        info["Tag"] = tag
+    return info
+
+
+def software_versions() -> dict[str, str]:
+    versions = {PIPELINE_NAME: __version__, "python": platform.python_version()}
+    for package in _PROVENANCE_PACKAGES:
+        try:
+            versions[package] = importlib_metadata.version(package)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+@dataclass
+class Provenance:
+    """What every sidecar records about the run that wrote it."""
+
+    command_line: list[str] = field(default_factory=lambda: list(sys.argv))
+    start_time: str = field(default_factory=utc_now)
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "GeneratedBy": generated_by(),
+            "SoftwareVersions": software_versions(),
+            "CommandLine": " ".join(self.command_line),
+            "StartTime": self.start_time,
+            "EndTime": utc_now(),
+        }
+
+
+def generated_by() -> list[dict[str, Any]]:
+    entry: dict[str, Any] = {"Name": PIPELINE_NAME, "Version": __version__, "CodeURL": CODE_URL}
+    container = container_info()
+    if container:
+        entry["Container"] = container
+    return [entry]
+
+
+# ----------------------------------------------------------------------------- dataset level
+def dataset_description(bids_dir: Path) -> dict[str, Any]:
+    source = _read_json(bids_dir / "dataset_description.json")
+    source_entry = {"URL": bids_dir.resolve().as_uri()}
+    for key_in, key_out in (("DatasetDOI", "DOI"), ("Version", "Version")):
+        if source.get(key_in):
+            source_entry[key_out] = source[key_in]
+    return {
+        "Name": f"{PIPELINE_NAME} harmonized derivatives of {source.get('Name', bids_dir.name)}",
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": generated_by(),
+        "SourceDatasets": [source_entry],
+        "DatasetLinks": {"raw": bids_dir.resolve().as_uri()},
+    }
+
+
+def write_dataset_description(out_dir: Path, bids_dir: Path) -> Path:
+    """Create OUT/dataset_description.json, or check that an existing one is ours."""
+    path = Path(out_dir) / "dataset_description.json"
+    if path.is_file():
+        existing = _read_json(path)
+        names = [g.get("Name") for g in existing.get("GeneratedBy", []) if isinstance(g, dict)]
+        if PIPELINE_NAME not in names:
+            raise OutputDirError(
+                f"{path} belongs to another pipeline ({names or 'no GeneratedBy'}). Fix: choose an "
+                f"empty output directory, e.g. {Path(out_dir) / PIPELINE_NAME}."
+            )
+        return path
+    return atomic_write_json(path, dataset_description(Path(bids_dir)))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        content = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return content if isinstance(content, dict) else {}
+
+
+# ----------------------------------------------------------------------------- names
+def derivative_path(
+    out_dir: Path,
+    source: ImageRecord,
+    *,
+    suffix: str | None = None,
+    extension: str = ".nii.gz",
+    **entities: str | None,
+) -> Path:
+    """BIDS derivative path for ``source`` with entities changed (e.g. space=, desc=)."""
+    merged = {k: v for k, v in source.entities.items() if k not in ("suffix", "extension", "datatype")}
+    merged.update({k: v for k, v in entities.items()})
+    parts = [f"{short}-{merged[name]}" for name, short in ENTITY_ORDER if merged.get(name) not in (None, "")]
+    filename = "_".join(parts + [suffix or source.suffix]) + extension
+    folder = Path(out_dir) / f"sub-{source.subject}"
+    if source.session:
+        folder /= f"ses-{source.session}"
+    return folder / "anat" / filename
+
+
+def sidecar_path(image_path: Path) -> Path:
+    name = image_path.name
+    stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else Path(name).stem
+    return image_path.with_name(stem + ".json")
+
+
+# ----------------------------------------------------------------------------- writes
+def write_image(img: Any, path: Path, sidecar: Mapping[str, Any] | None = None) -> Path:
+    """Write a NIfTI derivative and, when given, its JSON sidecar (both atomic)."""
+    atomic_save_nifti(img, path)
+    if sidecar is not None:
+        atomic_write_json(sidecar_path(path), dict(sidecar))
+    return path
+
+
+def image_sidecar(
+    sources: Iterable[ImageRecord | str],
+    provenance: Provenance,
+    *,
+    skull_stripped: bool,
+    extra: Mapping[str, Any] | None = None,
+    inherited: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A derivative sidecar: kept raw fields first, then Sources, SkullStripped, provenance."""
+    content: dict[str, Any] = dict(inherited or {})
+    content["Sources"] = [s.bids_uri if isinstance(s, ImageRecord) else s for s in sources]
+    content["SkullStripped"] = skull_stripped
+    content.update(extra or {})
+    content.update(provenance.fields())
+    return content
+
+
+def write_tsv(path: Path, rows: list[dict[str, str]], columns: Iterable[str]) -> Path:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), delimiter="\t", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(Path(path), buffer.getvalue())
+
+
+def write_json(path: Path, content: Any) -> Path:
+    return atomic_write_json(Path(path), content)
+
+
+def write_site_inventory(
+    out_dir: Path, rows: list[dict[str, str]], columns: Iterable[str], dictionary: dict[str, Any]
+) -> tuple[Path, Path]:
+    """OUT/sites.tsv and its data dictionary OUT/sites.json."""
+    out_dir = Path(out_dir)
+    return write_tsv(out_dir / "sites.tsv", rows, columns), write_json(out_dir / "sites.json", dictionary)
+
+
+def logs_dir(out_dir: Path) -> Path:
+    path = Path(out_dir) / "logs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_run_config(out_dir: Path, config: Mapping[str, Any], run_id: str) -> Path:
+    return write_json(logs_dir(out_dir) / f"config-{run_id}.json", dict(config))
+
+
+def write_crash_report(out_dir: Path, run_id: str, text: str) -> Path:
+    return atomic_write_text(logs_dir(out_dir) / f"crash-{run_id}.txt", text)

@@ -1,0 +1,159 @@
+"""The BIDS App command line: positionals, options, and validation whose errors name the fix.
+
+Exit codes follow the BIDS Apps execution draft; see ``ExitCode``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from enum import IntEnum
+from pathlib import Path
+
+from bids_harmonize import __version__
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILURE = 1
+    INVALID_BIDS = 16
+    NOTHING_SELECTED = 18
+    USAGE = 64
+    INPUT_MISSING = 66
+
+
+class CLIError(Exception):
+    """A problem with the command line; carries the exit code to return."""
+
+    def __init__(self, message: str, exit_code: ExitCode = ExitCode.USAGE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse would exit 2; BIDS Apps say 64
+        raise CLIError(f"{self.prog}: {message}. See `{self.prog} --help`.", ExitCode.USAGE)
+
+
+def _device(value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not auto, cpu, cuda or cuda:N")
+    return value
+
+
+def _memory_gb(value: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)B?", value.strip(), re.I)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a memory size such as 16G or 8000MB")
+    scale = {"": 1.0, "K": 1 / 1024**2, "M": 1 / 1024, "G": 1.0, "T": 1024.0}[match.group(2).upper()]
+    return float(match.group(1)) * scale
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="bids_harmonize",
+        description="Remove scanner/site effects from structural MRI (T1w, T2w) with MURD.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("bids_dir", type=Path, help="root of the input BIDS dataset")
+    parser.add_argument("output_dir", type=Path, help="where derivatives are written")
+    parser.add_argument(
+        "analysis_level",
+        choices=("participant", "group"),
+        help="participant: preprocess (and harmonize when a model exists); group: site inventory "
+        "and MURD training",
+    )
+    parser.add_argument("--version", action="version", version=f"bids_harmonize {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+
+    select = parser.add_argument_group("selecting data")
+    select.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL")
+    select.add_argument("--session-label", nargs="+", metavar="LABEL")
+    select.add_argument("--bids-filter-file", type=Path, metavar="JSON", help='e.g. {"t1w": {"acquisition": "mprage"}}')
+    select.add_argument("--skip-bids-validation", action="store_true", help="index files whose names are not strict BIDS")
+    select.add_argument("--contrasts", nargs="+", choices=("T1w", "T2w"), default=["T1w", "T2w"])
+
+    sites = parser.add_argument_group("sites")
+    sites.add_argument("--sites-only", action="store_true", help="group: write sites.tsv and print the site table only")
+    sites.add_argument("--site-table", type=Path, metavar="TSV", help="site labels that override inference")
+    sites.add_argument("--site-granularity", choices=("vendor", "scanner", "protocol"), default="scanner")
+    sites.add_argument("--site-policy", type=Path, metavar="YAML", help="replacement for the packaged site policy")
+
+    harmonize = parser.add_argument_group("harmonization")
+    harmonize.add_argument("--model", type=Path, metavar="BUNDLE", help="model bundle folder (default: OUT/models/<contrast>)")
+    harmonize.add_argument("--target-site", metavar="SITE", help="site whose appearance outputs take (default: the bundle's)")
+    harmonize.add_argument(
+        "--target-style",
+        default="site",
+        metavar="STYLE",
+        help="site (the bundle's deterministic site style), random:SEED, or reference:PATH",
+    )
+    harmonize.add_argument("--template", default="MNI152NLin2009cSym", help="TemplateFlow template for the model grid")
+    harmonize.add_argument("--template-resolution", type=int, choices=(1, 2), default=1, help="template resolution (mm)")
+
+    train = parser.add_argument_group("training (group level)")
+    train.add_argument("--preset", choices=("reference", "tiny"), default="tiny", help="network size")
+    train.add_argument("--iterations", type=_positive_int, default=2000)
+    train.add_argument("--batch-size", type=_positive_int, default=8)
+
+    run = parser.add_argument_group("execution")
+    run.add_argument("-w", "--work-dir", type=Path, help="intermediate files and caches (default: OUT/.work)")
+    run.add_argument("--nprocs", "--n-cpus", type=int, default=0, help="processes (0: all cores)")
+    run.add_argument("--omp-nthreads", type=int, default=0, help="threads per process (0: automatic)")
+    run.add_argument("--mem", "--mem-gb", dest="mem_gb", type=_memory_gb, help="memory limit, e.g. 16G")
+    run.add_argument("--use-plugin", type=Path, metavar="YAML", help="Nipype plugin settings (e.g. SLURM)")
+    run.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--seed", type=int, default=0, help="random seed for training and random styles")
+    return parser
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    try:
+        child.relative_to(parent)
+    except ValueError:
+        return False
+    return True
+
+
+def validate(opts: argparse.Namespace) -> argparse.Namespace:
+    """Checks that need the file system; each error names the fix."""
+    bids_dir = opts.bids_dir.resolve()
+    if not bids_dir.is_dir():
+        raise CLIError(f"bids_dir {opts.bids_dir} does not exist. Fix: give the BIDS dataset root.", ExitCode.INPUT_MISSING)
+    output_dir = opts.output_dir.resolve()
+    if output_dir == bids_dir or (
+        _inside(output_dir, bids_dir) and not _inside(output_dir, bids_dir / "derivatives")
+    ):
+        raise CLIError(
+            f"output_dir {output_dir} is inside the input dataset {bids_dir}, where its files would be "
+            f"indexed as raw data. Fix: use a folder outside it, or {bids_dir / 'derivatives' / 'bids_harmonize'}."
+        )
+    for name in ("bids_filter_file", "site_table", "site_policy", "use_plugin", "model"):
+        path = getattr(opts, name)
+        if path is not None and not path.exists():
+            flag = "--" + name.replace("_", "-")
+            raise CLIError(f"{flag} {path} does not exist. Fix: check the path.", ExitCode.INPUT_MISSING)
+    if opts.sites_only and opts.analysis_level != "group":
+        raise CLIError("--sites-only belongs to the group level. Fix: `bids_harmonize BIDS OUT group --sites-only`.")
+    style = opts.target_style
+    if not (style == "site" or re.fullmatch(r"random:\d+", style) or style.startswith("reference:")):
+        raise CLIError(f"--target-style {style!r}: use site, random:SEED or reference:PATH.")
+    if style.startswith("reference:") and not Path(style.split(":", 1)[1]).is_file():
+        raise CLIError(f"--target-style reference image {style.split(':', 1)[1]} does not exist.", ExitCode.INPUT_MISSING)
+    if opts.nprocs < 0 or opts.omp_nthreads < 0:
+        raise CLIError("--nprocs and --omp-nthreads must be 0 (automatic) or positive.")
+    if opts.nprocs == 0:
+        opts.nprocs = len(os.sched_getaffinity(0))
+    return opts
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return validate(build_parser().parse_args(argv))

@@ -1,0 +1,138 @@
+"""``bids_harmonize BIDS_DIR OUTPUT_DIR {participant,group}``: the entry point.
+
+Parses and validates the command line, records the resolved configuration under OUT/logs/
+(even when the run then fails), and hands over to the level's runner. Known failures become
+the BIDS Apps exit codes with a message that names the fix; anything else is exit 1 with the
+traceback kept in OUT/logs/crash-<run_id>.txt.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+from bids_harmonize.bids import derivatives
+from bids_harmonize.bids.layout import DatasetError, FilterFileError, SelectionError, discover_images, load_filter_file
+from bids_harmonize.bids.records import ImageRecord
+from bids_harmonize.cli.parser import CLIError, ExitCode, parse_args
+from bids_harmonize.config import RunConfig
+from bids_harmonize.sites import SiteAssignment, assign_sites, load_overrides, load_policy
+from bids_harmonize.sites.signature import PolicyError
+from bids_harmonize.sites.overrides import SiteTableError
+from bids_harmonize.sites.table import COLUMNS, assignment_row, format_table, sites_dictionary, summary_rows
+
+LOGGER = logging.getLogger("bids_harmonize")
+
+# Known failures -> exit code. Order matters only for subclasses.
+_EXIT_CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
+    (CLIError, ExitCode.USAGE),
+    (DatasetError, ExitCode.INVALID_BIDS),
+    (SelectionError, ExitCode.NOTHING_SELECTED),
+    (FilterFileError, ExitCode.USAGE),
+    (SiteTableError, ExitCode.USAGE),
+    (PolicyError, ExitCode.USAGE),
+    (derivatives.OutputDirError, ExitCode.USAGE),
+)
+
+
+def setup_logging(verbosity: int) -> None:
+    level = logging.DEBUG if verbosity > 1 else logging.INFO if verbosity == 1 else logging.WARNING
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING, force=True)
+    LOGGER.setLevel(min(level, logging.INFO))  # our own progress lines always show
+
+
+def discover(config: RunConfig) -> list[ImageRecord]:
+    found = discover_images(
+        config.bids_dir,
+        database_root=config.database_dir,
+        validate=not config.skip_bids_validation,
+        participant_labels=config.participant_labels,
+        session_labels=config.session_labels,
+        contrasts=config.contrasts,
+        filters=load_filter_file(config.bids_filter_file),
+        filter_source=str(config.bids_filter_file or "--bids-filter-file"),
+    )
+    if not found.images:
+        raise SelectionError(
+            f"No {'/'.join(config.contrasts)} images in {config.bids_dir} match the selection "
+            f"(participants: {config.participant_labels or 'all'}, sessions: {config.session_labels or 'all'}, "
+            f"filters: {config.bids_filter_file or 'none'}). Fix: check the labels and filter file; anatomical "
+            "images must be named like sub-<label>[_ses-<label>]_T1w.nii.gz under anat/."
+        )
+    LOGGER.info(
+        "found %d image(s) of %d participant(s)%s",
+        len(found.images),
+        len({i.subject for i in found.images}),
+        " (cached index)" if found.reused_index else "",
+    )
+    return found.images
+
+
+def site_inventory(config: RunConfig, images: list[ImageRecord]) -> list[SiteAssignment]:
+    """Assign sites, write OUT/sites.tsv + sites.json, and log what needs the user's attention."""
+    overrides = load_overrides(config.bids_dir, images, config.site_table)
+    for row in overrides.unmatched_rows:
+        LOGGER.warning("site table row matches no selected image: %s", row)
+    policy = load_policy(config.site_policy)
+    assignments = assign_sites(images, config.site_granularity, policy, overrides)
+    for a in assignments:
+        for message in a.warnings:
+            LOGGER.warning(message)
+    derivatives.write_site_inventory(
+        config.output_dir, [assignment_row(a) for a in assignments], COLUMNS, sites_dictionary(assignments)
+    )
+    return assignments
+
+
+def run_sites_only(config: RunConfig) -> int:
+    assignments = site_inventory(config, discover(config))
+    n_sites = len({a.site for a in assignments})
+    print(f"\n{n_sites} site(s) at granularity '{config.site_granularity}' ({len(assignments)} images):\n")
+    print(format_table(summary_rows(assignments)))
+    print(f"\nWrote {config.output_dir / 'sites.tsv'} and {config.output_dir / 'sites.json'}")
+    return ExitCode.OK
+
+
+def run_level(config: RunConfig) -> int:
+    if config.analysis_level == "group" and config.sites_only:
+        return run_sites_only(config)
+    from bids_harmonize.workflows.run import run_group, run_participant
+
+    runner = run_group if config.analysis_level == "group" else run_participant
+    return runner(config, discover(config), site_inventory)
+
+
+def _exit_code(err: BaseException) -> ExitCode | None:
+    for kind, code in _EXIT_CODES:
+        if isinstance(err, kind):
+            return getattr(err, "exit_code", code)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    command_line = ["bids_harmonize", *(sys.argv[1:] if argv is None else argv)]
+    try:
+        config = RunConfig.from_namespace(parse_args(argv), command_line)
+    except CLIError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    setup_logging(config.verbosity)
+    try:
+        config.output_dir.mkdir(parents=True, exist_ok=True)
+        derivatives.write_run_config(config.output_dir, config.to_dict(), config.run_id)
+        derivatives.write_dataset_description(config.output_dir, config.bids_dir)
+        return int(run_level(config))
+    except Exception as err:
+        code = _exit_code(err)
+        if code is not None:
+            print(f"error: {err}", file=sys.stderr)
+            return int(code)
+        crash = derivatives.write_crash_report(config.output_dir, config.run_id, traceback.format_exc())
+        print(f"error: {err.__class__.__name__}: {err}\nFull traceback: {crash}", file=sys.stderr)
+        return int(ExitCode.FAILURE)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""One typed, serialisable record of a run.
+
+Built once from the command line (``RunConfig.from_namespace``), written to OUT/logs/, and
+read only by the CLI and the top-level workflow builders; everything below them takes
+explicit arguments. Keeping device and thread settings here (and out of node inputs) is what
+keeps them out of Nipype's cache hash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bids_harmonize import __version__
+
+
+def new_run_id() -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}_{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class TrainingOptions:
+    preset: str = "tiny"
+    iterations: int = 2000
+    batch_size: int = 8
+    seed: int = 0
+
+
+@dataclass
+class RunConfig:
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: str
+    work_dir: Path
+    participant_labels: list[str] = field(default_factory=list)
+    session_labels: list[str] = field(default_factory=list)
+    bids_filter_file: Path | None = None
+    skip_bids_validation: bool = False
+    contrasts: list[str] = field(default_factory=lambda: ["T1w", "T2w"])
+    # sites
+    sites_only: bool = False
+    site_table: Path | None = None
+    site_granularity: str = "scanner"
+    site_policy: Path | None = None
+    # harmonization
+    model: Path | None = None
+    target_site: str | None = None
+    target_style: str = "site"
+    template: str = "MNI152NLin2009cSym"
+    template_resolution: int = 1
+    training: TrainingOptions = field(default_factory=TrainingOptions)
+    # execution (never part of any cache hash)
+    device: str = "auto"
+    nprocs: int = 0
+    omp_nthreads: int = 0
+    mem_gb: float | None = None
+    use_plugin: Path | None = None
+    seed: int = 0
+    verbosity: int = 0
+    # bookkeeping
+    run_id: str = field(default_factory=new_run_id)
+    version: str = __version__
+    command_line: list[str] = field(default_factory=list)
+
+    @property
+    def database_dir(self) -> Path:
+        return self.work_dir / "bids_db"
+
+    @classmethod
+    def from_namespace(cls, opts: argparse.Namespace, command_line: list[str]) -> "RunConfig":
+        output_dir = opts.output_dir.resolve()
+        return cls(
+            bids_dir=opts.bids_dir.resolve(),
+            output_dir=output_dir,
+            analysis_level=opts.analysis_level,
+            work_dir=(opts.work_dir or output_dir / ".work").resolve(),
+            participant_labels=list(opts.participant_label or []),
+            session_labels=list(opts.session_label or []),
+            bids_filter_file=opts.bids_filter_file,
+            skip_bids_validation=opts.skip_bids_validation,
+            contrasts=list(opts.contrasts),
+            sites_only=opts.sites_only,
+            site_table=opts.site_table,
+            site_granularity=opts.site_granularity,
+            site_policy=opts.site_policy,
+            model=opts.model,
+            target_site=opts.target_site,
+            target_style=opts.target_style,
+            template=opts.template,
+            template_resolution=opts.template_resolution,
+            training=TrainingOptions(
+                preset=opts.preset, iterations=opts.iterations, batch_size=opts.batch_size, seed=opts.seed
+            ),
+            device=opts.device,
+            nprocs=opts.nprocs,
+            omp_nthreads=opts.omp_nthreads,
+            mem_gb=opts.mem_gb,
+            use_plugin=opts.use_plugin,
+            seed=opts.seed,
+            verbosity=opts.verbose,
+            command_line=command_line,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        def plain(value: Any) -> Any:
+            if isinstance(value, Path):
+                return str(value)
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [plain(v) for v in value]
+            return value
+
+        return plain(asdict(self))

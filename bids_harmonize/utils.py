@@ -1,0 +1,47 @@
+"""Small helpers shared across the package: atomic file writes.
+
+Every file bids_harmonize writes goes to a temporary name in the same folder and is then
+renamed over the destination, so a crash, a full disk or a second process writing the same
+file never leaves a half-written output behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") -> Path:
+    """Call ``write(tmp_path)`` and rename the result to ``path`` in one step."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        os.chmod(tmp_path, 0o644)
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: Path, data: Any) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_save_nifti(img: Any, path: Path) -> Path:
+    """Save a nibabel image atomically; the temporary name keeps the .nii/.nii.gz extension."""
+    path = Path(path)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    return atomic_write(path, img.to_filename, suffix=suffix)
