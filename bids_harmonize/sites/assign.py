@@ -196,14 +196,15 @@ def assign_sites(
     policy = policy or load_policy()
     images = sorted(images, key=lambda i: i.relpath)
     scanners = [scanner_signature(i.metadata, policy) for i in images]
-    protocols = _snap_protocols([protocol_signature(i.metadata, i.voxel_size) for i in images], policy)
+    raw_protocols = [protocol_signature(i.metadata, i.voxel_size) for i in images]
+    protocols = _snap_protocols(raw_protocols, policy)
     parts = policy.granularities[granularity]
     ranks = _protocol_ranks(scanners, protocols, parts)
     result = []
-    for image, sig, protocol, rank in zip(images, scanners, protocols, ranks):
-        evidence = f"{granularity}: {_describe_scanner(sig)}"
+    for image, sig, raw, protocol, rank in zip(images, scanners, raw_protocols, protocols, ranks):
+        evidence = f"by {granularity} ({'+'.join(parts)}); scanner: {_describe_scanner(sig)}"
         if "protocol" in parts:
-            evidence += f"; protocol: {_describe_protocol(protocol)}"
+            evidence += f"; protocol: {_describe_protocol(raw)}"
         override = overrides.lookup(image) if overrides else None
         if override:
             site, provenance = override.site, override.provenance

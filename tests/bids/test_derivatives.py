@@ -1,0 +1,84 @@
+import json
+import multiprocessing
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+from bids_harmonize.bids import derivatives
+from bids_harmonize.bids.records import ImageRecord
+
+
+def source(session: str | None = "01") -> ImageRecord:
+    rel = "sub-01/ses-01/anat/sub-01_ses-01_acq-mprage_run-2_T1w.nii.gz"
+    entities = {"subject": "01", "session": session, "acquisition": "mprage", "run": 2, "suffix": "T1w",
+                "extension": ".nii.gz", "datatype": "anat"}
+    return ImageRecord(Path("/raw") / rel, rel, "01", session, "T1w", entities=entities)
+
+
+def test_derivative_names_follow_bids_entity_order(tmp_path):
+    path = derivatives.derivative_path(tmp_path, source(), space="MNI152NLin2009cSym", description="harmonized")
+    assert path == tmp_path / "sub-01/ses-01/anat/sub-01_ses-01_acq-mprage_run-2_space-MNI152NLin2009cSym_desc-harmonized_T1w.nii.gz"
+    mask = derivatives.derivative_path(tmp_path, source(None), description="brain", suffix="mask")
+    assert mask.name == "sub-01_acq-mprage_run-2_desc-brain_mask.nii.gz"
+    assert derivatives.sidecar_path(mask).name == "sub-01_acq-mprage_run-2_desc-brain_mask.json"
+
+
+def test_dataset_description_links_the_raw_dataset(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "dataset_description.json").write_text(json.dumps({"Name": "Study", "DatasetDOI": "doi:10/x"}))
+    out = tmp_path / "out"
+    content = json.loads(derivatives.write_dataset_description(out, raw).read_text())
+    assert content["DatasetType"] == "derivative"
+    assert content["GeneratedBy"][0]["Name"] == "bids_harmonize"
+    assert "Container" not in content["GeneratedBy"][0]
+    assert content["DatasetLinks"]["raw"] == raw.resolve().as_uri()
+    assert content["SourceDatasets"][0]["DOI"] == "doi:10/x"
+
+
+def test_container_is_recorded_when_running_in_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("BIDS_HARMONIZE_CONTAINER_TYPE", "docker")
+    monkeypatch.setenv("BIDS_HARMONIZE_CONTAINER_TAG", "bids_harmonize:0.1.0")
+    assert derivatives.generated_by()[0]["Container"] == {"Type": "docker", "Tag": "bids_harmonize:0.1.0"}
+
+
+def test_another_pipelines_output_dir_is_refused(tmp_path):
+    (tmp_path / "dataset_description.json").write_text(json.dumps({"GeneratedBy": [{"Name": "fMRIPrep"}]}))
+    with pytest.raises(derivatives.OutputDirError, match="fMRIPrep"):
+        derivatives.write_dataset_description(tmp_path, tmp_path)
+
+
+def test_sidecar_carries_sources_and_provenance(tmp_path):
+    img = nb.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4))
+    provenance = derivatives.Provenance(command_line=["bids_harmonize", "in", "out", "participant"])
+    sidecar = derivatives.image_sidecar([source()], provenance, skull_stripped=False,
+                                        extra={"TargetSite": "A"}, inherited={"RepetitionTime": 2.3})
+    path = derivatives.write_image(img, tmp_path / "x_T1w.nii.gz", sidecar)
+    written = json.loads(derivatives.sidecar_path(path).read_text())
+    assert written["Sources"] == ["bids:raw:" + source().relpath]
+    assert written["SkullStripped"] is False
+    assert written["RepetitionTime"] == 2.3
+    assert written["CommandLine"] == "bids_harmonize in out participant"
+    assert {"bids_harmonize", "python", "nibabel"} <= set(written["SoftwareVersions"])
+    assert written["StartTime"] <= written["EndTime"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x_T1w.json", "x_T1w.nii.gz"]  # no temp left
+
+
+def _hammer(args):
+    path, worker = args
+    for i in range(30):
+        derivatives.write_json(Path(path), {"worker": worker, "i": i, "pad": "x" * 5000})
+
+
+def test_parallel_writers_never_leave_a_partial_file(tmp_path):
+    target = tmp_path / "shared.json"
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        result = pool.map_async(_hammer, [(str(target), w) for w in range(4)])
+        while not result.ready():
+            if target.exists():
+                json.loads(target.read_text())  # always complete JSON
+        result.get()
+    assert json.loads(target.read_text())["i"] == 29
+    assert not list(tmp_path.glob(".*tmp*"))

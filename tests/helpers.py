@@ -1,0 +1,88 @@
+"""Builders for small BIDS trees written on disk by the tests (no data files are committed)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nb
+import numpy as np
+
+# Three vendors, four physical units, real-world spellings (trailing spaces, casing, aliases).
+SCANNERS: dict[str, dict[str, Any]] = {
+    "siemens_a": {"Manufacturer": "SIEMENS ", "ManufacturersModelName": "Prisma_fit", "MagneticFieldStrength": 2.89,
+                  "DeviceSerialNumber": "67060", "StationName": "MRC35131", "SoftwareVersions": "syngo MR E11"},
+    "siemens_b": {"Manufacturer": "Siemens", "ManufacturersModelName": "MAGNETOM Prisma Fit", "MagneticFieldStrength": 3,
+                  "DeviceSerialNumber": "67093", "SoftwareVersions": "syngo MR XA30"},
+    "ge": {"Manufacturer": "GE MEDICAL SYSTEMS", "ManufacturersModelName": "DISCOVERY MR750", "MagneticFieldStrength": 3.0,
+           "DeviceSerialNumber": "0000000414555MR3"},
+    "philips": {"Manufacturer": "Philips Medical Systems", "ManufacturersModelName": "Ingenia", "MagneticFieldStrength": 1.5,
+                "StationName": "PHILIPS-ABC1"},
+}
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "T1w": {"RepetitionTime": 2.3, "EchoTime": 0.00298, "InversionTime": 0.9, "FlipAngle": 9},
+    "T2w": {"RepetitionTime": 3.2, "EchoTime": 0.565, "FlipAngle": 120},
+}
+
+
+@dataclass
+class Scan:
+    subject: str
+    scanner: str | None
+    session: str | None = None
+    suffix: str = "T1w"
+    voxel: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    extra: dict[str, Any] = field(default_factory=dict)  # sidecar keys to add or (value None) drop
+    sidecar: bool = True
+
+
+def write_nifti(path: Path, voxel: tuple[float, float, float] = (1.0, 1.0, 1.0), shape=(6, 6, 6), seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.random.default_rng(seed).integers(0, 1000, size=shape).astype(np.int16)
+    nb.Nifti1Image(data, np.diag([*voxel, 1.0])).to_filename(path)
+    return path
+
+
+def scan_path(root: Path, scan: Scan) -> Path:
+    folder = root / f"sub-{scan.subject}"
+    stem = f"sub-{scan.subject}"
+    if scan.session:
+        folder /= f"ses-{scan.session}"
+        stem += f"_ses-{scan.session}"
+    return folder / "anat" / f"{stem}_{scan.suffix}.nii.gz"
+
+
+def make_bids(root: Path, scans: list[Scan], dataset_sidecars: dict[str, dict] | None = None,
+              participants_site: dict[str, str] | None = None) -> Path:
+    """Write a BIDS dataset with one tiny image (and sidecar) per scan."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "test", "BIDSVersion": "1.9.0"}))
+    subjects = sorted({s.subject for s in scans})
+    rows = ["participant_id" + ("\tsite" if participants_site else "")]
+    for subject in subjects:
+        rows.append(f"sub-{subject}" + (f"\t{participants_site.get(subject, 'n/a')}" if participants_site else ""))
+    (root / "participants.tsv").write_text("\n".join(rows) + "\n")
+    for name, content in (dataset_sidecars or {}).items():
+        (root / name).write_text(json.dumps(content))
+    for i, scan in enumerate(scans):
+        image = write_nifti(scan_path(root, scan), scan.voxel, seed=i)
+        if not scan.sidecar:
+            continue
+        meta = {**(SCANNERS[scan.scanner] if scan.scanner else {}), **PROTOCOLS[scan.suffix], **scan.extra}
+        meta = {k: v for k, v in meta.items() if v is not None}
+        image.with_name(image.name.replace(".nii.gz", ".json")).write_text(json.dumps(meta))
+    return root
+
+
+def standard_scans() -> list[Scan]:
+    """Eight participants over four units and three vendors, some with two sessions and T2w."""
+    return [
+        Scan("01", "siemens_a", "1"), Scan("01", "siemens_a", "2"), Scan("01", "siemens_a", "1", "T2w"),
+        Scan("02", "siemens_a", "1"),
+        Scan("03", "siemens_b", voxel=(2.0, 2.0, 2.0)), Scan("04", "siemens_b", voxel=(2.0, 2.0, 2.0)),
+        Scan("05", "ge", voxel=(1.0, 1.0, 1.2)), Scan("06", "ge", voxel=(1.0, 1.0, 1.2)),
+        Scan("06", "ge", suffix="T2w"),
+        Scan("07", "philips"), Scan("08", "philips"),
+    ]
