@@ -99,3 +99,20 @@ def test_filter_file_errors_name_the_file(tmp_path):
 def test_unknown_filter_entity_is_rejected(multisite_bids):
     with pytest.raises(FilterFileError, match="unknown BIDS entities"):
         discover_images(multisite_bids, filters={"t1w": {"acq": "x"}})
+
+
+def test_header_geometry_matches_nibabel_and_rejects_non_nifti(tmp_path):
+    import nibabel as nb
+
+    from bids_harmonize.bids.layout import read_header_geometry
+    from helpers import write_nifti
+
+    image = write_nifti(tmp_path / "a.nii.gz", (0.9, 1.0, 1.2), shape=(5, 6, 7))
+    plain = write_nifti(tmp_path / "b.nii", (2.0, 2.0, 2.0))
+    assert read_header_geometry(image) == ([5, 6, 7], pytest.approx([0.9, 1.0, 1.2]))
+    assert read_header_geometry(plain)[1] == list(nb.load(plain).header.get_zooms()[:3])
+    (tmp_path / "c.nii.gz").write_bytes(b"not gzip at all")
+    (tmp_path / "d.nii").write_bytes(b"x" * 600)
+    for bad in ("c.nii.gz", "d.nii"):
+        with pytest.raises(ValueError):
+            read_header_geometry(tmp_path / bad)
