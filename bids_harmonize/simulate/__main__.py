@@ -1,0 +1,3 @@
+from bids_harmonize.simulate.cli import main
+
+raise SystemExit(main())
