@@ -1,0 +1,96 @@
+"""Baseline harmonizers: what a user would otherwise pick instead of MURD.
+
+Intensity standardisation methods come from the `intensity-normalization` package (z-score,
+WhiteStripe, Nyul), histogram matching from scikit-image. Each baseline maps an image (with its
+brain mask) to a new image; `baseline_harmonizers` fits them on training images and returns
+them behind the common `Harmonizer` signature that the benchmark scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from intensity_normalization import Modality, NyulNormalizer, WhiteStripeNormalizer, ZScoreNormalizer, create_image
+from numpy.typing import NDArray
+from skimage.exposure import match_histograms
+
+# (image, brain mask, source site label) -> image in the target site's style.
+Harmonizer = Callable[[NDArray, NDArray, str], NDArray]
+_MODALITY = {"T1w": Modality.T1, "T2w": Modality.T2}
+
+
+def no_harmonization(image: NDArray, mask: NDArray) -> NDArray[np.float32]:
+    return image.astype(np.float32)
+
+
+def zscore(image: NDArray, mask: NDArray) -> NDArray[np.float32]:
+    """(image - mean) / std of the intensities inside the brain mask."""
+    normalizer = ZScoreNormalizer()
+    return normalizer.fit_transform(create_image(image), create_image(mask)).get_data()
+
+
+def whitestripe(image: NDArray, mask: NDArray, contrast: str = "T1w") -> NDArray[np.float32]:
+    """WhiteStripe (Shinohara et al. 2014): z-score against the normal-appearing WM "stripe"
+    (+-5% in quantile around the WM histogram peak: the last peak on T1w, the largest on T2w)."""
+    normalizer = WhiteStripeNormalizer(modality=_MODALITY[contrast])
+    return normalizer.fit_transform(create_image(image), create_image(mask)).get_data()
+
+
+def match_histogram(image: NDArray, mask: NDArray, reference_values: NDArray) -> NDArray[np.float32]:
+    """Map the brain intensities so that their histogram equals that of `reference_values`
+    (e.g. the pooled brain intensities of the target site). Outside the mask the result is 0:
+    the mapping is defined for brain intensities only."""
+    mask = mask.astype(bool)
+    matched = np.zeros(image.shape, dtype=np.float32)
+    matched[mask] = match_histograms(image[mask], reference_values)
+    return matched
+
+
+def pooled_brain_values(images: Sequence[NDArray], masks: Sequence[NDArray]) -> NDArray:
+    return np.concatenate([image[mask.astype(bool)] for image, mask in zip(images, masks)])
+
+
+def fit_nyul(images: Sequence[NDArray], masks: Sequence[NDArray]) -> NyulNormalizer:
+    """Nyul & Udupa (2000) standard scale: mean percentile landmarks (1, 10, ..., 90, 99) of the
+    training images, each first mapped linearly from its 1st-99th percentile to 1-100."""
+    normalizer = NyulNormalizer()
+    normalizer.fit_population([create_image(i) for i in images], [create_image(m) for m in masks])
+    return normalizer
+
+
+def nyul(image: NDArray, mask: NDArray, standard_scale: NyulNormalizer) -> NDArray[np.float32]:
+    """Piecewise-linear map of the image's own landmarks onto the standard scale."""
+    return standard_scale.transform(create_image(image), create_image(mask)).get_data()
+
+
+def baseline_harmonizers(
+    train_images: Sequence[NDArray],
+    train_masks: Sequence[NDArray],
+    train_sites: Sequence[str],
+    target_site: str,
+    contrast: str = "T1w",
+) -> dict[str, Harmonizer]:
+    """Every baseline, fitted on the training images, as a `Harmonizer`.
+
+    "Nyul (target site)" learns the standard scale from the target site's training images only.
+    That equals the classic all-site standard scale followed by a map onto the target site's
+    landmarks (two piecewise-linear maps with the same knots compose to one), so it is the Nyul
+    variant that harmonizes *to the target*; "Nyul (all sites)" is the classic method.
+    """
+    at_target = [index for index, site in enumerate(train_sites) if site == target_site]
+    if not at_target:
+        raise ValueError(f"no training image from the target site {target_site}")
+    target_images = [train_images[i] for i in at_target]
+    target_masks = [train_masks[i] for i in at_target]
+    reference_values = pooled_brain_values(target_images, target_masks)
+    all_sites_scale = fit_nyul(train_images, train_masks)
+    target_scale = fit_nyul(target_images, target_masks)
+    return {
+        "none": lambda image, mask, source: no_harmonization(image, mask),
+        "z-score": lambda image, mask, source: zscore(image, mask),
+        "WhiteStripe": lambda image, mask, source: whitestripe(image, mask, contrast),
+        "histogram matching": lambda image, mask, source: match_histogram(image, mask, reference_values),
+        "Nyul (all sites)": lambda image, mask, source: nyul(image, mask, all_sites_scale),
+        "Nyul (target site)": lambda image, mask, source: nyul(image, mask, target_scale),
+    }
