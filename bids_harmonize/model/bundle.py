@@ -1,0 +1,273 @@
+"""Model bundle: EMA inference weights in safetensors plus a schema-checked JSON card.
+
+A bundle is a directory holding `model.safetensors` (content encoder, style encoder, mapping
+network, generator; no discriminator) and `model.json` (sites and their style codes, network
+and training configuration, data hash, versions, metrics, and the SHA-256 of the weights).
+Loading reads JSON and safetensors only, so opening a bundle never executes code.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+import bids_harmonize
+from bids_harmonize.model.infer import harmonize_volume, random_style, reference_style
+from bids_harmonize.model.networks import MURDConfig, Translator
+
+SCHEMA_VERSION = 1
+BUNDLE_KIND = "bids_harmonize/murd"
+CARD_NAME = "model.json"
+WEIGHTS_NAME = "model.safetensors"
+STYLE_KINDS = ("site", "reference", "random")
+
+# Required keys of the card and their JSON types; nested dicts are checked recursively.
+CARD_SCHEMA: dict[str, Any] = {
+    "schema_version": int,
+    "kind": str,
+    "created": str,
+    "weights": {"file": str, "sha256": str},
+    "network": dict,
+    "preset": str,
+    "sites": list,
+    "training": (dict, type(None)),
+    "seed": (int, type(None)),
+    "data_hash": str,
+    "software": {"bids_harmonize": str, "torch": str},
+    "metrics": dict,
+}
+SITE_SCHEMA: dict[str, Any] = {"name": str, "style": list, "signature": (dict, type(None))}
+
+
+class BundleError(Exception):
+    """A model bundle is missing, malformed, or does not match its recorded checksum."""
+
+
+class UnknownSiteError(LookupError):
+    """A site was asked for that the bundle was not trained on."""
+
+    def __init__(self, site: str, known: Sequence[str]) -> None:
+        self.site, self.known = site, list(known)
+        super().__init__(
+            f"unknown site {site!r}; this model knows the sites {', '.join(map(repr, known))}. "
+            "Pick one of them, or retrain the model with data from that site."
+        )
+
+    def __str__(self) -> str:  # LookupError would otherwise print the repr of the message
+        return str(self.args[0])
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_bundle(
+    out_dir: str | os.PathLike,
+    translator: Translator,
+    site_names: Sequence[str],
+    site_styles: Tensor,
+    *,
+    data_hash: str,
+    training: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    site_signatures: Mapping[str, Mapping[str, Any]] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write `translator` (normally the EMA copy) and its card into `out_dir`; returns `out_dir`.
+
+    `site_styles` (num_sites, style_dim) are the deterministic per-site styles; `site_signatures`
+    optionally maps site names to the scanner metadata that defines each site.
+    """
+    config = translator.config
+    if len(site_names) != config.num_sites or tuple(site_styles.shape) != (config.num_sites, config.style_dim):
+        raise ValueError(
+            f"expected {config.num_sites} site names and styles of shape ({config.num_sites}, {config.style_dim}); "
+            f"got {len(site_names)} names and styles of shape {tuple(site_styles.shape)}"
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights_path = out_dir / WEIGHTS_NAME
+    tensors = {name: value.detach().cpu().contiguous() for name, value in translator.state_dict().items()}
+    save_file(tensors, weights_path, metadata={"format": "pt"})
+    signatures = site_signatures or {}
+    card = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": BUNDLE_KIND,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "weights": {"file": WEIGHTS_NAME, "sha256": sha256_of(weights_path)},
+        "network": config.to_dict(),
+        "preset": config.preset,
+        "sites": [
+            {"name": name, "style": style.tolist(), "signature": dict(signatures[name]) if name in signatures else None}
+            for name, style in zip(site_names, site_styles.detach().float().cpu())
+        ],
+        "training": dict(training) if training is not None else None,
+        "seed": seed,
+        "data_hash": data_hash,
+        "software": {"bids_harmonize": bids_harmonize.__version__, "torch": torch.__version__},
+        "metrics": dict(metrics or {}),
+    }
+    (out_dir / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n")
+    return out_dir
+
+
+def schema_errors(value: Any, schema: Mapping[str, Any], where: str) -> list[str]:
+    """Missing keys and wrong types of `value` against a {key: type | (types) | {nested}} schema."""
+    if not isinstance(value, dict):
+        return [f"{where} must be an object"]
+    errors = []
+    for key, expected in schema.items():
+        if key not in value:
+            errors.append(f"{where}.{key} is missing")
+        elif isinstance(expected, dict):
+            errors += schema_errors(value[key], expected, f"{where}.{key}")
+        elif not _has_type(value[key], expected):
+            errors.append(f"{where}.{key} has type {type(value[key]).__name__}")
+    return errors
+
+
+def _has_type(value: Any, expected: type | tuple[type, ...]) -> bool:
+    types = expected if isinstance(expected, tuple) else (expected,)
+    if isinstance(value, bool) and bool not in types:  # JSON true is not a number
+        return False
+    return isinstance(value, types)
+
+
+def validate_card(card: Any) -> MURDConfig:
+    """Check a card's structure and consistency; returns its network config or raises ValueError."""
+    errors = schema_errors(card, CARD_SCHEMA, "card")
+    if errors:
+        raise ValueError("; ".join(errors))
+    if card["schema_version"] > SCHEMA_VERSION:
+        raise ValueError(
+            f"schema_version {card['schema_version']} is newer than this bids_harmonize reads "
+            f"({SCHEMA_VERSION}); upgrade bids_harmonize"
+        )
+    config = MURDConfig.from_dict(card["network"])
+    sites = card["sites"]
+    for index, site in enumerate(sites):
+        errors += schema_errors(site, SITE_SCHEMA, f"card.sites[{index}]")
+        style = site.get("style") if isinstance(site, dict) else None
+        if isinstance(style, list) and (len(style) != config.style_dim or not all(_has_type(v, (int, float)) for v in style)):
+            errors.append(f"card.sites[{index}].style must be {config.style_dim} numbers")
+    names = [site.get("name") for site in sites if isinstance(site, dict)]
+    if len(sites) != config.num_sites or len(set(names)) != len(names):
+        errors.append(f"card.sites must list {config.num_sites} sites with unique names")
+    if errors:
+        raise ValueError("; ".join(errors))
+    return config
+
+
+def _read_card(card_path: Path) -> tuple[dict[str, Any], MURDConfig]:
+    fix = "re-copy the bundle directory, or write it again with save_bundle()"
+    if not card_path.is_file():
+        raise BundleError(f"{card_path}: model card not found; pass the bundle directory or its {CARD_NAME}")
+    try:
+        card = json.loads(card_path.read_text())
+        return card, validate_card(card)
+    except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
+        raise BundleError(f"{card_path}: invalid model card ({error}); {fix}") from error
+
+
+def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> ModelBundle:
+    """Open a bundle directory (or its model.json), verify the weights' SHA-256, load them."""
+    path = Path(path)
+    card_path = path if path.suffix == ".json" else path / CARD_NAME
+    card, config = _read_card(card_path)
+    weights_path = card_path.parent / card["weights"]["file"]
+    if not weights_path.is_file():
+        raise BundleError(f"{weights_path}: weights file named by {card_path} is missing; re-copy the bundle")
+    actual = sha256_of(weights_path)
+    if actual != card["weights"]["sha256"]:
+        raise BundleError(
+            f"{weights_path}: SHA-256 {actual} does not match {card['weights']['sha256']} recorded in "
+            f"{card_path}; the weights are corrupt or were changed: re-copy the bundle or retrain"
+        )
+    translator = Translator(config)
+    try:
+        translator.load_state_dict(load_file(weights_path))
+    except RuntimeError as error:
+        raise BundleError(f"{weights_path}: weights do not fit the network in {card_path}: {error}") from error
+    return ModelBundle(card_path.parent, card, translator.to(device).eval().requires_grad_(False))
+
+
+class ModelBundle:
+    """A loaded MURD model: its sites, its card, and `harmonize()` to translate volumes."""
+
+    def __init__(self, directory: Path, card: dict[str, Any], translator: Translator) -> None:
+        self.directory = directory
+        self.card = card
+        self.translator = translator
+
+    @property
+    def sites(self) -> list[str]:
+        return [site["name"] for site in self.card["sites"]]
+
+    @property
+    def sha256(self) -> str:
+        """Checksum of the weights file: the identity of this model in provenance records."""
+        return self.card["weights"]["sha256"]
+
+    @property
+    def config(self) -> MURDConfig:
+        return self.translator.config
+
+    def site_index(self, site: str) -> int:
+        if site not in self.sites:
+            raise UnknownSiteError(site, self.sites)
+        return self.sites.index(site)
+
+    def style_code(
+        self,
+        target_site: str,
+        style: str = "site",
+        *,
+        reference: np.ndarray | Tensor | None = None,
+        seed: int = 0,
+        slice_axis: int = 2,
+    ) -> Tensor:
+        """The one style code used for a whole volume.
+
+        style='site': the site's stored mean style (deterministic, the default);
+        'reference': the mean style of `reference`, a volume of `target_site`;
+        'random': a draw from the site's mapping network with `seed`.
+        """
+        index = self.site_index(target_site)
+        if style not in STYLE_KINDS:
+            raise ValueError(f"style must be one of {STYLE_KINDS}, got {style!r}")
+        if (style == "reference") != (reference is not None):
+            raise ValueError("pass `reference` (a volume of the target site) exactly when style='reference'")
+        if style == "reference":
+            return reference_style(self.translator, reference, index, slice_axis=slice_axis)
+        if style == "random":
+            return random_style(self.translator, index, seed)
+        return torch.tensor(self.card["sites"][index]["style"], dtype=torch.float32)
+
+    def harmonize(
+        self,
+        volume: np.ndarray | Tensor,
+        target_site: str,
+        *,
+        style: str = "site",
+        reference: np.ndarray | Tensor | None = None,
+        seed: int = 0,
+        batch_size: int | None = None,
+        slice_axis: int = 2,
+    ) -> np.ndarray:
+        """Translate a [-1, 1]-scaled volume into `target_site`'s style; same shape out."""
+        code = self.style_code(target_site, style, reference=reference, seed=seed, slice_axis=slice_axis)
+        return harmonize_volume(self.translator, volume, code, batch_size=batch_size, slice_axis=slice_axis)

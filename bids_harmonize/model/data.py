@@ -1,0 +1,194 @@
+"""Training data: volumes in one tensor, and a sampler that draws 2.5D batches by tensor indexing.
+
+The sampler never loops over samples in Python and writes no image files: a batch is one gather
+from the stacked volumes, so a GPU is not starved by the data path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from torch import Tensor
+
+from bids_harmonize.model.losses import TrainingBatch
+from bids_harmonize.model.networks import MURDConfig
+from bids_harmonize.model.slices import BACKGROUND, fit_in_plane, foreground_fraction, gather_stacks
+
+VolumeSource = np.ndarray | str | os.PathLike
+# Values this far outside [-1, 1] are rounding; anything further is a scaling mistake.
+RANGE_TOLERANCE = 1e-3
+# Keep the stacked volumes on the GPU when they take at most this share of its free memory.
+DEVICE_MEMORY_SHARE = 0.4
+
+
+def read_volume(source: VolumeSource, slice_axis: int = 2) -> np.ndarray:
+    """A volume as float32 (slices, height, width): from an array, or a NIfTI path via nibabel."""
+    if isinstance(source, np.ndarray):
+        array = source.astype(np.float32, copy=False)
+    else:
+        array = np.asarray(nib.load(os.fspath(source)).get_fdata(dtype=np.float32))
+    if array.ndim != 3:
+        raise ValueError(f"{_describe(source)}: expected a 3-D volume, got shape {array.shape}")
+    return np.moveaxis(array, slice_axis, 0)
+
+
+def check_intensity_range(volume: np.ndarray, source: VolumeSource) -> None:
+    low, high = float(volume.min()), float(volume.max())
+    if low < -1 - RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
+        raise ValueError(
+            f"{_describe(source)}: intensities span [{low:.3g}, {high:.3g}] but MURD expects [-1, 1] "
+            "with the background at -1; scale each volume first (robust min/max scaling, as the "
+            "preprocessing step does)"
+        )
+
+
+def stack_volumes(sources: Sequence[VolumeSource], slice_axis: int = 2) -> tuple[Tensor, list[str]]:
+    """Load all volumes into one float16 tensor (V, D, H, W), plus the SHA-256 of each.
+
+    float16 halves host/GPU memory against float32 and keeps ~3 decimal digits in [-1, 1], far
+    finer than the 8-bit images the reference trained on. Volumes must share one grid
+    (template space). Each hash covers the shape and the float16 values the model trains on.
+    """
+    if not sources:
+        raise ValueError("no training volumes were given")
+    stacked: Tensor | None = None
+    hashes = []
+    for index, source in enumerate(sources):
+        volume = read_volume(source, slice_axis)
+        check_intensity_range(volume, source)
+        if stacked is None:
+            stacked = torch.empty((len(sources), *volume.shape), dtype=torch.float16)
+        elif volume.shape != tuple(stacked.shape[1:]):
+            raise ValueError(
+                f"{_describe(source)}: shape {volume.shape} (slices first) differs from the first "
+                f"volume's {tuple(stacked.shape[1:])}; training volumes must share one template grid"
+            )
+        stacked[index] = torch.from_numpy(np.clip(volume, -1.0, 1.0))
+        digest = hashlib.sha256(str(tuple(volume.shape)).encode())
+        digest.update(stacked[index].numpy().tobytes())
+        hashes.append(digest.hexdigest())
+    return stacked, hashes
+
+
+def data_fingerprint(volume_hashes: Sequence[str], site_labels: Sequence[int], site_names: Sequence[str]) -> str:
+    """One SHA-256 over the ordered list of (volume hash, site name): what a model was trained on."""
+    entries = [[digest, site_names[label]] for digest, label in zip(volume_hashes, site_labels)]
+    return "sha256:" + hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+
+
+def _describe(source: VolumeSource) -> str:
+    return "array volume" if isinstance(source, np.ndarray) else str(source)
+
+
+def seeded_generator(seed: int, rank: int, stream: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """An independent random stream per (seed, process rank, purpose)."""
+    state = np.random.SeedSequence([seed, rank, stream]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator(device=device).manual_seed(int(state))
+
+
+class SliceSampler:
+    """Random 2.5D training batches from stacked volumes.
+
+    A sample is a (volume, centre slice) pair whose centre slice has at least `min_foreground`
+    foreground voxels. With `site_balanced`, the source site is drawn uniformly first and a
+    slice of that site second, so small sites are seen as often as large ones. Target sites are
+    uniform over all sites. Indices come from a CPU generator, latents and content noise from a
+    generator on the training device; both states go into checkpoints.
+    """
+
+    def __init__(
+        self,
+        volumes: Tensor,
+        site_labels: Sequence[int],
+        config: MURDConfig,
+        *,
+        batch_size: int,
+        site_balanced: bool,
+        min_foreground: float,
+        content_noise_std: float,
+        seed: int,
+        device: torch.device,
+        rank: int = 0,
+    ) -> None:
+        self.config = config
+        self.batch_size = batch_size
+        self.site_balanced = site_balanced
+        self.content_noise_std = content_noise_std
+        self.device = device
+        self.volumes = _place_volumes(volumes, device)
+        self.site_labels = torch.as_tensor(site_labels, dtype=torch.long)
+        self._index_slices(min_foreground)
+        self.index_generator = seeded_generator(seed, rank, stream=0)
+        self.noise_generator = seeded_generator(seed, rank, stream=1, device=device)
+
+    def _index_slices(self, min_foreground: float) -> None:
+        """List the usable (volume, centre) pairs grouped by site, and where each site starts."""
+        usable = torch.stack([foreground_fraction(volume.float()) >= min_foreground for volume in self.volumes]).cpu()
+        volume_index, centre = usable.nonzero(as_tuple=True)
+        order = torch.argsort(self.site_labels[volume_index], stable=True)
+        self.slice_volume, self.slice_centre = volume_index[order], centre[order]
+        self.site_counts = torch.bincount(self.site_labels[self.slice_volume], minlength=self.config.num_sites)
+        self.site_offsets = torch.cumsum(self.site_counts, 0) - self.site_counts
+        empty = (self.site_counts == 0).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"site indices {empty} have no slice with >= {min_foreground:.0%} foreground; every site "
+                "needs training volumes scaled to [-1, 1] with background at -1"
+            )
+
+    def stacks(self, volume_index: Tensor, centre: Tensor) -> Tensor:
+        """The model inputs (B, C, S, S) float32 on the training device for the given pairs."""
+        where = self.volumes.device
+        stacks = gather_stacks(self.volumes, volume_index.to(where), centre.to(where), self.config.in_channels)
+        return fit_in_plane(stacks.to(self.device, torch.float32), self.config.image_size, fill=BACKGROUND)
+
+    def site_positions(self, site: int) -> tuple[Tensor, Tensor]:
+        """All usable (volume, centre) pairs of one site."""
+        start, count = int(self.site_offsets[site]), int(self.site_counts[site])
+        return self.slice_volume[start : start + count], self.slice_centre[start : start + count]
+
+    def sample(self) -> TrainingBatch:
+        batch, config, generator = self.batch_size, self.config, self.index_generator
+        if self.site_balanced:
+            sites = torch.randint(config.num_sites, (batch,), generator=generator)
+            within = torch.rand(batch, generator=generator, dtype=torch.float64) * self.site_counts[sites]
+            pick = self.site_offsets[sites] + within.long()
+        else:
+            pick = torch.randint(len(self.slice_volume), (batch,), generator=generator)
+        targets = torch.randint(config.num_sites, (batch,), generator=generator)
+        volume_index = self.slice_volume[pick]
+        return TrainingBatch(
+            images=self.stacks(volume_index, self.slice_centre[pick]),
+            source_sites=self.site_labels[volume_index].to(self.device),
+            target_sites=targets.to(self.device),
+            latents=self._normal(batch, config.latent_dim),
+            diversity_latents=self._normal(batch, config.latent_dim),
+            content_noise=self._normal(batch, config.content_channels, config.content_size, config.content_size)
+            * self.content_noise_std,
+        )
+
+    def _normal(self, *shape: int) -> Tensor:
+        return torch.randn(shape, generator=self.noise_generator, device=self.device)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"index": self.index_generator.get_state(), "noise": self.noise_generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.index_generator.set_state(state["index"])
+        self.noise_generator.set_state(state["noise"])
+
+
+def _place_volumes(volumes: Tensor, device: torch.device) -> Tensor:
+    """On the GPU when they fit comfortably (gathers then never leave the device), else in RAM."""
+    if device.type == "cuda":
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+        if volumes.numel() * volumes.element_size() <= DEVICE_MEMORY_SHARE * free_bytes:
+            return volumes.to(device)
+    return volumes
