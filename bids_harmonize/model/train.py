@@ -1,0 +1,504 @@
+"""MURD training: one discriminator step then one generator step per iteration, EMA weights,
+exact resume from checkpoints, a JSON-lines loss log, and DistributedDataParallel via torchrun.
+
+Entry point: `train(...)`, which ends by writing a model bundle (see bundle.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from bids_harmonize.model.bundle import save_bundle
+from bids_harmonize.model.common import autocast_for, dataclass_from_dict, resolve_device
+from bids_harmonize.model.data import SliceSampler, VolumeSource, data_fingerprint, stack_volumes
+from bids_harmonize.model.infer import mean_style
+from bids_harmonize.model.losses import (
+    LossWeights,
+    TrainingBatch,
+    discriminator_terms,
+    generator_terms,
+    weighted_discriminator_loss,
+    weighted_generator_loss,
+)
+from bids_harmonize.model.networks import Discriminator, MURDConfig, Translator, build_discriminator, build_translator
+
+CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "train_log.jsonl"
+# Loss terms shown in the progress bar (all terms go to the log).
+PROGRESS_TERMS = ("d_real", "d_fake", "g_adversarial", "g_cycle", "g_identity", "g_style")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings; defaults follow the reference except where docs/model.md says why."""
+
+    iterations: int = 100_000
+    batch_size: int = 8  # per process; the reference used 1
+    lr: float = 1e-4  # content/style encoders, generator, discriminator
+    lr_mapping: float = 1e-6  # mapping network
+    beta1: float = 0.0
+    beta2: float = 0.99
+    ema_decay: float = 0.999
+    decay_start: int | None = None  # lr is constant until here, then falls linearly to 0; None = half way
+    seed: int = 0
+    checkpoint_every: int = 1_000
+    log_every: int = 100
+    site_balanced: bool = True
+    content_noise_std: float = 1.0
+    min_foreground: float = 0.05  # slices with less foreground (fraction of voxels) are skipped
+    style_slices_per_site: int = 512  # slices averaged into each site's deterministic style
+    compile: bool = False  # torch.compile the translator's networks (not the discriminator: R1 needs double backward)
+    loss_weights: LossWeights = LossWeights()
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1 or self.batch_size < 1 or self.log_every < 1:
+            raise ValueError("iterations, batch_size and log_every must be >= 1")
+        if self.checkpoint_every < 1 or self.checkpoint_every % self.log_every != 0:
+            raise ValueError(
+                f"checkpoint_every ({self.checkpoint_every}) must be a positive multiple of log_every "
+                f"({self.log_every}) so a resumed run logs the same windows"
+            )
+        if not 0 <= self.decay_steps_start <= self.iterations:
+            raise ValueError(f"decay_start must lie in [0, iterations], got {self.decay_start}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+
+    @property
+    def decay_steps_start(self) -> int:
+        return self.iterations // 2 if self.decay_start is None else self.decay_start
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        fields = dict(data)
+        fields["loss_weights"] = LossWeights.from_dict(fields.get("loss_weights", {}))
+        return dataclass_from_dict(cls, fields)
+
+
+def lr_factor(step: int, *, iterations: int, decay_start: int) -> float:
+    """Multiplier of the base learning rate: 1 until decay_start, then linear down to 0."""
+    if step < decay_start:
+        return 1.0
+    return max(0.0, (iterations - step) / max(1, iterations - decay_start))
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process stands in a torchrun job (rank 0 of 1 when run alone)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> tuple[DistributedContext, torch.device, bool]:
+    """Join the torchrun job described by WORLD_SIZE/RANK/LOCAL_RANK, if any.
+
+    Returns the context, this process's device (cuda:LOCAL_RANK under torchrun on GPUs) and
+    whether this call created the process group (and so should destroy it).
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return DistributedContext(), device, False
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistributedContext(dist.get_rank(), dist.get_world_size()), device, created
+
+
+class GeneratorStep(nn.Module):
+    """The translator with the generator-side objective as its forward.
+
+    DistributedDataParallel synchronises gradients of parameters used in one forward call; the
+    objective uses each network several times, so the whole objective is that one call.
+    """
+
+    def __init__(self, translator: Translator) -> None:
+        super().__init__()
+        self.translator = translator
+
+    def forward(self, batch: TrainingBatch, diversity_fakes: Tensor, discriminator: Discriminator) -> dict[str, Tensor]:
+        return generator_terms(self.translator, discriminator, batch, diversity_fakes)
+
+
+class Trainer:
+    """Networks, EMA copy, optimisers and schedules, and one training iteration."""
+
+    def __init__(
+        self,
+        config: MURDConfig,
+        train_config: TrainConfig,
+        sampler: SliceSampler,
+        device: torch.device,
+        context: DistributedContext = DistributedContext(),
+    ) -> None:
+        self.config, self.train_config, self.sampler = config, train_config, sampler
+        self.device, self.context = device, context
+        torch.manual_seed(train_config.seed)  # the same initial weights on every rank
+        memory_format = torch.channels_last
+        self.translator = build_translator(config).to(device, memory_format=memory_format)
+        self.discriminator = build_discriminator(config).to(device, memory_format=memory_format)
+        self.ema = copy.deepcopy(self.translator).requires_grad_(False)
+        if train_config.compile:
+            for network in (self.translator.content_encoder, self.translator.style_encoder, self.translator.generator):
+                network.compile()
+        self.generator_step = self._parallel(GeneratorStep(self.translator))
+        self.discriminator_step = self._parallel(self.discriminator)
+        betas = (train_config.beta1, train_config.beta2)
+        mapping_params = list(self.translator.mapping.parameters())
+        mapping_ids = {id(p) for p in mapping_params}
+        self.generator_optimizer = torch.optim.Adam(
+            [
+                {"params": [p for p in self.translator.parameters() if id(p) not in mapping_ids]},
+                {"params": mapping_params, "lr": train_config.lr_mapping},
+            ],
+            lr=train_config.lr,
+            betas=betas,
+        )
+        self.discriminator_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=train_config.lr, betas=betas)
+        schedule = functools.partial(
+            lr_factor, iterations=train_config.iterations, decay_start=train_config.decay_steps_start
+        )
+        self.schedulers = [
+            torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+            for optimizer in (self.generator_optimizer, self.discriminator_optimizer)
+        ]
+        self.step = 0
+
+    def _parallel(self, module: nn.Module) -> nn.Module:
+        if self.context.world_size == 1:
+            return module
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
+
+    def train_step(self) -> dict[str, Tensor]:
+        """One discriminator step, one generator step, EMA update; returns the detached terms."""
+        batch = self.sampler.sample()
+        batch.images = batch.images.contiguous(memory_format=torch.channels_last)
+        diversity_fakes = self._diversity_fakes(batch)
+        d_terms = self._discriminator_update(batch, diversity_fakes)
+        g_terms = self._generator_update(batch, diversity_fakes)
+        self._update_ema()
+        for scheduler in self.schedulers:
+            scheduler.step()
+        self.step += 1
+        return {**_prefixed("d_", d_terms), **_prefixed("g_", g_terms)}
+
+    @torch.no_grad()
+    def _diversity_fakes(self, batch: TrainingBatch) -> Tensor:
+        """G(E_c(x) + noise, F_j(z2)): the discriminator's fakes and the diversity term's second image.
+
+        The translator does not change before the generator step, so this equals the detached
+        second rendering the diversity term needs; computing it once saves a generator pass.
+        """
+        translator = self.translator
+        with autocast_for(self.device):
+            content = translator.content_encoder(batch.images) + batch.content_noise
+            return translator.generator(content, translator.mapping(batch.diversity_latents, batch.target_sites))
+
+    def _discriminator_update(self, batch: TrainingBatch, fakes: Tensor) -> dict[str, Tensor]:
+        with autocast_for(self.device):
+            terms = discriminator_terms(
+                self.discriminator_step, batch.images, batch.source_sites, fakes, batch.target_sites
+            )
+        self.discriminator_optimizer.zero_grad(set_to_none=True)
+        weighted_discriminator_loss(terms, self.train_config.loss_weights).backward()
+        self.discriminator_optimizer.step()
+        return terms
+
+    def _generator_update(self, batch: TrainingBatch, diversity_fakes: Tensor) -> dict[str, Tensor]:
+        self.discriminator.requires_grad_(False)  # D only passes gradients through to the fakes
+        with autocast_for(self.device):
+            terms = self.generator_step(batch, diversity_fakes, self.discriminator)
+        self.generator_optimizer.zero_grad(set_to_none=True)
+        weighted_generator_loss(terms, self.train_config.loss_weights).backward()
+        self.generator_optimizer.step()
+        self.discriminator.requires_grad_(True)
+        return terms
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """EMA with the usual warm-up: decay min(ema_decay, (1 + t) / (10 + t)) at step t, so the
+        average forgets the random initial weights early; after ~10k steps it is the plain EMA."""
+        decay = min(self.train_config.ema_decay, (1 + self.step) / (10 + self.step))
+        torch._foreach_lerp_(list(self.ema.parameters()), list(self.translator.parameters()), 1.0 - decay)
+
+    def learning_rates(self) -> dict[str, float]:
+        groups = self.generator_optimizer.param_groups
+        return {"lr": groups[0]["lr"], "lr_mapping": groups[1]["lr"]}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything an exact resume needs; rank-local random states are gathered from all ranks."""
+        local = {"sampler": self.sampler.state_dict(), "rng": _global_rng_state()}
+        per_rank = [local]
+        if self.context.world_size > 1:
+            per_rank = [None] * self.context.world_size
+            dist.all_gather_object(per_rank, local)
+        return {
+            "step": self.step,
+            "model_config": self.config.to_dict(),
+            "train_config": self.train_config.to_dict(),
+            "translator": self.translator.state_dict(),
+            "ema": self.ema.state_dict(),
+            "discriminator": self.discriminator.state_dict(),
+            "generator_optimizer": self.generator_optimizer.state_dict(),
+            "discriminator_optimizer": self.discriminator_optimizer.state_dict(),
+            "schedulers": [scheduler.state_dict() for scheduler in self.schedulers],
+            "per_rank": per_rank,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["model_config"] != self.config.to_dict() or state["train_config"] != self.train_config.to_dict():
+            raise ValueError("the checkpoint was written with another model or training configuration")
+        if len(state["per_rank"]) != self.context.world_size:
+            raise ValueError(
+                f"the checkpoint was written by {len(state['per_rank'])} processes, this run has "
+                f"{self.context.world_size}; an exact resume needs the same number"
+            )
+        self.step = state["step"]
+        self.translator.load_state_dict(state["translator"])
+        self.ema.load_state_dict(state["ema"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.generator_optimizer.load_state_dict(state["generator_optimizer"])
+        self.discriminator_optimizer.load_state_dict(state["discriminator_optimizer"])
+        for scheduler, scheduler_state in zip(self.schedulers, state["schedulers"]):
+            scheduler.load_state_dict(scheduler_state)
+        local = state["per_rank"][self.context.rank]
+        self.sampler.load_state_dict(local["sampler"])
+        _set_global_rng_state(local["rng"])
+
+    def save_checkpoint(self, path: Path, data_hash: str) -> None:
+        """Write atomically (temp file, then rename) so a crash never leaves half a checkpoint."""
+        state = self.state_dict()  # collective under DDP: every rank must call this
+        if self.context.is_main:
+            state["data_hash"] = data_hash
+            temporary = path.with_suffix(".tmp")
+            torch.save(state, temporary)
+            os.replace(temporary, path)
+
+    def load_checkpoint(self, path: Path, data_hash: str) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("data_hash") != data_hash:
+            raise ValueError("the checkpoint was written for other training data")
+        self.load_state_dict(state)
+
+
+def _prefixed(prefix: str, terms: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {prefix + name: value.detach().float() for name, value in terms.items()}
+
+
+def _global_rng_state() -> dict[str, Any]:
+    """Global torch (CPU and CUDA) and numpy RNG states, in types torch.load(weights_only) accepts."""
+    numpy_state = np.random.get_state(legacy=False)
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy_key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+        "numpy_pos": numpy_state["state"]["pos"],
+        "numpy_has_gauss": numpy_state["has_gauss"],
+        "numpy_gauss": numpy_state["gauss"],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_global_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": state["numpy_key"].numpy().astype(np.uint32), "pos": state["numpy_pos"]},
+            "has_gauss": state["numpy_has_gauss"],
+            "gauss": state["numpy_gauss"],
+        }
+    )
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class LossWindow:
+    """Sums loss terms on the device between log points, so logging syncs once per window."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.count = 0
+
+    def add(self, terms: dict[str, Tensor]) -> None:
+        for name, value in terms.items():
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.count += 1
+
+    def flush(self, context: DistributedContext) -> dict[str, float]:
+        """Window means, averaged over all ranks; then start a new window."""
+        names = sorted(self.sums)
+        means = torch.stack([self.sums[name] for name in names]) / self.count
+        if context.world_size > 1:
+            dist.all_reduce(means)
+            means /= context.world_size
+        self.sums, self.count = {}, 0
+        return dict(zip(names, means.tolist()))
+
+
+class TrainingLog:
+    """JSON lines, one per log window. On resume, lines past the checkpoint are dropped, since
+    those steps are trained again."""
+
+    def __init__(self, path: Path, resume_step: int) -> None:
+        self.path = path
+        kept = []
+        if resume_step > 0 and path.exists():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+        path.write_text("".join(line + "\n" for line in kept))
+        self.last: dict[str, Any] = json.loads(kept[-1]) if kept else {}
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.last = record
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def compute_site_styles(translator: Translator, sampler: SliceSampler, slices_per_site: int, batch_size: int) -> Tensor:
+    """Deterministic style per site: the mean style code of up to `slices_per_site` of its
+    training slices, evenly spaced over its usable slices, read by the (EMA) style encoder."""
+    styles = []
+    for site in range(translator.config.num_sites):
+        volume_index, centre = sampler.site_positions(site)
+        chosen = torch.linspace(0, len(centre) - 1, min(slices_per_site, len(centre))).round().long()
+        batches = (
+            sampler.stacks(volume_index[chunk], centre[chunk]) for chunk in chosen.split(batch_size)
+        )
+        styles.append(mean_style(translator, batches, site))
+    return torch.stack(styles)
+
+
+def train(
+    volumes: Sequence[VolumeSource],
+    site_labels: Sequence[int],
+    site_names: Sequence[str],
+    config: MURDConfig,
+    train_config: TrainConfig,
+    out_dir: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    resume: bool = True,
+    *,
+    work_dir: str | os.PathLike | None = None,
+    data_hash: str | None = None,
+    site_signatures: dict[str, dict[str, Any]] | None = None,
+    slice_axis: int = 2,
+    progress: bool = True,
+) -> Path:
+    """Train MURD on template-space volumes and write a model bundle into `out_dir`.
+
+    volumes: arrays or NIfTI paths on one grid, scaled to [-1, 1] with background at -1;
+    site_labels[i] indexes site_names. `work_dir` (default `out_dir/training`) receives
+    checkpoint.pt and train_log.jsonl (the bundle itself is model.json + model.safetensors; a
+    workflow may put work_dir elsewhere); with `resume`, a checkpoint there is continued exactly.
+    `data_hash` defaults to a SHA-256 over the volumes' values and their site names.
+    Under torchrun (WORLD_SIZE > 1) every process runs this; rank 0 writes the files.
+    Returns the bundle directory.
+    """
+    _check_sites(site_labels, site_names, config)
+    context, device, created_group = init_distributed(resolve_device(device))
+    try:
+        out_dir = Path(out_dir)
+        work_dir = Path(work_dir) if work_dir is not None else out_dir / "training"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        stacked, volume_hashes = stack_volumes(volumes, slice_axis)
+        data_hash = data_hash or data_fingerprint(volume_hashes, site_labels, site_names)
+        sampler = SliceSampler(
+            stacked,
+            site_labels,
+            config,
+            batch_size=train_config.batch_size,
+            site_balanced=train_config.site_balanced,
+            min_foreground=train_config.min_foreground,
+            content_noise_std=train_config.content_noise_std,
+            seed=train_config.seed,
+            device=device,
+            rank=context.rank,
+        )
+        trainer = Trainer(config, train_config, sampler, device, context)
+        checkpoint = work_dir / CHECKPOINT_NAME
+        if resume and checkpoint.exists():
+            trainer.load_checkpoint(checkpoint, data_hash)
+        metrics = run_training(trainer, checkpoint, work_dir / LOG_NAME, data_hash, progress)
+        if context.is_main:
+            styles = compute_site_styles(
+                trainer.ema, sampler, train_config.style_slices_per_site, train_config.batch_size
+            )
+            save_bundle(
+                out_dir,
+                trainer.ema,
+                site_names,
+                styles,
+                data_hash=data_hash,
+                training=train_config.to_dict(),
+                seed=train_config.seed,
+                site_signatures=site_signatures,
+                metrics=metrics,
+            )
+        if context.world_size > 1:
+            dist.barrier()
+    finally:
+        if created_group:
+            dist.destroy_process_group()
+    return out_dir
+
+
+def _check_sites(site_labels: Sequence[int], site_names: Sequence[str], config: MURDConfig) -> None:
+    if len(site_names) != config.num_sites or len(set(site_names)) != len(site_names):
+        raise ValueError(f"config.num_sites is {config.num_sites} but {len(site_names)} site names were given (must be unique)")
+    if config.num_sites < 2:
+        raise ValueError("MURD translates between sites: training needs volumes from at least 2 sites")
+    bad = sorted({label for label in site_labels if not 0 <= label < config.num_sites})
+    if bad:
+        raise ValueError(f"site labels {bad} are outside 0..{config.num_sites - 1} (indices into site_names)")
+
+
+def run_training(trainer: Trainer, checkpoint: Path, log_path: Path, data_hash: str, progress: bool) -> dict[str, Any]:
+    """Iterate to the configured length with progress bar, log and checkpoints; returns metrics."""
+    config, context = trainer.train_config, trainer.context
+    log = TrainingLog(log_path, trainer.step) if context.is_main else None
+    window = LossWindow()
+    start_step, started = trainer.step, time.perf_counter()
+    bar = tqdm(total=config.iterations, initial=trainer.step, disable=not (progress and context.is_main), desc="MURD")
+    with bar:
+        while trainer.step < config.iterations:
+            window.add(trainer.train_step())
+            bar.update(1)
+            finished = trainer.step == config.iterations
+            if trainer.step % config.log_every == 0 or finished:
+                elapsed = time.perf_counter() - started
+                samples = (trainer.step - start_step) * config.batch_size * context.world_size
+                record: dict[str, Any] = {"step": trainer.step, **trainer.learning_rates(), **window.flush(context)}
+                record.update(elapsed_s=round(elapsed, 3), samples_per_s=round(samples / elapsed, 2))
+                if log is not None:
+                    log.write(record)
+                bar.set_postfix({name: f"{record[name]:.3f}" for name in PROGRESS_TERMS})
+            if trainer.step % config.checkpoint_every == 0 or finished:
+                trainer.save_checkpoint(checkpoint, data_hash)
+    return {"iterations": trainer.step, "final_window": log.last if log is not None else {}}

@@ -1,0 +1,126 @@
+"""Model bundle: card contents, exact round trip, checksum and schema checks, site errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import bids_harmonize
+from bids_harmonize.model import BundleError, UnknownSiteError, build_translator, harmonize_volume, load_bundle, save_bundle
+from bids_harmonize.model.bundle import CARD_NAME, WEIGHTS_NAME, sha256_of
+
+
+@pytest.fixture()
+def bundle_copy(small_bundle, tmp_path) -> Path:
+    """A private copy of the bundle files, safe to tamper with."""
+    for name in (CARD_NAME, WEIGHTS_NAME):
+        shutil.copy(small_bundle / name, tmp_path / name)
+    return tmp_path
+
+
+def test_card_records_sites_styles_config_hashes_and_versions(small_bundle, tiny_config, quick_train_config):
+    card = json.loads((small_bundle / CARD_NAME).read_text())
+    assert card["schema_version"] == 1 and card["preset"] == "tiny"
+    assert [site["name"] for site in card["sites"]] == ["siteA", "siteB"]
+    assert all(len(site["style"]) == tiny_config.style_dim for site in card["sites"])
+    assert card["sites"][0]["signature"] == {"Manufacturer": "Acme", "MagneticFieldStrength": 3.0}
+    assert card["sites"][1]["signature"] is None
+    assert card["network"] == tiny_config.to_dict()
+    assert card["training"] == quick_train_config.to_dict() and card["seed"] == quick_train_config.seed
+    assert card["data_hash"].startswith("sha256:")
+    assert card["weights"]["sha256"] == sha256_of(small_bundle / WEIGHTS_NAME)
+    assert card["software"] == {"bids_harmonize": bids_harmonize.__version__, "torch": torch.__version__}
+    assert card["metrics"]["iterations"] == quick_train_config.iterations
+
+
+def test_weights_hold_the_inference_networks_only(small_bundle):
+    prefixes = {name.split(".")[0] for name in load_file(small_bundle / WEIGHTS_NAME)}
+    assert prefixes == {"content_encoder", "style_encoder", "mapping", "generator"}
+
+
+def test_save_then_load_gives_bit_identical_outputs(tmp_path, tiny_config, toy_data):
+    torch.manual_seed(0)
+    translator = build_translator(tiny_config).eval()
+    styles = torch.randn(2, tiny_config.style_dim)
+    save_bundle(tmp_path, translator, ["siteA", "siteB"], styles, data_hash="sha256:test")
+    bundle = load_bundle(tmp_path)
+    volume = toy_data[0][0]
+    expected = harmonize_volume(translator, volume, styles[1])
+    harmonized = bundle.harmonize(volume, target_site="siteB")
+    assert harmonized.shape == volume.shape
+    assert np.array_equal(harmonized, expected)
+    assert np.array_equal(harmonized, load_bundle(tmp_path / CARD_NAME).harmonize(volume, "siteB"))
+    assert bundle.sha256 == sha256_of(tmp_path / WEIGHTS_NAME)
+
+
+def test_style_choices(small_bundle, toy_data):
+    bundle = load_bundle(small_bundle)
+    volume = toy_data[0][0]
+    random_1 = bundle.harmonize(volume, "siteB", style="random", seed=1)
+    assert np.array_equal(random_1, bundle.harmonize(volume, "siteB", style="random", seed=1))
+    assert not np.array_equal(random_1, bundle.harmonize(volume, "siteB", style="random", seed=2))
+    by_reference = bundle.harmonize(volume, "siteB", style="reference", reference=toy_data[0][4])
+    assert by_reference.shape == volume.shape
+    with pytest.raises(ValueError, match="reference"):
+        bundle.harmonize(volume, "siteB", style="reference")
+    with pytest.raises(ValueError, match="style must be one of"):
+        bundle.harmonize(volume, "siteB", style="mean")
+
+
+def test_unknown_site_error_lists_the_known_sites(small_bundle, toy_data):
+    bundle = load_bundle(small_bundle)
+    with pytest.raises(UnknownSiteError) as caught:
+        bundle.harmonize(toy_data[0][0], target_site="siteC")
+    assert "'siteC'" in str(caught.value) and "'siteA', 'siteB'" in str(caught.value)
+    assert caught.value.known == ["siteA", "siteB"]
+
+
+def test_tampered_weights_fail_the_checksum(bundle_copy):
+    weights = bundle_copy / WEIGHTS_NAME
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="SHA-256") as caught:
+        load_bundle(bundle_copy)
+    assert str(weights) in str(caught.value) and "re-copy" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda card: card.pop("sites"), "card.sites is missing"),
+        (lambda card: card["weights"].update(sha256=7), "card.weights.sha256 has type int"),
+        (lambda card: card["sites"][0].update(style=[0.0]), r"card.sites\[0\].style must be"),
+        (lambda card: card["sites"][1].update(name="siteA"), "unique names"),
+        (lambda card: card.update(schema_version=99), "upgrade bids_harmonize"),
+        (lambda card: card["network"].update(depth=3), "unknown keys"),
+    ],
+)
+def test_invalid_cards_are_rejected_naming_the_file_and_the_problem(bundle_copy, edit, message):
+    card_path = bundle_copy / CARD_NAME
+    card = json.loads(card_path.read_text())
+    edit(card)
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(BundleError, match=message) as caught:
+        load_bundle(bundle_copy)
+    assert str(card_path) in str(caught.value)
+
+
+def test_missing_or_unreadable_files_are_clear_errors(bundle_copy, tmp_path):
+    with pytest.raises(BundleError, match="model card not found"):
+        load_bundle(tmp_path / "nowhere")
+    (bundle_copy / CARD_NAME).write_text("{not json")
+    with pytest.raises(BundleError, match="invalid model card"):
+        load_bundle(bundle_copy)
+
+
+def test_missing_weights_file_is_a_clear_error(bundle_copy):
+    (bundle_copy / WEIGHTS_NAME).unlink()
+    with pytest.raises(BundleError, match="missing"):
+        load_bundle(bundle_copy)

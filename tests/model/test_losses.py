@@ -1,0 +1,113 @@
+"""Every loss term is finite and responds to its inputs; totals use the configured weights."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from bids_harmonize.model.losses import (
+    LossWeights,
+    TrainingBatch,
+    adversarial_loss,
+    content_alignment,
+    discriminator_terms,
+    generator_terms,
+    image_gradient_l1,
+    r1_penalty,
+    weighted_discriminator_loss,
+    weighted_generator_loss,
+)
+from bids_harmonize.model.networks import build_discriminator, build_translator
+
+GENERATOR_TERMS = {"adversarial", "content", "style", "identity", "cycle", "gradient", "alignment", "diversity"}
+
+
+@pytest.fixture()
+def networks(tiny_config):
+    torch.manual_seed(0)
+    return build_translator(tiny_config), build_discriminator(tiny_config)
+
+
+def random_batch(config, seed: int = 0) -> TrainingBatch:
+    generator = torch.Generator().manual_seed(seed)
+    size, batch = config.image_size, 2
+    return TrainingBatch(
+        images=torch.rand(batch, config.in_channels, size, size, generator=generator) * 2 - 1,
+        source_sites=torch.tensor([0, 1]),
+        target_sites=torch.tensor([1, 0]),
+        latents=torch.randn(batch, config.latent_dim, generator=generator),
+        diversity_latents=torch.randn(batch, config.latent_dim, generator=generator),
+        content_noise=torch.randn(batch, config.content_channels, config.content_size, config.content_size, generator=generator),
+    )
+
+
+def perturbed(batch: TrainingBatch) -> TrainingBatch:
+    images = (batch.images + 0.1 * torch.randn_like(batch.images)).clamp(-1, 1)
+    return dataclasses.replace(batch, images=images)
+
+
+def test_generator_terms_are_finite_and_respond_to_the_images(networks, tiny_config):
+    translator, discriminator = networks
+    batch = random_batch(tiny_config)
+    other_fakes = torch.rand(2, 3, tiny_config.image_size, tiny_config.image_size) * 2 - 1
+    before = generator_terms(translator, discriminator, batch, other_fakes)
+    after = generator_terms(translator, discriminator, perturbed(batch), other_fakes)
+    assert set(before) == GENERATOR_TERMS
+    for name in GENERATOR_TERMS:
+        assert torch.isfinite(before[name]), name
+        assert before[name].item() != after[name].item(), f"{name} ignores its input"
+
+
+def test_discriminator_terms_are_finite_and_respond_to_reals_and_fakes(networks, tiny_config):
+    _, discriminator = networks
+    batch = random_batch(tiny_config)
+    fakes = torch.rand_like(batch.images) * 2 - 1
+    base = discriminator_terms(discriminator, batch.images, batch.source_sites, fakes, batch.target_sites)
+    new_reals = discriminator_terms(discriminator, perturbed(batch).images, batch.source_sites, fakes, batch.target_sites)
+    new_fakes = discriminator_terms(discriminator, batch.images, batch.source_sites, fakes.flip(-1), batch.target_sites)
+    assert all(torch.isfinite(value) for value in base.values())
+    assert new_reals["real"] != base["real"] and new_reals["r1"] != base["r1"]
+    assert new_fakes["fake"] != base["fake"] and new_fakes["real"] == base["real"]
+
+
+def test_adversarial_loss_is_bce_against_the_label():
+    logits = torch.tensor([0.0, 2.0])
+    assert adversarial_loss(logits, real=True) < adversarial_loss(logits, real=False)
+    assert adversarial_loss(torch.zeros(3), real=True).item() == pytest.approx(torch.log(torch.tensor(2.0)).item())
+
+
+def test_r1_penalty_of_a_linear_critic_is_half_its_squared_weight_norm():
+    weight = torch.randn(1, 3, 4, 4)
+    images = torch.randn(5, 3, 4, 4, requires_grad=True)
+    logits = (images * weight).flatten(1).sum(1)
+    assert r1_penalty(logits, images).item() == pytest.approx(0.5 * weight.pow(2).sum().item(), rel=1e-5)
+
+
+def test_image_gradient_l1_sees_edges_not_offsets():
+    image = torch.rand(1, 3, 8, 8)
+    assert image_gradient_l1(image, image + 0.5).item() == pytest.approx(0.0, abs=1e-6)
+    assert image_gradient_l1(image, image.flip(-1)).item() > 0
+
+
+def test_content_alignment_is_mean_square():
+    assert content_alignment(torch.full((2, 4, 3, 3), 3.0)).item() == pytest.approx(9.0)
+
+
+def test_weighted_losses_use_every_weight_with_its_sign():
+    terms = {name: torch.tensor(float(i + 1)) for i, name in enumerate(sorted(GENERATOR_TERMS))}
+    weights = LossWeights(diversity=-1.0)
+    expected = sum(getattr(weights, name) * value for name, value in terms.items())
+    assert weighted_generator_loss(terms, weights).item() == pytest.approx(expected.item())
+    flipped = weighted_generator_loss(terms, LossWeights()) - weighted_generator_loss(terms, weights)
+    assert flipped.item() == pytest.approx(2 * terms["diversity"].item())
+    d_terms = {"real": torch.tensor(1.0), "fake": torch.tensor(2.0), "r1": torch.tensor(3.0)}
+    assert weighted_discriminator_loss(d_terms, LossWeights(r1=10.0)).item() == pytest.approx(33.0)
+
+
+def test_reference_weights_are_the_defaults():
+    assert LossWeights().to_dict() == {
+        "adversarial": 1.0, "content": 10.0, "style": 10.0, "identity": 10.0, "cycle": 10.0,
+        "gradient": 1.0, "alignment": 0.01, "diversity": 1.0, "r1": 1.0,
+    }
