@@ -87,9 +87,9 @@ def _describe(source: VolumeSource) -> str:
     return "array volume" if isinstance(source, np.ndarray) else str(source)
 
 
-def seeded_generator(seed: int, rank: int, stream: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """An independent random stream per (seed, process rank, purpose)."""
-    state = np.random.SeedSequence([seed, rank, stream]).generate_state(1, dtype=np.uint64)[0]
+def seeded_generator(seed: int, rank: int, device: torch.device) -> torch.Generator:
+    """An independent random stream per (seed, process rank)."""
+    state = np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator(device=device).manual_seed(int(state))
 
 
@@ -99,8 +99,10 @@ class SliceSampler:
     A sample is a (volume, centre slice) pair whose centre slice has at least `min_foreground`
     foreground voxels. With `site_balanced`, the source site is drawn uniformly first and a
     slice of that site second, so small sites are seen as often as large ones. Target sites are
-    uniform over all sites. Indices come from a CPU generator, latents and content noise from a
-    generator on the training device; both states go into checkpoints.
+    uniform over all sites. Every random draw comes from one generator on the training device,
+    and the index tables live there too, so drawing a batch needs no host round trip (on a GPU,
+    the CPU can queue the next kernels while the current ones run). Its state goes into
+    checkpoints.
     """
 
     def __init__(
@@ -123,15 +125,14 @@ class SliceSampler:
         self.content_noise_std = content_noise_std
         self.device = device
         self.volumes = _place_volumes(volumes, device)
-        self.site_labels = torch.as_tensor(site_labels, dtype=torch.long)
+        self.site_labels = torch.as_tensor(site_labels, dtype=torch.long, device=device)
         self._index_slices(min_foreground)
-        self.index_generator = seeded_generator(seed, rank, stream=0)
-        self.noise_generator = seeded_generator(seed, rank, stream=1, device=device)
+        self.generator = seeded_generator(seed, rank, device)
 
     def _index_slices(self, min_foreground: float) -> None:
         """List the usable (volume, centre) pairs grouped by site, and where each site starts."""
-        usable = torch.stack([foreground_fraction(volume.float()) >= min_foreground for volume in self.volumes]).cpu()
-        volume_index, centre = usable.nonzero(as_tuple=True)
+        usable = torch.stack([foreground_fraction(volume.float()) >= min_foreground for volume in self.volumes])
+        volume_index, centre = (index.to(self.device) for index in usable.nonzero(as_tuple=True))
         order = torch.argsort(self.site_labels[volume_index], stable=True)
         self.slice_volume, self.slice_centre = volume_index[order], centre[order]
         self.site_counts = torch.bincount(self.site_labels[self.slice_volume], minlength=self.config.num_sites)
@@ -155,19 +156,20 @@ class SliceSampler:
         return self.slice_volume[start : start + count], self.slice_centre[start : start + count]
 
     def sample(self) -> TrainingBatch:
-        batch, config, generator = self.batch_size, self.config, self.index_generator
+        batch, config = self.batch_size, self.config
+        options = {"generator": self.generator, "device": self.device}
         if self.site_balanced:
-            sites = torch.randint(config.num_sites, (batch,), generator=generator)
-            within = torch.rand(batch, generator=generator, dtype=torch.float64) * self.site_counts[sites]
+            sites = torch.randint(config.num_sites, (batch,), **options)
+            within = torch.rand(batch, dtype=torch.float64, **options) * self.site_counts[sites]
             pick = self.site_offsets[sites] + within.long()
         else:
-            pick = torch.randint(len(self.slice_volume), (batch,), generator=generator)
-        targets = torch.randint(config.num_sites, (batch,), generator=generator)
+            pick = torch.randint(len(self.slice_volume), (batch,), **options)
+        targets = torch.randint(config.num_sites, (batch,), **options)
         volume_index = self.slice_volume[pick]
         return TrainingBatch(
             images=self.stacks(volume_index, self.slice_centre[pick]),
-            source_sites=self.site_labels[volume_index].to(self.device),
-            target_sites=targets.to(self.device),
+            source_sites=self.site_labels[volume_index],
+            target_sites=targets,
             latents=self._normal(batch, config.latent_dim),
             diversity_latents=self._normal(batch, config.latent_dim),
             content_noise=self._normal(batch, config.content_channels, config.content_size, config.content_size)
@@ -175,14 +177,13 @@ class SliceSampler:
         )
 
     def _normal(self, *shape: int) -> Tensor:
-        return torch.randn(shape, generator=self.noise_generator, device=self.device)
+        return torch.randn(shape, generator=self.generator, device=self.device)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {"index": self.index_generator.get_state(), "noise": self.noise_generator.get_state()}
+        return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.index_generator.set_state(state["index"])
-        self.noise_generator.set_state(state["noise"])
+        self.generator.set_state(state["generator"])
 
 
 def _place_volumes(volumes: Tensor, device: torch.device) -> Tensor:

@@ -18,6 +18,7 @@ from bids_harmonize.model.common import autocast_for
 from bids_harmonize.model.networks import MURDConfig, Translator
 from bids_harmonize.model.slices import (
     BACKGROUND,
+    MIN_FOREGROUND,
     fit_in_plane,
     foreground_fraction,
     gather_stacks,
@@ -32,8 +33,6 @@ MAX_BATCH = {"cuda": 256, "cpu": 16}
 MEMORY_SHARE = 0.5
 # Live activation tensors per layer at the widest stage, times a margin for conv workspaces.
 ACTIVATION_FACTOR = 6
-# Reference styles use the same foreground threshold as training slices.
-MIN_FOREGROUND = 0.05
 
 
 def model_device(module: nn.Module) -> torch.device:

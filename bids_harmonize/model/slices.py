@@ -16,6 +16,8 @@ from torch import Tensor
 BACKGROUND = -1.0
 # A voxel counts as foreground when it is above the background by 2.5 % of the [-1, 1] range.
 FOREGROUND_MARGIN = 0.05
+# Slices with a smaller fraction of foreground voxels are skipped (training, reference styles).
+MIN_FOREGROUND = 0.05
 
 
 def neighbour_indices(centres: Tensor, in_channels: int, num_slices: int) -> Tensor:

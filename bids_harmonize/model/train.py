@@ -37,6 +37,7 @@ from bids_harmonize.model.losses import (
     weighted_generator_loss,
 )
 from bids_harmonize.model.networks import Discriminator, MURDConfig, Translator, build_discriminator, build_translator
+from bids_harmonize.model.slices import MIN_FOREGROUND
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "train_log.jsonl"
@@ -61,7 +62,7 @@ class TrainConfig:
     log_every: int = 100
     site_balanced: bool = True
     content_noise_std: float = 1.0
-    min_foreground: float = 0.05  # slices with less foreground (fraction of voxels) are skipped
+    min_foreground: float = MIN_FOREGROUND  # slices with less foreground (fraction of voxels) are skipped
     style_slices_per_site: int = 512  # slices averaged into each site's deterministic style
     compile: bool = False  # torch.compile the translator's networks (not the discriminator: R1 needs double backward)
     loss_weights: LossWeights = LossWeights()
@@ -74,13 +75,13 @@ class TrainConfig:
                 f"checkpoint_every ({self.checkpoint_every}) must be a positive multiple of log_every "
                 f"({self.log_every}) so a resumed run logs the same windows"
             )
-        if not 0 <= self.decay_steps_start <= self.iterations:
+        if not 0 <= self.decay_start_step <= self.iterations:
             raise ValueError(f"decay_start must lie in [0, iterations], got {self.decay_start}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
 
     @property
-    def decay_steps_start(self) -> int:
+    def decay_start_step(self) -> int:
         return self.iterations // 2 if self.decay_start is None else self.decay_start
 
     def to_dict(self) -> dict[str, Any]:
@@ -159,9 +160,9 @@ class Trainer:
         self.config, self.train_config, self.sampler = config, train_config, sampler
         self.device, self.context = device, context
         torch.manual_seed(train_config.seed)  # the same initial weights on every rank
-        memory_format = torch.channels_last
-        self.translator = build_translator(config).to(device, memory_format=memory_format)
-        self.discriminator = build_discriminator(config).to(device, memory_format=memory_format)
+        # Channels-last convolutions are faster on GPUs (tensor cores) and, here, on CPUs too.
+        self.translator = build_translator(config).to(device, memory_format=torch.channels_last)
+        self.discriminator = build_discriminator(config).to(device, memory_format=torch.channels_last)
         self.ema = copy.deepcopy(self.translator).requires_grad_(False)
         if train_config.compile:
             for network in (self.translator.content_encoder, self.translator.style_encoder, self.translator.generator):
@@ -169,19 +170,24 @@ class Trainer:
         self.generator_step = self._parallel(GeneratorStep(self.translator))
         self.discriminator_step = self._parallel(self.discriminator)
         betas = (train_config.beta1, train_config.beta2)
-        mapping_params = list(self.translator.mapping.parameters())
-        mapping_ids = {id(p) for p in mapping_params}
+        translator = self.translator
         self.generator_optimizer = torch.optim.Adam(
             [
-                {"params": [p for p in self.translator.parameters() if id(p) not in mapping_ids]},
-                {"params": mapping_params, "lr": train_config.lr_mapping},
+                {
+                    "params": [
+                        *translator.content_encoder.parameters(),
+                        *translator.style_encoder.parameters(),
+                        *translator.generator.parameters(),
+                    ]
+                },
+                {"params": translator.mapping.parameters(), "lr": train_config.lr_mapping},
             ],
             lr=train_config.lr,
             betas=betas,
         )
         self.discriminator_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=train_config.lr, betas=betas)
         schedule = functools.partial(
-            lr_factor, iterations=train_config.iterations, decay_start=train_config.decay_steps_start
+            lr_factor, iterations=train_config.iterations, decay_start=train_config.decay_start_step
         )
         self.schedulers = [
             torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -273,10 +279,10 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["model_config"] != self.config.to_dict() or state["train_config"] != self.train_config.to_dict():
-            raise ValueError("the checkpoint was written with another model or training configuration")
+            raise ValueError("it was written with another model or training configuration")
         if len(state["per_rank"]) != self.context.world_size:
             raise ValueError(
-                f"the checkpoint was written by {len(state['per_rank'])} processes, this run has "
+                f"it was written by {len(state['per_rank'])} processes and this run has "
                 f"{self.context.world_size}; an exact resume needs the same number"
             )
         self.step = state["step"]
@@ -302,9 +308,15 @@ class Trainer:
 
     def load_checkpoint(self, path: Path, data_hash: str) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("data_hash") != data_hash:
-            raise ValueError("the checkpoint was written for other training data")
-        self.load_state_dict(state)
+        try:
+            if state.get("data_hash") != data_hash:
+                raise ValueError("it was written for other training data")
+            self.load_state_dict(state)
+        except ValueError as error:
+            raise ValueError(
+                f"cannot resume from {path}: {error}; rerun with the original settings, or start over "
+                "with resume=False or another work_dir"
+            ) from error
 
 
 def _prefixed(prefix: str, terms: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -387,7 +399,8 @@ def compute_site_styles(translator: Translator, sampler: SliceSampler, slices_pe
     styles = []
     for site in range(translator.config.num_sites):
         volume_index, centre = sampler.site_positions(site)
-        chosen = torch.linspace(0, len(centre) - 1, min(slices_per_site, len(centre))).round().long()
+        chosen = torch.linspace(0, len(centre) - 1, min(slices_per_site, len(centre)), device=centre.device)
+        chosen = chosen.round().long()
         batches = (
             sampler.stacks(volume_index[chunk], centre[chunk]) for chunk in chosen.split(batch_size)
         )
@@ -423,6 +436,8 @@ def train(
     """
     _check_sites(site_labels, site_names, config)
     context, device, created_group = init_distributed(resolve_device(device))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # input sizes never change: let cuDNN pick its fastest kernels
     try:
         out_dir = Path(out_dir)
         work_dir = Path(work_dir) if work_dir is not None else out_dir / "training"
