@@ -42,5 +42,5 @@ def plot_site_renders(dataset: SimulatedDataset, out_png: Path | str, subject: s
     figure.suptitle(f"sub-{subject} at every simulated site (axial and sagittal, noise-free ground truth)", fontsize=10)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out_png, dpi=90)
+    figure.savefig(out_png, dpi=72)
     return out_png

@@ -134,7 +134,7 @@ CATALOGUE: tuple[Site, ...] = (
         {
             "T1w": Protocol(
                 "T1w", InversionRecoveryGradientEcho("IR-FSPGR", 0.65, 0.0032, 12.0, 0.0082, 2.0, 96),
-                (1.0, 1.0, 1.2), (256.0, 256.0, 200.0), "LAS", "Sag IR-FSPGR BRAVO",
+                (1.0, 1.0, 1.2), (256.0, 256.0, 200.0), "LAS", "Ax IR-FSPGR BRAVO",
             ),
             "T2w": _t2w_tse(4.0, 0.085, (1.0, 1.0, 3.0), "LAS"),
         },
@@ -170,7 +170,7 @@ CATALOGUE: tuple[Site, ...] = (
         {
             "T1w": Protocol(
                 "T1w", InversionRecoveryGradientEcho("IR-FSPGR", 0.6, 0.004, 10.0, 0.0087, 1.8, 110),
-                (0.94, 0.94, 1.2), (240.0, 240.0, 200.0), "LAS", "SAG IR-SPGR",
+                (1.2, 0.94, 0.94), (200.0, 240.0, 240.0), "PSR", "SAG IR-SPGR",
             ),
             "T2w": _t2w_tse(4.0, 0.09, (0.94, 0.94, 5.0), "LAS"),
         },
