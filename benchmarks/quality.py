@@ -78,7 +78,9 @@ def load_scans(dataset: SimulatedDataset, target_site: str, contrast: str = CONT
             Scan(
                 subject=subject,
                 site=site_label,
-                image=add_rician_noise(own_render, noise_sigma(site), noise_rng, offset=site.intensity_offset),
+                image=add_rician_noise(
+                    own_render, noise_sigma(site), noise_rng, offset=site.intensity_offset
+                ),
                 mask=_load(truth.mask_path(subject)) > 0,
                 labels=_load(truth.dseg_path(subject)),
                 target=_load(truth.render_path(subject, target_site, contrast)),
@@ -104,7 +106,9 @@ def baselines_factory(train: Sequence[Scan], target_site: str, contrast: str) ->
     )
 
 
-def score_harmonizer(harmonize: Harmonizer, test: Sequence[Scan], target_site: str, contrast: str) -> dict[str, float]:
+def score_harmonizer(
+    harmonize: Harmonizer, test: Sequence[Scan], target_site: str, contrast: str
+) -> dict[str, float]:
     """All metrics of one method on the held-out scans.
 
     Similarity and anatomy: test scans from other sites, harmonized to `target_site`, against
@@ -114,7 +118,7 @@ def score_harmonizer(harmonize: Harmonizer, test: Sequence[Scan], target_site: s
     start = time.perf_counter()
     outputs = [harmonize(scan.image, scan.mask, scan.site) for scan in test]
     seconds_per_image = (time.perf_counter() - start) / len(test)
-    moved = [(output, scan) for output, scan in zip(outputs, test) if scan.site != target_site]
+    moved = [(output, scan) for output, scan in zip(outputs, test, strict=True) if scan.site != target_site]
     similarities = [similarity(output, scan.target, scan.mask) for output, scan in moved]
     anatomy = [anatomy_preservation(output, scan.mask, scan.labels, contrast) for output, scan in moved]
     masks, sites = [s.mask for s in test], [s.site for s in test]
@@ -146,12 +150,15 @@ def run_benchmark(
     methods = dict(baselines_factory(train, target_site, contrast))
     for name, factory in (factories or {}).items():
         methods[name] = factory(train, target_site, contrast)
-    return {name: score_harmonizer(harmonize, test, target_site, contrast) for name, harmonize in methods.items()}
+    return {
+        name: score_harmonizer(harmonize, test, target_site, contrast) for name, harmonize in methods.items()
+    }
 
 
 def _machine() -> str:
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, {memory_gib:.0f} GiB RAM, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    system = f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, {memory_gib:.0f} GiB RAM, {system}"
 
 
 COLUMNS = {  # csv key -> Markdown header
@@ -200,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as temporary:
         out_dir = args.work_dir or Path(temporary) / "phantom"
         start = time.perf_counter()
-        dataset = simulate_dataset(out_dir, n_sites, n_sites * per_site, (CONTRAST,), 2.0, SEED, overwrite=True)
+        dataset = simulate_dataset(
+            out_dir, n_sites, n_sites * per_site, (CONTRAST,), 2.0, SEED, overwrite=True
+        )
         simulated = time.perf_counter() - start
         scores = run_benchmark(dataset, args.target_site)
     total = time.perf_counter() - start
@@ -211,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"# Harmonization quality on the simulated phantom\n\n"
         f"Command: `{command.strip()}`  \nMachine: {_machine()}  \n"
-        f"Data: {n_sites} sites x {per_site} subjects, {CONTRAST}, 2 mm, seed {SEED}; train/test = first/second "
-        f"half of each site's subjects; target site {args.target_site}.  \n"
+        f"Data: {n_sites} sites x {per_site} subjects, {CONTRAST}, 2 mm, seed {SEED}; "
+        f"train/test = first/second half of each site's subjects; target site {args.target_site}.  \n"
         f"Time: simulation {simulated:.0f} s, total {total:.0f} s. Metrics: docs/qc.md."
     )
     print(f"{header}\n\n{table}")

@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         megabytes = sum(p.stat().st_size for p in files) / 1e6
     print(f"template anatomy ({args.resolution:g} mm): {setup_wall:.1f} s wall, {setup_cpu:.1f} s CPU")
     print(
-        f"{args.sites} sites x {args.subjects} subjects x {' '.join(args.contrasts)} at {args.resolution:g} mm: "
+        f"{args.sites} sites x {args.subjects} subjects x {' '.join(args.contrasts)}, "
+        f"{args.resolution:g} mm: "
         f"{wall:.1f} s wall, {cpu:.1f} s CPU, {len(files)} files, {megabytes:.0f} MB"
     )
     return 0

@@ -31,7 +31,9 @@ class AnatomyScores:
         return float(np.mean(np.abs(list(self.relative_volume_error.values()))))
 
 
-def segment_tissues(image: NDArray, mask: NDArray[np.bool_], contrast: str = "T1w", seed: int = 0) -> NDArray[np.uint8]:
+def segment_tissues(
+    image: NDArray, mask: NDArray[np.bool_], contrast: str = "T1w", seed: int = 0
+) -> NDArray[np.uint8]:
     """Three-class Gaussian mixture on the intensities inside `mask`; classes named by their
     mean intensity in the order the contrast implies. Labels: 0 outside, 1 CSF, 2 GM, 3 WM.
 
@@ -44,7 +46,7 @@ def segment_tissues(image: NDArray, mask: NDArray[np.bool_], contrast: str = "T1
     mixture = GaussianMixture(n_components=3, covariance_type="tied", random_state=seed).fit(subset)
     dark_to_bright = np.argsort(mixture.means_.ravel())
     component_label = np.empty(3, dtype=np.uint8)
-    for component, tissue in zip(dark_to_bright, INTENSITY_ORDER[contrast]):
+    for component, tissue in zip(dark_to_bright, INTENSITY_ORDER[contrast], strict=True):
         component_label[component] = TISSUE_LABELS[tissue]
     labels = np.zeros(image.shape, dtype=np.uint8)
     labels[mask] = component_label[mixture.predict(values)]
@@ -62,8 +64,8 @@ def compare_labels(labels: NDArray, truth: NDArray, mask: NDArray[np.bool_]) -> 
     volume_error = (found_volume - true_volume) / np.maximum(true_volume, 1)
     names = list(TISSUE_LABELS)
     return AnatomyScores(
-        dice={name: float(d) for name, d in zip(names, dice)},
-        relative_volume_error={name: float(e) for name, e in zip(names, volume_error)},
+        dice={name: float(d) for name, d in zip(names, dice, strict=True)},
+        relative_volume_error={name: float(e) for name, e in zip(names, volume_error, strict=True)},
     )
 
 

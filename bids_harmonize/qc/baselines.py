@@ -11,7 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from intensity_normalization import Modality, NyulNormalizer, WhiteStripeNormalizer, ZScoreNormalizer, create_image
+from intensity_normalization import (
+    Modality,
+    NyulNormalizer,
+    WhiteStripeNormalizer,
+    ZScoreNormalizer,
+    create_image,
+)
 from numpy.typing import NDArray
 from skimage.exposure import match_histograms
 
@@ -48,7 +54,7 @@ def match_histogram(image: NDArray, mask: NDArray, reference_values: NDArray) ->
 
 
 def pooled_brain_values(images: Sequence[NDArray], masks: Sequence[NDArray]) -> NDArray:
-    return np.concatenate([image[mask.astype(bool)] for image, mask in zip(images, masks)])
+    return np.concatenate([image[mask.astype(bool)] for image, mask in zip(images, masks, strict=True)])
 
 
 def fit_nyul(images: Sequence[NDArray], masks: Sequence[NDArray]) -> NyulNormalizer:

@@ -22,7 +22,9 @@ class SimilarityScores:
     mae: float
 
 
-def _comparable(image: NDArray, reference: NDArray, mask: NDArray[np.bool_], normalize: bool) -> tuple[NDArray, NDArray, float]:
+def _comparable(
+    image: NDArray, reference: NDArray, mask: NDArray[np.bool_], normalize: bool
+) -> tuple[NDArray, NDArray, float]:
     """Both images on one scale, and the data range that PSNR and SSIM use."""
     if normalize:
         return robust_rescale(image, mask), robust_rescale(reference, mask), 1.0
@@ -60,7 +62,9 @@ def mae_in_mask(image: NDArray, reference: NDArray, mask: NDArray[np.bool_]) -> 
     return float(mean_absolute_error(reference[mask], image[mask]))
 
 
-def similarity(image: NDArray, reference: NDArray, mask: NDArray[np.bool_], *, normalize: bool = True) -> SimilarityScores:
+def similarity(
+    image: NDArray, reference: NDArray, mask: NDArray[np.bool_], *, normalize: bool = True
+) -> SimilarityScores:
     """SSIM, PSNR and MAE of `image` against `reference` inside `mask`.
 
     With `normalize` (the default) both images are first mapped by `robust_rescale` (their own

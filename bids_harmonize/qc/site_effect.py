@@ -59,7 +59,12 @@ def site_features(image: NDArray, mask: NDArray[np.bool_]) -> NDArray[np.float64
 
 
 def site_classifier_accuracy(
-    images: Sequence[NDArray], masks: Sequence[NDArray], sites: Sequence[str], *, max_splits: int = 5, seed: int = 0
+    images: Sequence[NDArray],
+    masks: Sequence[NDArray],
+    sites: Sequence[str],
+    *,
+    max_splits: int = 5,
+    seed: int = 0,
 ) -> SiteClassification:
     """Accuracy of a linear classifier (standardised features, logistic regression) predicting
     each slice's site, cross-validated so that all slices of an image fall in the same fold.
@@ -71,14 +76,16 @@ def site_classifier_accuracy(
     if len(images_per_site) < 2 or images_per_site.min() < 2:
         raise ValueError("need at least two sites with at least two images each")
     features, labels, groups = [], [], []
-    for index, (image, mask, site) in enumerate(zip(images, masks, sites)):
+    for index, (image, mask, site) in enumerate(zip(images, masks, sites, strict=True)):
         rows = site_features(image, mask)
         features.append(rows)
         labels += [site] * len(rows)
         groups += [index] * len(rows)
     labels = np.asarray(labels)
     classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    folds = StratifiedGroupKFold(n_splits=min(max_splits, int(images_per_site.min())), shuffle=True, random_state=seed)
+    folds = StratifiedGroupKFold(
+        n_splits=min(max_splits, int(images_per_site.min())), shuffle=True, random_state=seed
+    )
     scores = cross_val_score(classifier, np.concatenate(features), labels, groups=groups, cv=folds)
     chance = np.unique(labels, return_counts=True)[1].max() / len(labels)
     return SiteClassification(float(scores.mean()), float(chance), len(images), len(labels))
@@ -90,7 +97,7 @@ def between_site_wasserstein(
     """Mean over site pairs of the 1-D Wasserstein distance between the sites' pooled
     within-mask intensity distributions (each image robustly rescaled first when `normalize`)."""
     pooled: dict[str, list[NDArray]] = {}
-    for image, mask, site in zip(images, masks, sites):
+    for image, mask, site in zip(images, masks, sites, strict=True):
         mask = mask.astype(bool)
         values = robust_rescale(image, mask)[mask] if normalize else image[mask]
         pooled.setdefault(site, []).append(values)

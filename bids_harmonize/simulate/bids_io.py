@@ -79,12 +79,21 @@ def write_raw_dataset_files(root: Path, seed: int, subjects: list[Subject]) -> N
         "derivatives/ground_truth/. Institutions and serial numbers are fictional.\n\n"
         f"Template data notice:\n{TEMPLATE_DATA_NOTICE}\n"
     )
-    write_tsv(root / "participants.tsv", ({"participant_id": f"sub-{s.label}", "age": s.age, "sex": s.sex} for s in subjects))
+    write_tsv(
+        root / "participants.tsv",
+        ({"participant_id": f"sub-{s.label}", "age": s.age, "sex": s.sex} for s in subjects),
+    )
     write_json(
         root / "participants.json",
         {
-            "age": {"Description": "Simulated age; drives ventricle enlargement and GM loss", "Units": "year"},
-            "sex": {"Description": "Simulated sex (no effect on anatomy)", "Levels": {"F": "female", "M": "male"}},
+            "age": {
+                "Description": "Simulated age; drives ventricle enlargement and GM loss",
+                "Units": "year",
+            },
+            "sex": {
+                "Description": "Simulated sex (no effect on anatomy)",
+                "Levels": {"F": "female", "M": "male"},
+            },
         },
     )
 
@@ -129,8 +138,8 @@ def write_itk_transform(subject: Subject, path: Path) -> None:
     )
 
 
-class GroundTruthWriter:
-    """Paths and writers of the ground-truth derivative dataset (BIDS Derivatives)."""
+class GroundTruthLayout:
+    """Where each file of the ground-truth derivative dataset lies, and how it is written."""
 
     def __init__(self, root: Path, resolution_mm: float) -> None:
         self.root = root
@@ -140,7 +149,9 @@ class GroundTruthWriter:
         return self.root / f"sub-{subject_label}" / "anat"
 
     def render_path(self, subject_label: str, site_label: str, contrast: str) -> Path:
-        return self.anat(subject_label) / f"sub-{subject_label}_acq-{site_label}_{self.space}_{contrast}.nii.gz"
+        return (
+            self.anat(subject_label) / f"sub-{subject_label}_acq-{site_label}_{self.space}_{contrast}.nii.gz"
+        )
 
     def dseg_path(self, subject_label: str) -> Path:
         return self.anat(subject_label) / f"sub-{subject_label}_{self.space}_dseg.nii.gz"
@@ -152,7 +163,10 @@ class GroundTruthWriter:
         return self.anat(subject_label) / f"sub-{subject_label}_{self.space}_label-{tissue}_probseg.nii.gz"
 
     def transform_path(self, subject_label: str) -> Path:
-        return self.anat(subject_label) / f"sub-{subject_label}_from-scanner_to-{TEMPLATE_SPACE}_mode-image_xfm.txt"
+        return (
+            self.anat(subject_label)
+            / f"sub-{subject_label}_from-scanner_to-{TEMPLATE_SPACE}_mode-image_xfm.txt"
+        )
 
     def write_subject(self, subject: Subject, grid: Grid) -> None:
         """Labels, brain mask, tissue probabilities and head transform of one subject."""
@@ -164,13 +178,23 @@ class GroundTruthWriter:
         save_nifti(dseg, grid, self.dseg_path(subject.label), xform_code=4)
         save_nifti(brain.astype(np.uint8), grid, self.mask_path(subject.label), xform_code=4)
         for name, probability in probabilities.items():
-            save_nifti(probability.astype(np.float32), grid, self.probseg_path(subject.label, name), xform_code=4)
+            save_nifti(
+                probability.astype(np.float32), grid, self.probseg_path(subject.label, name), xform_code=4
+            )
         write_itk_transform(subject, self.transform_path(subject.label))
 
-    def write_render(self, subject_label: str, site_label: str, contrast: str, image: NDArray, grid: Grid) -> None:
+    def write_render(
+        self, subject_label: str, site_label: str, contrast: str, image: NDArray, grid: Grid
+    ) -> None:
         save_nifti(image, grid, self.render_path(subject_label, site_label, contrast), xform_code=4)
 
-    def write_dataset_files(self, sites: list[Site], subjects: list[Subject], contrasts: tuple[str, ...], acquired_at: Mapping[str, str]) -> None:
+    def write_dataset_files(
+        self,
+        sites: list[Site],
+        subjects: list[Subject],
+        contrasts: tuple[str, ...],
+        acquired_at: Mapping[str, str],
+    ) -> None:
         write_json(
             self.root / "dataset_description.json",
             {
@@ -183,7 +207,9 @@ class GroundTruthWriter:
             },
         )
         (self.root / "README").write_text(_GROUND_TRUTH_README.format(notice=TEMPLATE_DATA_NOTICE))
-        write_tsv(self.root / "dseg.tsv", ({"index": value, "name": name} for name, value in DSEG_LABELS.items()))
+        write_tsv(
+            self.root / "dseg.tsv", ({"index": value, "name": name} for name, value in DSEG_LABELS.items())
+        )
         write_tsv(self.root / "tissues.tsv", _tissue_rows())
         write_tsv(self.root / "sites.tsv", (site_row(site, contrasts) for site in sites))
         write_json(self.root / "sites.json", {site.label: site.to_json() for site in sites})
@@ -192,7 +218,10 @@ class GroundTruthWriter:
             for contrast in contrasts:
                 write_json(
                     self.root / f"acq-{site.label}_{contrast}.json",
-                    {"Description": f"Noise-free, bias-free render as site {site.label} images it", **site.sidecar(contrast)},
+                    {
+                        "Description": f"Noise-free, bias-free render as site {site.label} images it",
+                        **site.sidecar(contrast),
+                    },
                 )
 
 

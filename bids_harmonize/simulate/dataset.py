@@ -12,7 +12,7 @@ import numpy as np
 from bids_harmonize.simulate.anatomy import load_template_anatomy
 from bids_harmonize.simulate.bids_io import (
     GENERATOR,
-    GroundTruthWriter,
+    GroundTruthLayout,
     raw_image_path,
     write_raw_dataset_files,
     write_raw_image,
@@ -49,22 +49,28 @@ class SimulatedDataset:
         return raw_image_path(self.bids_root, subject, contrast)
 
     @property
-    def ground_truth(self) -> GroundTruthWriter:
-        return GroundTruthWriter(self.ground_truth_root, self.resolution_mm)
+    def ground_truth(self) -> GroundTruthLayout:
+        return GroundTruthLayout(self.ground_truth_root, self.resolution_mm)
+
+
+def _written_by_simulator(out_dir: Path) -> bool:
+    try:
+        description = json.loads((out_dir / "dataset_description.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return any(entry.get("Name") == GENERATOR for entry in description.get("GeneratedBy", []))
 
 
 def _prepare_output(out_dir: Path, overwrite: bool) -> None:
     """Refuse to write into a non-empty folder, except over an earlier simulation when asked."""
     if not out_dir.exists() or not any(out_dir.iterdir()):
         return
-    description = out_dir / "dataset_description.json"
-    earlier = description.is_file() and json.loads(description.read_text()).get("GeneratedBy", [{}])[0].get("Name") == GENERATOR
-    if not (overwrite and earlier):
-        raise FileExistsError(
-            f"{out_dir} is not empty. Choose an empty folder"
-            + (", or pass overwrite=True (--overwrite) to replace this earlier simulation." if earlier else ".")
-        )
-    shutil.rmtree(out_dir)
+    earlier = _written_by_simulator(out_dir)
+    if overwrite and earlier:
+        shutil.rmtree(out_dir)
+        return
+    hint = ", or pass overwrite=True (--overwrite) to replace this earlier simulation" if earlier else ""
+    raise FileExistsError(f"{out_dir} is not empty. Choose an empty folder{hint}.")
 
 
 def simulate_dataset(
@@ -94,14 +100,20 @@ def simulate_dataset(
     template = load_template_anatomy(float(resolution_mm))
     sites = [site.at_resolution(resolution_mm) for site in choose_sites(n_sites, seed)]
     width = max(2, len(str(n_subjects)))
-    ground_truth = GroundTruthWriter(out_dir / GROUND_TRUTH_DIR, resolution_mm)
+    ground_truth = GroundTruthLayout(out_dir / GROUND_TRUTH_DIR, resolution_mm)
     subjects, site_of_subject = [], {}
     for index in range(n_subjects):
         subject = make_subject(template, f"{index + 1:0{width}d}", np.random.default_rng([seed, index]))
         own_site = sites[index % len(sites)]
         for contrast in contrasts:
             scan_rng = np.random.default_rng([seed, index, 1 + CONTRASTS.index(contrast)])
-            write_raw_image(out_dir, subject, own_site, contrast, acquire(subject, own_site, contrast, template.grid, scan_rng))
+            write_raw_image(
+                out_dir,
+                subject,
+                own_site,
+                contrast,
+                acquire(subject, own_site, contrast, template.grid, scan_rng),
+            )
             for site in sites:
                 render = render_ground_truth(subject, site, contrast, template.grid)
                 ground_truth.write_render(subject.label, site.label, contrast, render, template.grid)
@@ -111,4 +123,12 @@ def simulate_dataset(
 
     write_raw_dataset_files(out_dir, seed, subjects)
     ground_truth.write_dataset_files(sites, subjects, tuple(contrasts), site_of_subject)
-    return SimulatedDataset(out_dir, ground_truth.root, tuple(sites), site_of_subject, tuple(contrasts), float(resolution_mm), seed)
+    return SimulatedDataset(
+        out_dir,
+        ground_truth.root,
+        tuple(sites),
+        site_of_subject,
+        tuple(contrasts),
+        float(resolution_mm),
+        seed,
+    )

@@ -15,7 +15,8 @@ def _site_title(dataset: SimulatedDataset, site_label: str, contrast: str) -> st
     site = dataset.site(site_label)
     protocol = site.protocols[contrast]
     voxel = "x".join(f"{v:g}" for v in protocol.voxel_size_mm)
-    return f"{site_label}: {site.manufacturer} {site.model} {site.field_strength_t:g} T\n{contrast} {protocol.sequence.name}, {voxel} mm"
+    scanner = f"{site.manufacturer} {site.model} {site.field_strength_t:g} T"
+    return f"{site_label}: {scanner}\n{contrast} {protocol.sequence.name}, {voxel} mm"
 
 
 def plot_site_renders(dataset: SimulatedDataset, out_png: Path | str, subject: str | None = None) -> Path:
@@ -39,7 +40,9 @@ def plot_site_renders(dataset: SimulatedDataset, out_png: Path | str, subject: s
                 axis.imshow(view, cmap="gray", vmin=low, vmax=high, origin="lower")
                 axis.set_axis_off()
             axes[2 * row, column].set_title(_site_title(dataset, site.label, contrast), fontsize=8)
-    figure.suptitle(f"sub-{subject} at every simulated site (axial and sagittal, noise-free ground truth)", fontsize=10)
+    figure.suptitle(
+        f"sub-{subject} at every simulated site (axial and sagittal, noise-free ground truth)", fontsize=10
+    )
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out_png, dpi=72)

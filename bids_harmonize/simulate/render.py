@@ -50,7 +50,9 @@ def brightest_brain_signal(site: Site, contrast: str) -> float:
     signals = []
     for name in BRAIN_TISSUES:
         tissue = TISSUES[name]
-        signals.append(tissue.proton_density * float(sequence.signal(*tissue.relaxation(site.field_strength_t))))
+        signals.append(
+            tissue.proton_density * float(sequence.signal(*tissue.relaxation(site.field_strength_t)))
+        )
     return max(signals)
 
 
@@ -86,33 +88,40 @@ def noise_sigma(site: Site) -> float:
     return site.noise_fraction * site.white_level
 
 
-def native_grid(protocol: Protocol, subject: Subject, template_grid: Grid) -> Grid:
-    """The acquisition grid in scanner coordinates: protocol field of view centred on the head
-    (shifted by the subject's random offset, but keeping the whole brain inside), stored in the
-    protocol's axis order."""
-    to_scanner = subject.pose.template_to_scanner()
+def _brain_extent_in_scanner(subject: Subject, template_grid: Grid) -> tuple[NDArray, NDArray]:
+    """Lowest and highest scanner coordinates (RAS mm) of the corners of the brain's bounding box."""
     brain_voxels = np.argwhere(subject.brain_mask)
     corners = np.array([brain_voxels.min(axis=0), brain_voxels.max(axis=0)], dtype=float)
     corners = np.array(np.meshgrid(*corners.T, indexing="ij")).reshape(3, -1)
-    brain_world = template_grid.affine[:3, :3] @ corners + template_grid.affine[:3, 3:4]
-    brain_scanner = to_scanner[:3, :3] @ brain_world + to_scanner[:3, 3:4]
-    low, high = brain_scanner.min(axis=1), brain_scanner.max(axis=1)
+    to_scanner = subject.pose.template_to_scanner() @ template_grid.affine
+    scanner = to_scanner[:3, :3] @ corners + to_scanner[:3, 3:4]
+    return scanner.min(axis=1), scanner.max(axis=1)
 
+
+def _in_stored_orientation(affine_ras: NDArray, shape_ras: NDArray, orientation: str) -> Grid:
+    """The same grid with its array axes permuted and flipped to `orientation` (axis codes)."""
+    to_stored = ornt_transform(axcodes2ornt("RAS"), axcodes2ornt(tuple(orientation)))
+    stored_shape = [0, 0, 0]
+    for axis, (new_axis, _) in enumerate(to_stored):
+        stored_shape[int(new_axis)] = int(shape_ras[axis])
+    return Grid(tuple(stored_shape), affine_ras @ inv_ornt_aff(to_stored, tuple(shape_ras)))
+
+
+def native_grid(protocol: Protocol, subject: Subject, template_grid: Grid) -> Grid:
+    """The acquisition grid in scanner coordinates: the protocol's field of view centred on the
+    brain, shifted by the subject's random offset as far as the whole brain stays inside, stored
+    in the protocol's axis order."""
+    low, high = _brain_extent_in_scanner(subject, template_grid)
     fov = np.asarray(protocol.field_of_view_mm)
-    centre = (low + high) / 2 + np.asarray(subject.pose.field_of_view_shift_mm)
     room = np.clip(fov / 2 - (high - low) / 2 - FOV_MARGIN_MM, 0, None)
-    centre = np.clip(centre, (low + high) / 2 - room, (low + high) / 2 + room)
+    shift = np.clip(np.asarray(subject.pose.field_of_view_shift_mm), -room, room)
+    centre = (low + high) / 2 + shift
 
     voxel = np.asarray(protocol.voxel_size_mm)
     shape_ras = np.maximum(np.round(fov / voxel).astype(int), 1)
     affine_ras = np.diag([*voxel, 1.0])
     affine_ras[:3, 3] = centre - voxel * (shape_ras - 1) / 2
-    to_stored = ornt_transform(axcodes2ornt("RAS"), axcodes2ornt(tuple(protocol.orientation)))
-    stored_shape = [0, 0, 0]
-    for axis, (new_axis, _) in enumerate(to_stored):
-        stored_shape[int(new_axis)] = int(shape_ras[axis])
-    affine = affine_ras @ inv_ornt_aff(to_stored, tuple(shape_ras))
-    return Grid(tuple(stored_shape), affine)
+    return _in_stored_orientation(affine_ras, shape_ras, protocol.orientation)
 
 
 def receive_bias(grid: Grid, amplitude: float, rng: np.random.Generator) -> Array:
@@ -120,16 +129,22 @@ def receive_bias(grid: Grid, amplitude: float, rng: np.random.Generator) -> Arra
     return np.exp(amplitude * random_polynomial_field(grid.shape, BIAS_POLYNOMIAL_DEGREE, rng))
 
 
-def acquire(subject: Subject, site: Site, contrast: str, template_grid: Grid, rng: np.random.Generator) -> nb.Nifti1Image:
+def acquire(
+    subject: Subject, site: Site, contrast: str, template_grid: Grid, rng: np.random.Generator
+) -> nb.Nifti1Image:
     """The image `site` stores when it scans `subject`: native grid and orientation, int16."""
     protocol = site.protocols[contrast]
     blurred = blur_to_protocol(tissue_signal(subject, site, contrast), protocol, template_grid)
     grid = native_grid(protocol, subject, template_grid)
-    native_to_template = np.linalg.inv(template_grid.affine) @ np.linalg.inv(subject.pose.template_to_scanner()) @ grid.affine
+    native_to_template = (
+        np.linalg.inv(template_grid.affine) @ np.linalg.inv(subject.pose.template_to_scanner()) @ grid.affine
+    )
     signal = ndimage.affine_transform(blurred, native_to_template, output_shape=grid.shape, order=1, cval=0.0)
     signal *= receive_bias(grid, site.bias_amplitude, rng)
     noisy = add_rician_noise(signal, site.noise_fraction * brightest_brain_signal(site, contrast), rng)
-    stored = np.clip(np.round(noisy * vendor_gain(site, contrast) + site.intensity_offset), 0, MAX_STORED_VALUE)
+    stored = np.clip(
+        np.round(noisy * vendor_gain(site, contrast) + site.intensity_offset), 0, MAX_STORED_VALUE
+    )
     image = nb.Nifti1Image(stored.astype(np.int16), grid.affine)
     image.set_qform(grid.affine, code=1)
     image.set_sform(grid.affine, code=1)

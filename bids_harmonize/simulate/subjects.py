@@ -89,19 +89,28 @@ def _integrate(velocity: Array, identity: NDArray[np.float32]) -> Array:
 def _random_pose(rng: np.random.Generator) -> HeadPose:
     pitch, roll, yaw = rng.normal(0.0, (6.0, 3.0, 3.0))
     return HeadPose(
-        rotation_deg=(float(np.clip(pitch, -15, 15)), float(np.clip(roll, -8, 8)), float(np.clip(yaw, -8, 8))),
+        rotation_deg=(
+            float(np.clip(pitch, -15, 15)),
+            float(np.clip(roll, -8, 8)),
+            float(np.clip(yaw, -8, 8)),
+        ),
         translation_mm=tuple(float(t) for t in rng.normal(0.0, 5.0, 3)),
         field_of_view_shift_mm=tuple(float(s) for s in rng.uniform(-8.0, 8.0, 3)),
     )
 
 
-def random_deformation(template: TemplateAnatomy, ventricle_expansion_mm: float, rng: np.random.Generator) -> Array:
+def random_deformation(
+    template: TemplateAnatomy, ventricle_expansion_mm: float, rng: np.random.Generator
+) -> Array:
     """Displacement field (voxels, shape (3, *grid)) of a random diffeomorphism: a smooth random
     velocity plus a push that enlarges the ventricles by about `ventricle_expansion_mm`,
     integrated by scaling and squaring. Subject anatomy = template sampled at x + displacement(x)."""
     grid = template.grid
     random_velocity = np.stack(
-        [random_polynomial_field(grid.shape, VELOCITY_DEGREE, rng) * VELOCITY_MAX_MM / s for s in grid.spacing_mm]
+        [
+            random_polynomial_field(grid.shape, VELOCITY_DEGREE, rng) * VELOCITY_MAX_MM / s
+            for s in grid.spacing_mm
+        ]
     )
     velocity = random_velocity + _ventricle_push(template.ventricles, grid, ventricle_expansion_mm)
     return _integrate(velocity, np.indices(grid.shape, dtype=np.float32))
@@ -136,6 +145,8 @@ def make_subject(template: TemplateAnatomy, label: str, rng: np.random.Generator
         brain_mask=warp(template.brain_mask) > 0.5,
         t1_texture=warp(template.t1_texture),
         t2_texture=warp(template.t2_texture),
-        relaxation_scale={name: (float(t1), float(t2)) for name, (t1, t2) in zip(BRAIN_TISSUES, scales)},
+        relaxation_scale={
+            name: (float(t1), float(t2)) for name, (t1, t2) in zip(BRAIN_TISSUES, scales, strict=True)
+        },
         pose=_random_pose(rng),
     )

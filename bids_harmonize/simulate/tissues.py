@@ -29,8 +29,7 @@ class Tissue:
         """(T1, T2) in seconds at a supported field strength."""
         if field_strength_t not in self.t1_s:
             raise ValueError(
-                f"No relaxation times for {self.name} at {field_strength_t} T; "
-                f"supported: {sorted(self.t1_s)}"
+                f"No relaxation times for {self.name} at {field_strength_t} T; supported: {sorted(self.t1_s)}"
             )
         return self.t1_s[field_strength_t], self.t2_s[field_strength_t]
 

@@ -12,7 +12,9 @@ def _mask(shape: tuple[int, int, int]) -> np.ndarray:
     return np.linalg.norm(np.indices(shape) - centre[:, None, None, None], axis=0) < min(shape) / 2 - 1
 
 
-def _brain_like(rng: np.random.Generator, shape=(32, 32, 16), noise: float = 0.02, gamma: float = 1.0) -> np.ndarray:
+def _brain_like(
+    rng: np.random.Generator, shape=(32, 32, 16), noise: float = 0.02, gamma: float = 1.0
+) -> np.ndarray:
     """Smooth two-tissue pattern with a site-specific contrast curve (gamma) and noise level."""
     tissue = ndimage.gaussian_filter(rng.normal(size=shape), 2) > 0
     image = np.where(tissue, 1.0, 0.6) ** gamma
@@ -38,7 +40,9 @@ def test_wasserstein_is_zero_for_identical_sites() -> None:
 def test_classifier_finds_separable_sites() -> None:
     rng = np.random.default_rng(2)
     shape = (32, 32, 16)
-    images = [_brain_like(rng, shape, 0.02, 1.0) for _ in range(4)] + [_brain_like(rng, shape, 0.10, 3.0) for _ in range(4)]
+    images = [_brain_like(rng, shape, 0.02, 1.0) for _ in range(4)] + [
+        _brain_like(rng, shape, 0.10, 3.0) for _ in range(4)
+    ]
     result = site_classifier_accuracy(images, [_mask(shape)] * 8, ["a"] * 4 + ["b"] * 4)
     assert result.accuracy > 0.9
     assert result.chance == pytest.approx(0.5)

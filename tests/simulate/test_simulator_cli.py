@@ -9,7 +9,19 @@ from bids_harmonize.simulate.cli import EXIT_USAGE, main
 
 def test_cli_writes_dataset_and_figure(empty_dir: Path, capsys: pytest.CaptureFixture) -> None:
     figure = empty_dir.parent / "sites.png"
-    args = [str(empty_dir), "--sites", "2", "--subjects", "2", "--resolution", "4", "--seed", "1", "--figure", str(figure)]
+    args = [
+        str(empty_dir),
+        "--sites",
+        "2",
+        "--subjects",
+        "2",
+        "--resolution",
+        "4",
+        "--seed",
+        "1",
+        "--figure",
+        str(figure),
+    ]
     assert main(args) == 0
     assert (empty_dir / "sub-02" / "anat" / "sub-02_T1w.nii.gz").is_file()
     assert figure.stat().st_size > 10_000

@@ -26,7 +26,9 @@ def _nifti_arrays(root: Path) -> dict[str, np.ndarray]:
     return {str(p.relative_to(root)): np.asarray(nb.load(p).dataobj) for p in sorted(root.rglob("*.nii.gz"))}
 
 
-def test_same_seed_gives_identical_arrays(tiny_dataset: SimulatedDataset, tiny_dataset_again: SimulatedDataset) -> None:
+def test_same_seed_gives_identical_arrays(
+    tiny_dataset: SimulatedDataset, tiny_dataset_again: SimulatedDataset
+) -> None:
     first, second = _nifti_arrays(tiny_dataset.bids_root), _nifti_arrays(tiny_dataset_again.bids_root)
     assert first.keys() == second.keys() and len(first) > 10
     for name in first:
@@ -71,7 +73,9 @@ def test_sidecars_match_the_simulated_site(tiny_dataset: SimulatedDataset) -> No
             assert metadata.get("InversionTime") == getattr(sequence, "inversion_time_s", None)
             if isinstance(sequence, InversionRecoveryGradientEcho):
                 assert metadata["FlipAngle"] == sequence.flip_angle_deg
-                reported = sequence.cycle_time_s if site.manufacturer == "SIEMENS" else sequence.echo_spacing_s
+                reported = (
+                    sequence.cycle_time_s if site.manufacturer == "SIEMENS" else sequence.echo_spacing_s
+                )
                 assert metadata["RepetitionTime"] == reported
             else:
                 assert metadata["RepetitionTime"] == sequence.repetition_time_s
@@ -91,7 +95,16 @@ def test_native_images_are_not_on_the_template_grid(tiny_dataset: SimulatedDatas
         assert 0 <= np.asarray(image.dataobj).min() and np.asarray(image.dataobj).max() <= 4095
 
 
-def test_ground_truth_transform_brings_the_native_scan_onto_its_render(tiny_dataset: SimulatedDataset) -> None:
+def _correlation_after_resampling(
+    native: sitk.Image, render: sitk.Image, mask: np.ndarray, transform: sitk.Transform
+) -> float:
+    moved = sitk.GetArrayFromImage(sitk.Resample(native, render, transform, sitk.sitkLinear, 0.0))
+    return float(np.corrcoef(moved[mask], sitk.GetArrayFromImage(render)[mask])[0, 1])
+
+
+def test_ground_truth_transform_brings_the_native_scan_onto_its_render(
+    tiny_dataset: SimulatedDataset,
+) -> None:
     """Resampling the noisy native scan with the stored ITK transform must reproduce the
     noise-free render of the same site far better than ignoring the head position."""
     truth = tiny_dataset.ground_truth
@@ -100,15 +113,9 @@ def test_ground_truth_transform_brings_the_native_scan_onto_its_render(tiny_data
         native = sitk.ReadImage(str(tiny_dataset.native_image(subject)), sitk.sitkFloat32)
         transform = sitk.ReadTransform(str(truth.transform_path(subject)))
         mask = sitk.GetArrayFromImage(sitk.ReadImage(str(truth.mask_path(subject)))) > 0
-        reference = sitk.GetArrayFromImage(render)[mask]
-
-        def correlation(xfm: sitk.Transform) -> float:
-            moved = sitk.GetArrayFromImage(sitk.Resample(native, render, xfm, sitk.sitkLinear, 0.0))
-            return float(np.corrcoef(moved[mask], reference)[0, 1])
-
-        aligned = correlation(transform)
+        aligned = _correlation_after_resampling(native, render, mask, transform)
         assert aligned > 0.9
-        assert aligned > correlation(sitk.Transform()) + 0.1
+        assert aligned > _correlation_after_resampling(native, render, mask, sitk.Transform()) + 0.1
 
 
 def test_ground_truth_labels_and_mask_agree(tiny_dataset: SimulatedDataset) -> None:
@@ -124,7 +131,9 @@ def test_ground_truth_labels_and_mask_agree(tiny_dataset: SimulatedDataset) -> N
 def test_renders_differ_between_sites_but_share_the_anatomy(tiny_dataset: SimulatedDataset) -> None:
     truth = tiny_dataset.ground_truth
     mask = np.asarray(nb.load(truth.mask_path("01")).dataobj) > 0
-    site1, site2 = (np.asarray(nb.load(truth.render_path("01", s, "T1w")).dataobj)[mask] for s in ("site1", "site2"))
+    site1, site2 = (
+        np.asarray(nb.load(truth.render_path("01", s, "T1w")).dataobj)[mask] for s in ("site1", "site2")
+    )
     assert not np.allclose(site1, site2, rtol=0.05)
     assert np.corrcoef(site1, site2)[0, 1] > 0.8
 

@@ -6,7 +6,11 @@ import pytest
 from bids_harmonize.simulate import CATALOGUE, choose_sites
 from bids_harmonize.simulate.anatomy import load_template_anatomy
 from bids_harmonize.simulate.render import add_rician_noise, brightest_brain_signal, tissue_signal
-from bids_harmonize.simulate.sequences import InversionRecoveryGradientEcho, InversionRecoverySpinEcho, SpinEcho
+from bids_harmonize.simulate.sequences import (
+    InversionRecoveryGradientEcho,
+    InversionRecoverySpinEcho,
+    SpinEcho,
+)
 from bids_harmonize.simulate.subjects import make_subject, random_deformation
 from bids_harmonize.simulate.tissues import TISSUES
 
@@ -43,7 +47,9 @@ def test_spin_echo_limits() -> None:
     long_tr = SpinEcho("SE", repetition_time_s=100.0, echo_time_s=0.1)
     assert float(long_tr.signal(1.0, 0.1)) == pytest.approx(np.exp(-1.0))
     # Inversion recovery nulls a tissue at TI = T1 ln 2 when TR is long.
-    nulling = InversionRecoverySpinEcho("IR", repetition_time_s=100.0, echo_time_s=0.01, inversion_time_s=np.log(2))
+    nulling = InversionRecoverySpinEcho(
+        "IR", repetition_time_s=100.0, echo_time_s=0.01, inversion_time_s=np.log(2)
+    )
     assert float(nulling.signal(1.0, 0.1)) == pytest.approx(0.0, abs=1e-9)
 
 
@@ -53,7 +59,8 @@ def test_every_catalogue_site_has_textbook_contrast(site) -> None:
     for contrast, order in (("T1w", ("WM", "GM", "CSF")), ("T2w", ("CSF", "GM", "WM"))):
         sequence = site.protocols[contrast].sequence
         signal = {
-            name: TISSUES[name].proton_density * float(sequence.signal(*TISSUES[name].relaxation(site.field_strength_t)))
+            name: TISSUES[name].proton_density
+            * float(sequence.signal(*TISSUES[name].relaxation(site.field_strength_t)))
             for name in order
         }
         assert signal[order[0]] > signal[order[1]] > signal[order[2]], (site.label, contrast, signal)
@@ -81,7 +88,9 @@ def coarse_template():
 
 
 def test_random_deformation_is_diffeomorphic(coarse_template) -> None:
-    displacement = random_deformation(coarse_template, ventricle_expansion_mm=4.0, rng=np.random.default_rng(0))
+    displacement = random_deformation(
+        coarse_template, ventricle_expansion_mm=4.0, rng=np.random.default_rng(0)
+    )
     jacobian = np.stack([np.stack(np.gradient(d)) for d in displacement]) + np.eye(3)[:, :, None, None, None]
     determinant = np.linalg.det(np.moveaxis(jacobian, (0, 1), (-2, -1)))
     assert determinant.min() > 0
