@@ -14,6 +14,7 @@ from bids_harmonize.simulate.bids_io import (
     GENERATOR,
     GroundTruthLayout,
     raw_image_path,
+    site_row,
     write_raw_dataset_files,
     write_raw_image,
 )
@@ -43,6 +44,10 @@ class SimulatedDataset:
 
     def site(self, label: str) -> Site:
         return next(site for site in self.sites if site.label == label)
+
+    def site_table(self) -> list[dict[str, object]]:
+        """One row per site, as in the ground truth's sites.tsv."""
+        return [site_row(site, self.contrasts) for site in self.sites]
 
     def native_image(self, subject: str, contrast: str = "T1w") -> Path:
         """The subject's scan at its own site (BIDS raw, native grid)."""

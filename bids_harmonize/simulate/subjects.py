@@ -2,7 +2,7 @@
 
 - Shape: a smooth random stationary velocity field integrated by scaling and squaring
   (a diffeomorphism), plus an outward push around the ventricles that grows with age.
-- Atrophy: part of the cortical GM fraction turns into CSF (thinning, in a smooth random pattern).
+- Atrophy: part of the GM fraction turns into CSF (thinning, in a smooth random pattern).
 - Biology: per-subject scaling of the brain tissues' T1 and T2 (a few per cent).
 - Head position: a random rigid transform (mostly pitch) and a random field-of-view shift.
 """

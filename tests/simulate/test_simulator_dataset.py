@@ -145,4 +145,6 @@ def test_ground_truth_dataset_describes_itself(tiny_dataset: SimulatedDataset) -
     assert "McConnell" in (tiny_dataset.bids_root / "README").read_text()
     sites_table = (root / "sites.tsv").read_text().splitlines()
     assert len(sites_table) == 1 + 2 and sites_table[0].startswith("site\tManufacturer")
+    assert [row["site"] for row in tiny_dataset.site_table()] == ["site1", "site2"]
+    assert tiny_dataset.site_table()[0]["T1w_InversionTime"] == 0.9
     assert "site" in (root / "participants.tsv").read_text().splitlines()[0]
