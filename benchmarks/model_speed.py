@@ -92,8 +92,6 @@ def inference_flops_per_slice(config) -> int:
 
 def measure_inference(config, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
     translator = build_translator(config).to(device).eval().requires_grad_(False)
-    if device.type == "cuda":
-        translator = translator.to(memory_format=torch.channels_last)
     if args.compile:
         translator.content_encoder.compile()
         translator.generator.compile()

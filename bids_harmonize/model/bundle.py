@@ -63,9 +63,6 @@ class UnknownSiteError(LookupError):
             "Pick one of them, or retrain the model with data from that site."
         )
 
-    def __str__(self) -> str:  # LookupError would otherwise print the repr of the message
-        return str(self.args[0])
-
 
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()

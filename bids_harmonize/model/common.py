@@ -11,6 +11,10 @@ import torch
 T = TypeVar("T")
 
 
+class DeviceUnavailable(RuntimeError):
+    """A GPU was asked for but torch sees none; the message says how to expose one."""
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """Turn 'auto', 'cpu', 'cuda' or 'cuda:N' into a device, failing fast when CUDA is absent.
 
@@ -21,7 +25,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
+        raise DeviceUnavailable(
             f"device {str(device)!r} was asked for but torch sees no CUDA GPU; run the container "
             "with `--gpus all` (Docker) or `--nv` (Apptainer/Singularity), or pass --device cpu"
         )

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from bids_harmonize.model.common import autocast_for
-from bids_harmonize.model.networks import MURDConfig, Translator
+from bids_harmonize.model.networks import CONV_MEMORY_FORMAT, MURDConfig, Translator
 from bids_harmonize.model.slices import (
     BACKGROUND,
     MIN_FOREGROUND,
@@ -93,7 +93,7 @@ def harmonize_volume(
     with torch.inference_mode(), autocast_for(device):
         for centres in torch.arange(num_slices, device=device).split(batch_size):
             stacks = gather_stacks(slices[None], torch.zeros_like(centres), centres, config.in_channels)
-            outputs = translator.translate(_model_input(stacks, config, device), style.expand(len(centres), -1))
+            outputs = translator.translate(_model_input(stacks, config), style.expand(len(centres), -1))
             neighbours = neighbour_indices(centres, config.in_channels, num_slices)
             restored = restore_in_plane(outputs.float(), height, width, original=stacks)
             # Accumulating index_put_ is deterministic (sort-based on CUDA, unlike index_add_).
@@ -109,11 +109,8 @@ def prediction_counts(num_slices: int, in_channels: int, device: torch.device) -
     return torch.bincount(every.flatten(), minlength=num_slices).float()
 
 
-def _model_input(stacks: Tensor, config: MURDConfig, device: torch.device) -> Tensor:
-    images = fit_in_plane(stacks, config.image_size, fill=BACKGROUND)
-    if device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images
+def _model_input(stacks: Tensor, config: MURDConfig) -> Tensor:
+    return fit_in_plane(stacks, config.image_size, fill=BACKGROUND).contiguous(memory_format=CONV_MEMORY_FORMAT)
 
 
 def mean_style(translator: Translator, batches: Iterable[Tensor], site_index: int) -> Tensor:
@@ -147,7 +144,7 @@ def reference_style(
         )
     batch_size = batch_size or auto_batch_size(config, device)
     batches = (
-        _model_input(gather_stacks(slices[None], torch.zeros_like(chunk), chunk, config.in_channels), config, device)
+        _model_input(gather_stacks(slices[None], torch.zeros_like(chunk), chunk, config.in_channels), config)
         for chunk in centres.split(batch_size)
     )
     return mean_style(translator, batches, site_index)

@@ -36,7 +36,14 @@ from bids_harmonize.model.losses import (
     weighted_discriminator_loss,
     weighted_generator_loss,
 )
-from bids_harmonize.model.networks import Discriminator, MURDConfig, Translator, build_discriminator, build_translator
+from bids_harmonize.model.networks import (
+    CONV_MEMORY_FORMAT,
+    Discriminator,
+    MURDConfig,
+    Translator,
+    build_discriminator,
+    build_translator,
+)
 from bids_harmonize.model.slices import MIN_FOREGROUND
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -160,9 +167,8 @@ class Trainer:
         self.config, self.train_config, self.sampler = config, train_config, sampler
         self.device, self.context = device, context
         torch.manual_seed(train_config.seed)  # the same initial weights on every rank
-        # Channels-last convolutions are faster on GPUs (tensor cores) and, here, on CPUs too.
-        self.translator = build_translator(config).to(device, memory_format=torch.channels_last)
-        self.discriminator = build_discriminator(config).to(device, memory_format=torch.channels_last)
+        self.translator = build_translator(config).to(device)
+        self.discriminator = build_discriminator(config).to(device)
         self.ema = copy.deepcopy(self.translator).requires_grad_(False)
         if train_config.compile:
             for network in (self.translator.content_encoder, self.translator.style_encoder, self.translator.generator):
@@ -204,7 +210,7 @@ class Trainer:
     def train_step(self) -> dict[str, Tensor]:
         """One discriminator step, one generator step, EMA update; returns the detached terms."""
         batch = self.sampler.sample()
-        batch.images = batch.images.contiguous(memory_format=torch.channels_last)
+        batch.images = batch.images.contiguous(memory_format=CONV_MEMORY_FORMAT)
         diversity_fakes = self._diversity_fakes(batch)
         d_terms = self._discriminator_update(batch, diversity_fakes)
         g_terms = self._generator_update(batch, diversity_fakes)
