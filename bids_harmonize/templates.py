@@ -134,6 +134,10 @@ def get_template(
     home = templateflow_home()
     if template == DEFAULT_TEMPLATE:
         provision_default_template(home)
+        stem = {"T1w": "T1w", "T2w": "T2w", "mask": f"desc-{desc}_mask"}.get(suffix)
+        path = _template_file(home, DEFAULT_TEMPLATE, resolution, stem) if stem else None
+        if path is not None and _is_real(path):
+            return path  # the file api.get would return, without its 5-10 s index of the home
     os.environ["TEMPLATEFLOW_HOME"] = str(home)  # read by templateflow at import
     from templateflow import api
 

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from typing import Any
 
 from bids_harmonize import CODE_URL, __version__
 from bids_harmonize.bids.records import ImageRecord
-from bids_harmonize.utils import atomic_save_nifti, atomic_write_json, atomic_write_text
+from bids_harmonize.utils import atomic_save_nifti, atomic_write, atomic_write_json, atomic_write_text
 
 PIPELINE_NAME = "bids_harmonize"
 # BIDS entity order for file names (subset that anatomical derivatives use).
@@ -35,6 +36,9 @@ ENTITY_ORDER = (
     ("reconstruction", "rec"),
     ("run", "run"),
     ("part", "part"),
+    ("from", "from"),
+    ("to", "to"),
+    ("mode", "mode"),
     ("space", "space"),
     ("resolution", "res"),
     ("label", "label"),
@@ -171,6 +175,11 @@ def write_image(img: Any, path: Path, sidecar: Mapping[str, Any] | None = None) 
     if sidecar is not None:
         atomic_write_json(sidecar_path(path), dict(sidecar))
     return path
+
+
+def atomic_copy(source: Path, target: Path) -> Path:
+    """Copy a file (e.g. a transform) into OUT atomically."""
+    return atomic_write(Path(target), lambda tmp: shutil.copyfile(source, tmp), suffix=Path(target).suffix)
 
 
 def image_sidecar(

@@ -41,6 +41,10 @@ def setup_logging(verbosity: int) -> None:
     level = logging.DEBUG if verbosity > 1 else logging.INFO if verbosity == 1 else logging.WARNING
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING, force=True)
     LOGGER.setLevel(min(level, logging.INFO))  # our own progress lines always show
+    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+        nipype_logger = logging.getLogger(name)
+        nipype_logger.propagate = False  # nipype has its own handler; ours would print every line twice
+        nipype_logger.setLevel(logging.INFO if verbosity else logging.WARNING)
 
 
 def discover(config: RunConfig) -> list[ImageRecord]:
@@ -70,8 +74,9 @@ def discover(config: RunConfig) -> list[ImageRecord]:
     return found.images
 
 
-def site_inventory(config: RunConfig, images: list[ImageRecord]) -> list[SiteAssignment]:
-    """Assign sites, write OUT/sites.tsv + sites.json, and log what needs the user's attention."""
+def site_inventory(config: RunConfig, images: list[ImageRecord], write: bool = True) -> list[SiteAssignment]:
+    """Assign sites, log what needs the user's attention, and (group level) write OUT/sites.tsv
+    + sites.json. Participant runs do not write them: parallel runs would overwrite each other."""
     overrides = load_overrides(config.bids_dir, images, config.site_table)
     for row in overrides.unmatched_rows:
         LOGGER.warning("site table row matches no selected image: %s", row)
@@ -80,6 +85,8 @@ def site_inventory(config: RunConfig, images: list[ImageRecord]) -> list[SiteAss
     for a in assignments:
         for message in a.warnings:
             LOGGER.warning(message)
+    if not write:
+        return assignments
     derivatives.write_site_inventory(
         config.output_dir, [assignment_row(a) for a in assignments], COLUMNS, sites_dictionary(assignments)
     )
@@ -98,14 +105,28 @@ def run_sites_only(config: RunConfig) -> int:
 def run_level(config: RunConfig) -> int:
     if config.analysis_level == "group" and config.sites_only:
         return run_sites_only(config)
-    from bids_harmonize.workflows.run import run_group, run_participant
+    from bids_harmonize.workflows.run import run_group, run_participant  # heavy: nipype, torch
 
     runner = run_group if config.analysis_level == "group" else run_participant
     return runner(config, discover(config), site_inventory)
 
 
+def _known_failures() -> tuple[tuple[type[BaseException], ExitCode], ...]:
+    """Failures with a message that names the fix: no traceback, just the exit code."""
+    from bids_harmonize.model import BundleError, UnknownSiteError
+    from bids_harmonize.model.common import DeviceUnavailable
+    from bids_harmonize.templates import TemplateNotAvailable
+
+    return _EXIT_CODES + (
+        (UnknownSiteError, ExitCode.USAGE),
+        (BundleError, ExitCode.USAGE),
+        (TemplateNotAvailable, ExitCode.INPUT_MISSING),
+        (DeviceUnavailable, ExitCode.FAILURE),
+    )
+
+
 def _exit_code(err: BaseException) -> ExitCode | None:
-    for kind, code in _EXIT_CODES:
+    for kind, code in _known_failures():
         if isinstance(err, kind):
             return getattr(err, "exit_code", code)
     return None

@@ -1,0 +1,1 @@
+"""Thin Nipype interfaces around preproc/ and model/ functions."""

@@ -1,0 +1,1 @@
+"""Preprocessing image operations (plain functions on nibabel images)."""

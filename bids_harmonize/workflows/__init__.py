@@ -1,0 +1,1 @@
+"""Nipype workflow builders and the level runners."""

@@ -1,0 +1,122 @@
+"""Every write of a participant-level derivative happens here, through bids/derivatives.py.
+
+``DerivativesSink`` takes whatever the preprocessing and harmonization produced for one
+image, gives each file its BIDS derivative name, restores the raw image's orientation for
+native-grid outputs (an exact axis permutation: same shape and affine as the input), and
+writes image + sidecar atomically. Its node always re-runs (``overwrite=True``): it is cheap,
+and the provenance it records belongs to the run that wrote it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import nibabel as nb
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits
+
+from bids_harmonize.bids import derivatives
+from bids_harmonize.bids.records import ImageRecord
+from bids_harmonize.preproc.operations import restore_orientation
+
+# Raw sidecar fields that stay true of a bias-corrected or resampled copy of the image.
+ACQUISITION_FIELDS = (
+    "Manufacturer", "ManufacturersModelName", "MagneticFieldStrength", "DeviceSerialNumber", "StationName",
+    "InstitutionName", "SoftwareVersions", "RepetitionTime", "EchoTime", "InversionTime", "FlipAngle",
+    "MRAcquisitionType", "PulseSequenceType", "ScanningSequence", "SequenceVariant", "SliceThickness",
+)
+
+
+class _SinkInputSpec(BaseInterfaceInputSpec):
+    out_dir = traits.Str(mandatory=True)
+    record = traits.Dict(mandatory=True, desc="ImageRecord.to_json() of the raw image")
+    template = traits.Str(mandatory=True)
+    provenance = traits.Dict(mandatory=True, desc="command_line and start_time of the run")
+    site = traits.Dict(mandatory=True, desc="site, provenance and evidence of the raw image")
+    harmonization = traits.Dict(desc="target site, style, bundle identity (only when harmonized)")
+    native_preproc = File(exists=True)
+    template_preproc = File(exists=True)
+    native_mask = File(exists=True)
+    transform = File(exists=True)
+    native_harmonized = File(exists=True)
+    template_harmonized = File(exists=True)
+
+
+class _SinkOutputSpec(TraitedSpec):
+    out_files = traits.List(traits.Str())
+
+
+class DerivativesSink(SimpleInterface):
+    input_spec = _SinkInputSpec
+    output_spec = _SinkOutputSpec
+
+    def _run_interface(self, runtime):
+        record = ImageRecord.from_json(self.inputs.record)
+        provenance = derivatives.Provenance(
+            command_line=list(self.inputs.provenance["command_line"]), start_time=self.inputs.provenance["start_time"]
+        )
+        writer = _Writer(Path(self.inputs.out_dir), record, provenance, self.inputs.template, self.inputs.site)
+        harmonization = self.inputs.harmonization if isdefined(self.inputs.harmonization) else None
+        for name, spec in OUTPUTS.items():
+            path = getattr(self.inputs, name)
+            if isdefined(path) and (harmonization or not spec.get("harmonized")):
+                writer.write(Path(path), spec, harmonization)
+        self._results["out_files"] = [str(p) for p in writer.written]
+        return runtime
+
+
+# One entry per output: its BIDS entities, and what its sidecar says.
+OUTPUTS: dict[str, dict[str, Any]] = {
+    "native_preproc": {"entities": {"description": "preproc"}, "native": True},
+    "template_preproc": {"entities": {"space": "TEMPLATE", "description": "preproc"}},
+    "native_mask": {"entities": {"description": "brain"}, "suffix": "mask", "native": True, "mask": True},
+    "transform": {"entities": {"from": "SUFFIX", "to": "TEMPLATE", "mode": "image"}, "suffix": "xfm", "extension": ".txt"},
+    "native_harmonized": {"entities": {"description": "harmonized"}, "native": True, "harmonized": True},
+    "template_harmonized": {"entities": {"space": "TEMPLATE", "description": "harmonized"}, "harmonized": True},
+}
+
+
+class _Writer:
+    def __init__(self, out_dir: Path, record: ImageRecord, provenance: derivatives.Provenance, template: str, site: dict):
+        self.out_dir, self.record, self.provenance, self.template, self.site = out_dir, record, provenance, template, site
+        self.written: list[Path] = []
+        self._raw: nb.Nifti1Image | None = None
+
+    def _entities(self, spec: dict[str, Any]) -> dict[str, str]:
+        names = {"TEMPLATE": self.template, "SUFFIX": self.record.suffix}
+        return {k: names.get(v, v) for k, v in spec["entities"].items()}
+
+    def write(self, path: Path, spec: dict[str, Any], harmonization: dict | None) -> None:
+        target = derivatives.derivative_path(
+            self.out_dir, self.record, suffix=spec.get("suffix"), extension=spec.get("extension", ".nii.gz"),
+            **self._entities(spec),
+        )
+        if spec.get("extension") == ".txt":
+            derivatives.atomic_copy(path, target)
+            self.written.append(target)
+            return
+        img = nb.load(path)
+        if spec.get("native"):
+            self._raw = self._raw or nb.load(self.record.path)
+            img = restore_orientation(img, self._raw)
+        derivatives.write_image(img, target, self._sidecar(spec, harmonization))
+        self.written.append(target)
+
+    def _sidecar(self, spec: dict[str, Any], harmonization: dict | None) -> dict[str, Any]:
+        extra: dict[str, Any] = {
+            "SourceSite": self.site["site"],
+            "SourceSiteProvenance": self.site["provenance"],
+            "SourceSiteEvidence": self.site["evidence"],
+        }
+        if not spec.get("native"):
+            extra["SpatialReference"] = self.template
+        if spec.get("mask"):
+            extra = {"Type": "Brain", "SpatialReference": "native"}
+        if spec.get("harmonized") and harmonization:
+            extra.update(harmonization)
+        inherited = None
+        if not spec.get("mask") and not spec.get("harmonized"):
+            inherited = {k: self.record.metadata[k] for k in ACQUISITION_FIELDS if k in self.record.metadata}
+        return derivatives.image_sidecar(
+            [self.record], self.provenance, skull_stripped=False, extra=extra, inherited=inherited
+        )

@@ -1,0 +1,124 @@
+"""init_participant_wf: preprocess every selected image and, where a model applies, harmonize it."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nipype.pipeline import engine as pe
+
+from bids_harmonize.sites import SiteAssignment
+from bids_harmonize.workflows.harmonize import init_harmonize_wf
+from bids_harmonize.workflows.outputs import DerivativesSink
+from bids_harmonize.workflows.preproc import PREPROC_OUTPUTS, init_preproc_wf
+
+
+@dataclass(frozen=True)
+class TemplateFiles:
+    name: str
+    images: dict[str, str]  # contrast -> template image of that contrast
+    mask: str
+
+
+@dataclass(frozen=True)
+class HarmonizationPlan:
+    """How one contrast is harmonized: which bundle, to which site, in which style."""
+
+    bundle_dir: str
+    bundle_sha256: str
+    bundle_sites: tuple[str, ...]
+    target_site: str
+    target_scale: tuple[float, float]
+    style: str = "site"
+    seed: int = 0
+    reference_image: str | None = None  # raw image of the target site, for style='reference'
+
+    def sidecar_fields(self) -> dict[str, Any]:
+        return {
+            "TargetSite": self.target_site,
+            "TargetStyle": self.style if self.style != "random" else f"random (seed {self.seed})",
+            "TargetIntensityScale": {"lo": self.target_scale[0], "hi": self.target_scale[1]},
+            "ModelBundle": {"Path": self.bundle_dir, "SHA256": self.bundle_sha256, "Sites": list(self.bundle_sites)},
+        }
+
+
+def node_name(relpath: str) -> str:
+    """A Nipype-safe name that still names the image (crash files carry it)."""
+    stem = Path(relpath).name.split(".")[0]
+    return re.sub(r"[^A-Za-z0-9]", "_", stem)
+
+
+def init_participant_wf(
+    *,
+    assignments: list[SiteAssignment],
+    out_dir: Path,
+    template: TemplateFiles,
+    plans: dict[str, HarmonizationPlan],
+    provenance: dict[str, Any],
+    device: str = "cpu",
+    omp_nthreads: int = 1,
+    seed: int = 0,
+    name: str = "bids_harmonize_wf",
+) -> tuple[pe.Workflow, list[str]]:
+    """The workflow, and a message for every image a model could not harmonize."""
+    workflow = pe.Workflow(name=name)
+    not_harmonized: list[str] = []
+    references = {
+        contrast: _reference_wf(plan, template, contrast, omp_nthreads, seed)
+        for contrast, plan in plans.items()
+        if plan.style == "reference"
+    }
+    for a in assignments:
+        contrast = a.image.suffix
+        preproc = init_preproc_wf(
+            template_file=template.images[contrast], template_mask_file=template.mask,
+            omp_nthreads=omp_nthreads, seed=seed, name=f"preproc_{node_name(a.image.relpath)}",
+        )
+        preproc.inputs.inputnode.in_file = str(a.image.path)
+        sink = pe.Node(
+            DerivativesSink(
+                out_dir=str(out_dir), record=a.image.to_json(), template=template.name, provenance=provenance,
+                site={"site": a.site, "provenance": a.provenance, "evidence": a.evidence},
+            ),
+            name=f"sink_{node_name(a.image.relpath)}", overwrite=True, run_without_submitting=True,
+        )
+        workflow.connect([(preproc, sink, [(f"outputnode.{f}", f) for f in PREPROC_OUTPUTS if f in _SINK_PREPROC])])
+        plan = plans.get(contrast)
+        if plan is None:
+            continue
+        if a.site not in plan.bundle_sites:
+            not_harmonized.append(
+                f"{a.image.relpath}: site {a.site!r} is not one the model was trained on "
+                f"({', '.join(plan.bundle_sites)}); preprocessed only. Fix: retrain at group level with this "
+                "site included, or map it to a known site with --site-table."
+            )
+            continue
+        harmonize = init_harmonize_wf(
+            bundle_dir=plan.bundle_dir, bundle_sha256=plan.bundle_sha256, target_site=plan.target_site,
+            target_scale=plan.target_scale, style=plan.style, seed=plan.seed, device=device,
+            omp_nthreads=omp_nthreads, name=f"harmonize_{node_name(a.image.relpath)}",
+        )
+        sink.inputs.harmonization = plan.sidecar_fields()
+        workflow.connect([
+            (preproc, harmonize, [(f"outputnode.{f}", f"inputnode.{f}")
+                                  for f in ("model_input", "native_preproc", "transform", "scale_file")]),
+            (harmonize, sink, [("outputnode.native_harmonized", "native_harmonized"),
+                               ("outputnode.template_harmonized", "template_harmonized")]),
+        ])
+        if contrast in references:
+            workflow.connect(references[contrast], "outputnode.model_input", harmonize, "inputnode.reference_file")
+    return workflow, not_harmonized
+
+
+_SINK_PREPROC = ("native_preproc", "template_preproc", "native_mask", "transform")
+
+
+def _reference_wf(plan: HarmonizationPlan, template: TemplateFiles, contrast: str, omp_nthreads: int, seed: int) -> pe.Workflow:
+    reference = init_preproc_wf(
+        template_file=template.images[contrast], template_mask_file=template.mask,
+        omp_nthreads=omp_nthreads, seed=seed, name=f"preproc_reference_{contrast}",
+    )
+    reference.inputs.inputnode.in_file = plan.reference_image
+    return reference

@@ -1,0 +1,237 @@
+"""Running the levels: build the workflow from a RunConfig, execute it, train at group level.
+
+This is the only module below the CLI that reads a RunConfig; the builders it calls take
+explicit arguments.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import nibabel as nb
+import numpy as np
+import yaml
+
+from bids_harmonize.bids import derivatives
+from bids_harmonize.bids.records import ImageRecord
+from bids_harmonize.config import RunConfig
+from bids_harmonize.preproc.operations import robust_scale
+from bids_harmonize.sites import UNKNOWN_SITE, SiteAssignment
+from bids_harmonize.templates import get_template
+from bids_harmonize.workflows.participant import HarmonizationPlan, TemplateFiles, init_participant_wf
+
+LOGGER = logging.getLogger("bids_harmonize")
+SiteInventory = Callable[..., list[SiteAssignment]]
+
+
+class WorkflowFailed(RuntimeError):
+    """Some nodes crashed; the message lists the crash files (each names its image)."""
+
+
+# ----------------------------------------------------------------------------- shared pieces
+def resolve_device(config: RunConfig) -> str:
+    from bids_harmonize.model import resolve_device as resolve
+
+    return str(resolve(config.device))
+
+
+def template_files(config: RunConfig) -> TemplateFiles:
+    res = config.template_resolution
+    return TemplateFiles(
+        name=config.template,
+        images={c: str(get_template(config.template, res, c)) for c in config.contrasts},
+        mask=str(get_template(config.template, res, "mask", "brain")),
+    )
+
+
+def provenance(config: RunConfig) -> dict[str, Any]:
+    return {"command_line": config.command_line, "start_time": derivatives.utc_now()}
+
+
+def omp_threads(config: RunConfig) -> int:
+    return config.omp_nthreads or max(1, min(8, config.nprocs))
+
+
+def execute(workflow: Any, config: RunConfig) -> None:
+    """Run with MultiProc (or the --use-plugin settings); crashes go to OUT/logs as text."""
+    workflow.base_dir = str(config.work_dir / "nipype")
+    workflow.config["execution"].update(
+        {"crashdump_dir": str(derivatives.logs_dir(config.output_dir)), "crashfile_format": "txt",
+         "stop_on_first_crash": False, "remove_unnecessary_outputs": False}
+    )
+    if config.use_plugin:
+        settings = yaml.safe_load(config.use_plugin.read_text()) or {}
+        plugin, plugin_args = settings.get("plugin", "MultiProc"), settings.get("plugin_args", {})
+    else:
+        plugin = "MultiProc"
+        plugin_args = {"n_procs": config.nprocs, "raise_insufficient": False}
+        if config.mem_gb:
+            plugin_args["memory_gb"] = config.mem_gb
+    before = set(derivatives.logs_dir(config.output_dir).glob("crash-*"))
+    try:
+        workflow.run(plugin=plugin, plugin_args=plugin_args)
+    except RuntimeError as err:
+        crashes = sorted(set(derivatives.logs_dir(config.output_dir).glob("crash-*")) - before)
+        listing = "\n  ".join(str(c) for c in crashes) or "(no crash file written)"
+        raise WorkflowFailed(f"{err}\nCrash files (each names the failing image's node):\n  {listing}") from err
+
+
+def with_recorded_sites(config: RunConfig, assignments: list[SiteAssignment]) -> list[SiteAssignment]:
+    """Prefer the labels the group level recorded in OUT/sites.tsv (the model was trained on
+    those); images it did not see keep their freshly inferred label."""
+    table = config.output_dir / "sites.tsv"
+    if not table.is_file():
+        return assignments
+    with open(table, newline="", encoding="utf-8") as fh:
+        recorded = {row["path"]: row for row in csv.DictReader(fh, delimiter="\t")}
+    result = []
+    for a in assignments:
+        row = recorded.get(a.image.relpath)
+        if row and row["site"] != a.site:
+            a = SiteAssignment(a.image, row["site"], row["provenance"], row["evidence"], a.scanner, a.protocol, a.warnings)
+        result.append(a)
+    return result
+
+
+# ----------------------------------------------------------------------------- model bundles
+def find_bundle(config: RunConfig, contrast: str) -> Path | None:
+    """--model (a bundle, or a folder of <contrast>/ bundles), else OUT/models/<contrast>/."""
+    candidates = [config.model, config.model / contrast] if config.model else [config.output_dir / "models" / contrast]
+    return next((c for c in candidates if c and (c / "model.json").is_file()), None)
+
+
+def default_target(bundle: Any) -> str:
+    """The site with the most training images (ties: first by name): the best-estimated style."""
+    counts = {s["name"]: (s.get("signature") or {}).get("n_images", 0) for s in bundle.card["sites"]}
+    return sorted(counts, key=lambda name: (-counts[name], name))[0]
+
+
+def harmonization_plans(config: RunConfig) -> dict[str, HarmonizationPlan]:
+    from bids_harmonize.model import load_bundle
+
+    plans = {}
+    for contrast in config.contrasts:
+        path = find_bundle(config, contrast)
+        if path is None:
+            continue
+        bundle = load_bundle(path, device="cpu")
+        target = config.target_site or default_target(bundle)
+        bundle.site_index(target)  # UnknownSiteError lists the known sites
+        index = bundle.sites.index(target)
+        scale = (bundle.card["sites"][index].get("signature") or {}).get("intensity_scale")
+        style, _, argument = config.target_style.partition(":")
+        plans[contrast] = HarmonizationPlan(
+            bundle_dir=str(path.resolve()), bundle_sha256=bundle.sha256, bundle_sites=tuple(bundle.sites),
+            target_site=target, target_scale=(scale["lo"], scale["hi"]) if scale else (-1.0, 1.0),
+            style=style, seed=int(argument) if style == "random" else config.seed,
+            reference_image=argument if style == "reference" else None,
+        )
+    return plans
+
+
+# ----------------------------------------------------------------------------- levels
+def run_participant(config: RunConfig, images: list[ImageRecord], site_inventory: SiteInventory) -> int:
+    device = resolve_device(config)
+    assignments = with_recorded_sites(config, site_inventory(config, images, write=False))
+    plans = harmonization_plans(config)
+    if not plans:
+        LOGGER.warning(
+            "No model bundle found (--model, or %s): writing preprocessed outputs only. To train one: "
+            "`bids_harmonize %s %s group`.", config.output_dir / "models", config.bids_dir, config.output_dir,
+        )
+    workflow, not_harmonized = init_participant_wf(
+        assignments=assignments, out_dir=config.output_dir, template=template_files(config), plans=plans,
+        provenance=provenance(config), device=device, omp_nthreads=omp_threads(config), seed=config.seed,
+    )
+    for message in not_harmonized:
+        LOGGER.warning(message)
+    execute(workflow, config)
+    harmonized = len(assignments) - len(not_harmonized) if plans else 0
+    print(f"Preprocessed {len(assignments)} image(s), harmonized {harmonized}; outputs in {config.output_dir}")
+    return 0
+
+
+def run_group(config: RunConfig, images: list[ImageRecord], site_inventory: SiteInventory) -> int:
+    device = resolve_device(config)
+    assignments = site_inventory(config, images)
+    template = template_files(config)
+    missing = [a for a in assignments if not template_preproc_path(config, a.image).is_file()]
+    if missing:
+        LOGGER.info("preprocessing %d image(s) not yet preprocessed", len(missing))
+        workflow, _ = init_participant_wf(
+            assignments=missing, out_dir=config.output_dir, template=template, plans={},
+            provenance=provenance(config), device=device, omp_nthreads=omp_threads(config), seed=config.seed,
+            name="group_preproc_wf",
+        )
+        execute(workflow, config)
+    trained = [train_contrast(config, contrast, assignments, template, device) for contrast in config.contrasts]
+    print("\n".join(line for line in trained if line))
+    return 0
+
+
+def template_preproc_path(config: RunConfig, image: ImageRecord) -> Path:
+    return derivatives.derivative_path(config.output_dir, image, space=config.template, description="preproc")
+
+
+def model_image_size(brain_mask: np.ndarray, margin_voxels: int = 4, multiple: int = 16) -> int:
+    """The smallest square (a multiple of 16, as the encoders downsample) centred on the grid
+    that holds every axial slice of the brain plus a margin. Cropping the template's air
+    around the head makes CPU training ~2x cheaper than padding to the next power of two."""
+    extents = []
+    for axis in (0, 1):
+        index = np.nonzero(brain_mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+        centre = (brain_mask.shape[axis] - 1) / 2
+        extents.append(2 * max(centre - index.min(), index.max() - centre) + 1 + 2 * margin_voxels)
+    return int(np.ceil(max(extents) / multiple) * multiple)
+
+
+def train_contrast(
+    config: RunConfig, contrast: str, assignments: list[SiteAssignment], template: TemplateFiles, device: str
+) -> str:
+    from bids_harmonize.model import TrainConfig, preset_config, train
+
+    usable = [a for a in assignments if a.image.suffix == contrast and a.site != UNKNOWN_SITE]
+    sites = sorted({a.site for a in usable})
+    if len(sites) < 2:
+        LOGGER.warning("%s: %d site(s) with images; harmonization needs at least 2. Not training.", contrast, len(sites))
+        return ""
+    mask = np.asarray(nb.load(template.mask).dataobj) > 0
+    volumes, labels, scales = [], [], defaultdict(list)
+    for a in usable:
+        data = np.asarray(nb.load(template_preproc_path(config, a.image)).dataobj, np.float32)
+        scale = robust_scale(data, mask)
+        volumes.append(scale.to_model(data))
+        labels.append(sites.index(a.site))
+        scales[a.site].append((scale.lo, scale.hi))
+    counts = Counter(a.site for a in usable)
+    signatures = {
+        site: {
+            "n_images": counts[site],
+            "intensity_scale": {"lo": float(np.median([s[0] for s in scales[site]])),
+                                "hi": float(np.median([s[1] for s in scales[site]]))},
+            "evidence": next(a.evidence for a in usable if a.site == site),
+        }
+        for site in sites
+    }
+    network = preset_config(config.training.preset, len(sites), image_size=model_image_size(mask))
+    options = TrainConfig(
+        iterations=config.training.iterations, batch_size=config.training.batch_size, seed=config.training.seed,
+        checkpoint_every=max(1, config.training.iterations // 10 // 10) * 10, log_every=10,
+    )
+    out = config.output_dir / "models" / contrast
+    work = config.work_dir / "training" / contrast
+    LOGGER.info("training MURD for %s on %d images of %d sites (%s, %d iterations, %s)",
+                contrast, len(volumes), len(sites), config.training.preset, options.iterations, device)
+    bundle_dir = train(volumes, labels, sites, network, options, out, device=device, work_dir=work,
+                       site_signatures=signatures, progress=config.verbosity > 0)
+    log = work / "train_log.jsonl"
+    if log.is_file():
+        shutil.copyfile(log, derivatives.logs_dir(config.output_dir) / f"training-{contrast}-{config.run_id}.jsonl")
+    return f"{contrast}: model bundle for sites {', '.join(sites)} in {bundle_dir}"
