@@ -9,7 +9,7 @@ knows nothing about BIDS: it takes arrays (or NIfTI paths) and site labels, and 
 """
 
 from bids_harmonize.model.bundle import BundleError, ModelBundle, UnknownSiteError, load_bundle, save_bundle
-from bids_harmonize.model.common import resolve_device
+from bids_harmonize.model.common import DeviceUnavailable, resolve_device
 from bids_harmonize.model.infer import auto_batch_size, harmonize_volume, random_style, reference_style
 from bids_harmonize.model.losses import LossWeights
 from bids_harmonize.model.networks import PRESETS, MURDConfig, Translator, build_translator, preset_config
@@ -18,6 +18,7 @@ from bids_harmonize.model.train import TrainConfig, Trainer, train
 __all__ = [
     "PRESETS",
     "BundleError",
+    "DeviceUnavailable",
     "LossWeights",
     "MURDConfig",
     "ModelBundle",

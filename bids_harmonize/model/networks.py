@@ -49,12 +49,15 @@ class MURDConfig:
             raise ValueError(f"num_sites must be >= 1, got {self.num_sites}")
         if self.in_channels < 1 or self.in_channels % 2 == 0:
             raise ValueError(f"in_channels must be odd (centre slice plus neighbours), got {self.in_channels}")
-        deepest = max(self.encoder_downsamplings, self.style_blocks + 1)
-        if self.image_size % (2**deepest) != 0:
+        # The generator must give back the input size exactly; the style encoder and the
+        # discriminator end in global pooling and only need a few pixels left at their end.
+        if self.image_size % 2**self.encoder_downsamplings != 0:
             raise ValueError(
-                f"image_size {self.image_size} must be divisible by 2**{deepest} "
-                "(encoder and style-encoder down-sampling)"
+                f"image_size {self.image_size} must be divisible by 2**encoder_downsamplings "
+                f"= {2**self.encoder_downsamplings}"
             )
+        if self.image_size < 2 ** (self.style_blocks + 1):
+            raise ValueError(f"image_size {self.image_size} is too small for {self.style_blocks} style blocks")
 
     @property
     def content_channels(self) -> int:

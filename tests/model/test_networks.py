@@ -61,6 +61,12 @@ def test_reference_networks_output_shapes_and_widths():
     assert translator.mapping.heads.weight.shape == (3, 64, 128)
 
 
+def test_sizes_that_are_not_powers_of_two_keep_the_grid():
+    config = preset_config("reference", num_sites=2, image_size=208)
+    with torch.device("meta"):
+        assert run_all_networks(config) == expected_shapes(config)
+
+
 def test_generator_output_is_in_tanh_range():
     config = preset_config("tiny", num_sites=2, image_size=32)
     translator = build_translator(config)
@@ -96,7 +102,12 @@ def test_config_round_trips_through_json():
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
-    [({"image_size": 40}, "divisible"), ({"in_channels": 2}, "odd"), ({"num_sites": 0}, "num_sites")],
+    [
+        ({"image_size": 42}, "divisible"),
+        ({"image_size": 16}, "too small"),
+        ({"in_channels": 2}, "odd"),
+        ({"num_sites": 0}, "num_sites"),
+    ],
 )
 def test_config_rejects_impossible_values(overrides, message):
     with pytest.raises(ValueError, match=message):
