@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 import bids_harmonize
+from bids_harmonize.model.common import resolve_device
 from bids_harmonize.model.infer import harmonize_volume, random_style, reference_style
 from bids_harmonize.model.networks import MURDConfig, Translator
 
@@ -181,7 +182,11 @@ def _read_card(card_path: Path) -> tuple[dict[str, Any], MURDConfig]:
 
 
 def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> ModelBundle:
-    """Open a bundle directory (or its model.json), verify the weights' SHA-256, load them."""
+    """Open a bundle directory (or its model.json), verify the weights' SHA-256, load them.
+
+    `device` is 'cpu', 'cuda[:N]' or 'auto'; an absent GPU raises DeviceUnavailable.
+    """
+    device = resolve_device(device)
     path = Path(path)
     card_path = path if path.suffix == ".json" else path / CARD_NAME
     card, config = _read_card(card_path)
