@@ -71,7 +71,9 @@ def execute(workflow: Any, config: RunConfig) -> None:
         plugin, plugin_args = settings.get("plugin", "MultiProc"), settings.get("plugin_args", {})
     else:
         plugin = "MultiProc"
-        plugin_args = {"n_procs": config.nprocs, "raise_insufficient": False}
+        # forkserver: workers must not inherit this process's torch/OpenMP threads (loading the
+        # bundle here initialises them); a forked copy of a threaded runtime can deadlock.
+        plugin_args = {"n_procs": config.nprocs, "raise_insufficient": False, "mp_context": "forkserver"}
         if config.mem_gb:
             plugin_args["memory_gb"] = config.mem_gb
     before = set(derivatives.logs_dir(config.output_dir).glob("crash-*"))
