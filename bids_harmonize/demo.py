@@ -1,6 +1,6 @@
 """`make demo`: the whole product on a simulated 3-site study, sized for a 2-core CPU.
 
-    python -m bids_harmonize.demo OUT_DIR [--subjects 9] [--iterations 300]
+    python -m bids_harmonize.demo OUT_DIR [--subjects 9] [--iterations 400]
 
 1. simulate a BIDS dataset (3 sites, one T1w per subject, ground truth kept);
 2. `participant`: preprocess every image (no model yet);
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--subjects", type=int, default=9)
-    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--iterations", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--figure", type=Path, help="where to save the before/after figure")
     args = parser.parse_args(argv)
