@@ -8,6 +8,7 @@ so the result can be mapped back.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from bids_harmonize.preproc.itk import to_nibabel, to_sitk
+
+LOGGER = logging.getLogger("bids_harmonize.preproc")
 
 
 # ----------------------------------------------------------------------------- conform
@@ -81,11 +84,20 @@ def _registration(metric_bins: int = 32, sampling: float = 0.05, seed: int = 0) 
     return reg
 
 
+def plausible_affine(transform: sitk.AffineTransform, min_scale: float = 0.67, max_scale: float = 1.5) -> bool:
+    """A head differs from the template by scaling within ~[0.67, 1.5] per axis, never a flip."""
+    matrix = np.array(transform.GetMatrix()).reshape(3, 3)
+    scales = np.linalg.svd(matrix, compute_uv=False)
+    return bool(np.linalg.det(matrix) > 0 and scales.min() >= min_scale and scales.max() <= max_scale)
+
+
 def register_affine(moving: nb.Nifti1Image, fixed: nb.Nifti1Image, seed: int = 0) -> sitk.AffineTransform:
     """Moving (native) -> fixed (template) affine, as an ITK transform mapping fixed points to moving.
 
     Rigid first (initialised by image moments, which copes with large head displacements),
-    then a 12-parameter affine started from the rigid result.
+    then a 12-parameter affine started from the rigid result. An affine that leaves the range
+    a head can take (thick-slice 2D scans can drive it into a degenerate optimum) is refused
+    and the rigid result is kept, with a warning.
     """
     fixed_image, moving_image = to_sitk(fixed), to_sitk(moving)
     initial = sitk.CenteredTransformInitializer(
@@ -101,12 +113,19 @@ def register_affine(moving: nb.Nifti1Image, fixed: nb.Nifti1Image, seed: int = 0
     affine.SetMatrix(euler.GetMatrix())
     affine.SetTranslation(euler.GetTranslation())
     affine.SetCenter(euler.GetCenter())
+    rigid_only = sitk.AffineTransform(affine)
     affine_reg = _registration(seed=seed)
     affine_reg.SetShrinkFactorsPerLevel([2, 1])
     affine_reg.SetSmoothingSigmasPerLevel([1.0, 0.0])
     affine_reg.SetInitialTransform(affine, inPlace=True)
     affine_reg.Execute(fixed_image, moving_image)
-    return affine
+    if plausible_affine(affine):
+        return affine
+    LOGGER.warning(
+        "affine registration left the plausible range (scales %s); keeping the rigid result",
+        np.round(np.linalg.svd(np.array(affine.GetMatrix()).reshape(3, 3), compute_uv=False), 2).tolist(),
+    )
+    return rigid_only
 
 
 def resample(

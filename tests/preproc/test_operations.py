@@ -73,3 +73,14 @@ def test_affine_registration_recovers_a_known_shift():
     error = np.abs(warped.get_fdata() - fixed.get_fdata())[inside].mean()
     assert error < 5.0  # intensities 100/160: a misregistration of 2 mm gives ~15
     np.testing.assert_allclose(np.array(transform.GetTranslation()) * [-1, -1, 1], [6.0, -4.0, 2.0], atol=1.0)
+
+
+def test_implausible_affines_are_recognised():
+    def affine(matrix):
+        transform = sitk.AffineTransform(3)
+        transform.SetMatrix(np.asarray(matrix, float).ravel().tolist())
+        return transform
+
+    assert op.plausible_affine(affine(np.diag([0.9, 1.1, 0.85])))
+    assert not op.plausible_affine(affine(np.diag([-0.19, 0.30, 0.80])))  # seen on a 4.8 mm 2D scan
+    assert not op.plausible_affine(affine(np.diag([1.0, 1.0, -1.0])))  # a flip
