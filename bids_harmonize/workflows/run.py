@@ -229,6 +229,9 @@ def train_contrast(
     )
     out = config.output_dir / "models" / contrast
     work = config.work_dir / "training" / contrast
+    import torch
+
+    torch.set_num_threads(omp_threads(config))  # containers set OMP_NUM_THREADS=1 for Nipype's workers
     LOGGER.info("training MURD for %s on %d images of %d sites (%s, %d iterations, %s)",
                 contrast, len(volumes), len(sites), config.training.preset, options.iterations, device)
     bundle_dir = train(volumes, labels, sites, network, options, out, device=device, work_dir=work,
