@@ -8,8 +8,6 @@ provenance of the run that made them.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import platform
@@ -18,13 +16,14 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 from bids_harmonize import CODE_URL, __version__
 from bids_harmonize.bids.records import ImageRecord
-from bids_harmonize.utils import atomic_save_nifti, atomic_write, atomic_write_json, atomic_write_text
+from bids_harmonize.utils import atomic_save_nifti, atomic_write, atomic_write_json, atomic_write_text, atomic_write_tsv
 
 PIPELINE_NAME = "bids_harmonize"
 # BIDS entity order for file names (subset that anatomical derivatives use).
@@ -67,7 +66,9 @@ def container_info() -> dict[str, str] | None:
     return info
 
 
+@lru_cache(maxsize=1)
 def software_versions() -> dict[str, str]:
+    """Versions of the packages that shape the outputs (looked up once per process)."""
     versions = {PIPELINE_NAME: __version__, "python": platform.python_version()}
     for package in _PROVENANCE_PACKAGES:
         try:
@@ -87,7 +88,7 @@ class Provenance:
     def fields(self) -> dict[str, Any]:
         return {
             "GeneratedBy": generated_by(),
-            "SoftwareVersions": software_versions(),
+            "SoftwareVersions": dict(software_versions()),
             "CommandLine": " ".join(self.command_line),
             "StartTime": self.start_time,
             "EndTime": utc_now(),
@@ -200,11 +201,7 @@ def image_sidecar(
 
 
 def write_tsv(path: Path, rows: list[dict[str, str]], columns: Iterable[str]) -> Path:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), delimiter="\t", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return atomic_write_text(Path(path), buffer.getvalue())
+    return atomic_write_tsv(Path(path), rows, list(columns))
 
 
 def write_json(path: Path, content: Any) -> Path:

@@ -25,6 +25,7 @@ import bids_harmonize
 from bids_harmonize.model.common import resolve_device
 from bids_harmonize.model.infer import harmonize_volume, random_style, reference_style
 from bids_harmonize.model.networks import MURDConfig, Translator
+from bids_harmonize.utils import atomic_write, atomic_write_json
 
 SCHEMA_VERSION = 1
 BUNDLE_KIND = "bids_harmonize/murd"
@@ -100,7 +101,8 @@ def save_bundle(
     out_dir.mkdir(parents=True, exist_ok=True)
     weights_path = out_dir / WEIGHTS_NAME
     tensors = {name: value.detach().cpu().contiguous() for name, value in translator.state_dict().items()}
-    save_file(tensors, weights_path, metadata={"format": "pt"})
+    # Both files atomically: a crash must not leave new weights beside an old card (or the reverse).
+    atomic_write(weights_path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     signatures = site_signatures or {}
     card = {
         "schema_version": SCHEMA_VERSION,
@@ -119,7 +121,7 @@ def save_bundle(
         "software": {"bids_harmonize": bids_harmonize.__version__, "torch": torch.__version__},
         "metrics": dict(metrics or {}),
     }
-    (out_dir / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n")
+    atomic_write_json(out_dir / CARD_NAME, card)
     return out_dir
 
 
@@ -150,6 +152,8 @@ def validate_card(card: Any) -> MURDConfig:
     errors = schema_errors(card, CARD_SCHEMA, "card")
     if errors:
         raise ValueError("; ".join(errors))
+    if card["kind"] != BUNDLE_KIND:
+        raise ValueError(f"kind is {card['kind']!r}, not a {BUNDLE_KIND!r} bundle")
     if card["schema_version"] > SCHEMA_VERSION:
         raise ValueError(
             f"schema_version {card['schema_version']} is newer than this bids_harmonize reads "

@@ -45,6 +45,7 @@ from bids_harmonize.model.networks import (
     build_translator,
 )
 from bids_harmonize.model.slices import MIN_FOREGROUND
+from bids_harmonize.utils import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "train_log.jsonl"
@@ -308,9 +309,7 @@ class Trainer:
         state = self.state_dict()  # collective under DDP: every rank must call this
         if self.context.is_main:
             state["data_hash"] = data_hash
-            temporary = path.with_suffix(".tmp")
-            torch.save(state, temporary)
-            os.replace(temporary, path)
+            atomic_write(path, lambda tmp: torch.save(state, tmp))
 
     def load_checkpoint(self, path: Path, data_hash: str) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)

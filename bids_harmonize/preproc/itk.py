@@ -13,6 +13,14 @@ import SimpleITK as sitk
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
+def itk_affine_from_ras(ras: np.ndarray) -> sitk.AffineTransform:
+    """An ITK affine equal to a 4x4 matrix acting on RAS millimetres (ITK points are LPS)."""
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix((_RAS_TO_LPS @ ras[:3, :3] @ _RAS_TO_LPS).ravel().tolist())
+    transform.SetTranslation((_RAS_TO_LPS @ ras[:3, 3]).tolist())
+    return transform
+
+
 def to_sitk(img: nb.Nifti1Image, dtype: type = np.float32) -> sitk.Image:
     data = np.asarray(img.dataobj, dtype=dtype)
     image = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))  # ITK wants z, y, x

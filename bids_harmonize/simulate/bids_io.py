@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -13,16 +11,16 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 
 from bids_harmonize import CODE_URL, __version__
+from bids_harmonize.preproc.itk import itk_affine_from_ras
 from bids_harmonize.simulate.anatomy import TEMPLATE_SPACE, Grid
 from bids_harmonize.simulate.sites import Site
 from bids_harmonize.simulate.subjects import Subject
 from bids_harmonize.simulate.tissues import DSEG_LABELS, FIELD_STRENGTHS_T, TISSUES
 from bids_harmonize.templates import ICBM_NOTICE
+from bids_harmonize.utils import atomic_save_nifti, atomic_write_json, atomic_write_text, atomic_write_tsv
 
 BIDS_VERSION = "1.9.0"
 GENERATOR = "bids_harmonize-simulate"
-# LPS <-> RAS: ITK transforms live in LPS physical coordinates.
-_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 TEMPLATE_DATA_NOTICE = (
     "Anatomy derived from the ICBM 2009c Nonlinear Symmetric template (T1w, T2w, brain mask) and "
     "the ICBM 2009a Nonlinear Symmetric GM/WM probability maps (as shipped by nilearn). "
@@ -31,26 +29,20 @@ TEMPLATE_DATA_NOTICE = (
 
 
 def write_json(path: Path, content: Mapping[str, object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(content, indent=2) + "\n")
+    atomic_write_json(path, dict(content))
 
 
 def write_tsv(path: Path, rows: Iterable[Mapping[str, object]]) -> None:
-    rows = list(rows)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter="\t", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic_write_tsv(path, [dict(row) for row in rows])
 
 
 def save_nifti(data: NDArray, grid: Grid, path: Path, xform_code: int) -> None:
     """Save with both qform and sform set (code 1 scanner, 4 MNI)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     image = nb.Nifti1Image(data, grid.affine)
     image.set_qform(grid.affine, code=xform_code)
     image.set_sform(grid.affine, code=xform_code)
     image.header.set_xyzt_units("mm", "sec")
-    nb.save(image, path)
+    atomic_save_nifti(image, path)
 
 
 def generated_by(description: str) -> list[dict[str, str]]:
@@ -71,7 +63,7 @@ def write_raw_dataset_files(root: Path, seed: int, subjects: list[Subject]) -> N
             "GeneratedBy": generated_by("Multi-site MRI phantom; ground truth in derivatives/ground_truth"),
         },
     )
-    (root / "README").write_text(
+    atomic_write_text(root / "README", 
         "Simulated multi-site structural MRI made by bids_harmonize-simulate.\n\n"
         "Every subject is a deformed, aged copy of the ICBM 2009c template anatomy, scanned once at\n"
         "one simulated site (round-robin). The same anatomies rendered at every site on the template\n"
@@ -105,7 +97,7 @@ def raw_image_path(root: Path, subject_label: str, contrast: str) -> Path:
 def write_raw_image(root: Path, subject: Subject, site: Site, contrast: str, image: nb.Nifti1Image) -> Path:
     path = raw_image_path(root, subject.label, contrast)
     path.parent.mkdir(parents=True, exist_ok=True)
-    nb.save(image, path)
+    atomic_save_nifti(image, path)
     write_json(path.with_name(path.name.replace(".nii.gz", ".json")), site.sidecar(contrast))
     return path
 
@@ -118,10 +110,7 @@ def write_itk_transform(subject: Subject, path: Path) -> None:
     """ITK affine (LPS) mapping template points to scanner points: the transform that resamples
     the native image onto the template grid (antsApplyTransforms -r template -t this)."""
     ras = subject.pose.template_to_scanner()
-    transform = sitk.AffineTransform(3)
-    transform.SetMatrix((_RAS_TO_LPS @ ras[:3, :3] @ _RAS_TO_LPS).ravel().tolist())
-    transform.SetTranslation((_RAS_TO_LPS @ ras[:3, 3]).tolist())
-    sitk.WriteTransform(transform, str(path))
+    sitk.WriteTransform(itk_affine_from_ras(ras), str(path))
     write_json(
         path.with_suffix(".json"),
         {
@@ -206,7 +195,7 @@ class GroundTruthLayout:
                 "SourceDatasets": [{"URL": "../../", "Description": "the simulated raw dataset"}],
             },
         )
-        (self.root / "README").write_text(_GROUND_TRUTH_README.format(notice=TEMPLATE_DATA_NOTICE))
+        atomic_write_text(self.root / "README", _GROUND_TRUTH_README.format(notice=TEMPLATE_DATA_NOTICE))
         write_tsv(
             self.root / "dseg.tsv", ({"index": value, "name": name} for name, value in DSEG_LABELS.items())
         )
