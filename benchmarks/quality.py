@@ -161,14 +161,13 @@ def murd_factory(iterations: int, work_dir: Path) -> HarmonizerFactory:
 
     def build(train_scans: Sequence[Scan], target_site: str, contrast: str) -> Harmonizer:
         from bids_harmonize.model import TrainConfig, load_bundle, preset_config, train
-        from bids_harmonize.preproc.operations import IntensityScale, robust_scale
+        from bids_harmonize.preproc.operations import median_scale, robust_scale
         from bids_harmonize.workflows.run import model_image_size
 
         sites = sorted({scan.site for scan in train_scans})
         scales = [robust_scale(scan.image, scan.mask) for scan in train_scans]
         volumes = [scale.to_model(scan.image) for scan, scale in zip(train_scans, scales)]
-        target = [scale for scan, scale in zip(train_scans, scales) if scan.site == target_site]
-        target_scale = IntensityScale(float(np.median([t.lo for t in target])), float(np.median([t.hi for t in target])))
+        target_scale = median_scale([scale for scan, scale in zip(train_scans, scales) if scan.site == target_site])
         union = np.any([scan.mask for scan in train_scans], axis=0)
         config = preset_config("tiny", len(sites), image_size=model_image_size(union))
         options = TrainConfig(iterations=iterations, batch_size=4, seed=SEED, checkpoint_every=iterations, log_every=10)

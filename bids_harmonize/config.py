@@ -28,7 +28,6 @@ class TrainingOptions:
     preset: str = "tiny"
     iterations: int = 2000
     batch_size: int = 8
-    seed: int = 0
 
 
 @dataclass
@@ -94,7 +93,7 @@ class RunConfig:
             template=opts.template,
             template_resolution=opts.template_resolution,
             training=TrainingOptions(
-                preset=opts.preset, iterations=opts.iterations, batch_size=opts.batch_size, seed=opts.seed
+                preset=opts.preset, iterations=opts.iterations, batch_size=opts.batch_size
             ),
             device=opts.device,
             nprocs=opts.nprocs,

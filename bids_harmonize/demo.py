@@ -14,7 +14,6 @@ Every step runs through the real CLI (`bids_harmonize.cli.run.main`), as a user 
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import nibabel as nb
 import numpy as np
 
 from bids_harmonize.cli.run import main as cli
+from bids_harmonize.sites.overrides import read_tsv
 
 TEMPLATE = "MNI152NLin2009cSym"
 
@@ -46,8 +46,7 @@ def _run(step: str, argv: list[str]) -> float:
 
 
 def _scans(out: Path) -> list[Scan]:
-    with open(out / "sites.tsv", newline="") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
+    rows = read_tsv(out / "sites.tsv")
     anat = lambda sub: out / sub / "anat"  # noqa: E731
     return [
         Scan(

@@ -53,7 +53,6 @@ class Discovery:
 
     images: list[ImageRecord]
     skipped: list[str] = field(default_factory=list)
-    database_dir: Path | None = None
     reused_index: bool = False
 
 
@@ -189,7 +188,8 @@ def open_layout(bids_dir: Path, database_root: Path | None, validate: bool = Tru
         shutil.rmtree(building, ignore_errors=True)
         return open_layout(bids_dir, database_root, validate)
     _prune_stale(Path(database_root), db_dir, bids_dir)
-    # Reopen at the final path so later writes (header cache) and the SQLite file agree.
+    # Reopen at the final path: the SQLite engine may open new connections, and the path it
+    # was built with no longer exists after the rename.
     layout = _build_layout(bids_dir, validate, invalid, db_dir)
     return OpenedLayout(layout, cache, db_dir, reused=False)
 
@@ -362,7 +362,7 @@ def discover_images(
         LOGGER.warning("skipped %s", message)
     if opened.database_dir is not None and len(cache["headers"]) != headers_before:
         atomic_write_json(opened.database_dir / "cache.json", cache)
-    return Discovery(sorted(images, key=lambda r: r.relpath), skipped, opened.database_dir, opened.reused)
+    return Discovery(sorted(images, key=lambda r: r.relpath), skipped, opened.reused)
 
 
 def _image_record(

@@ -169,6 +169,11 @@ class IntensityScale:
         return asdict(self)
 
 
+def median_scale(scales: list[IntensityScale]) -> IntensityScale:
+    """A site's typical scale: the median lo and hi of its images' scales."""
+    return IntensityScale(float(np.median([s.lo for s in scales])), float(np.median([s.hi for s in scales])))
+
+
 def robust_scale(data: np.ndarray, brain_mask: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> IntensityScale:
     """lo: the low percentile of the whole volume (background); hi: a high percentile in the brain.
 

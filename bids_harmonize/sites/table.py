@@ -69,7 +69,7 @@ def assignment_row(a: SiteAssignment) -> dict[str, str]:
         "echo_time": meta.get("EchoTime"),
         "inversion_time": meta.get("InversionTime"),
         "flip_angle": meta.get("FlipAngle"),
-        "voxel_size": a.protocol.values.get("VoxelSize") or _sorted_voxels(a),
+        "voxel_size": _sorted_voxels(a),
         "evidence": a.evidence,
         "warnings": " | ".join(a.warnings) if a.warnings else None,
     }

@@ -6,8 +6,6 @@ explicit arguments.
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import shutil
 from collections import Counter, defaultdict
@@ -22,8 +20,9 @@ import yaml
 from bids_harmonize.bids import derivatives
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.config import RunConfig
-from bids_harmonize.preproc.operations import robust_scale
+from bids_harmonize.preproc.operations import median_scale, robust_scale
 from bids_harmonize.sites import UNKNOWN_SITE, SiteAssignment
+from bids_harmonize.sites.overrides import read_tsv
 from bids_harmonize.templates import get_template
 from bids_harmonize.workflows.participant import HarmonizationPlan, TemplateFiles, init_participant_wf
 
@@ -91,8 +90,7 @@ def with_recorded_sites(config: RunConfig, assignments: list[SiteAssignment]) ->
     table = config.output_dir / "sites.tsv"
     if not table.is_file():
         return assignments
-    with open(table, newline="", encoding="utf-8") as fh:
-        recorded = {row["path"]: row for row in csv.DictReader(fh, delimiter="\t")}
+    recorded = {row["path"]: row for row in read_tsv(table)}
     result = []
     for a in assignments:
         row = recorded.get(a.image.relpath)
@@ -205,26 +203,25 @@ def train_contrast(
         LOGGER.warning("%s: %d site(s) with images; harmonization needs at least 2. Not training.", contrast, len(sites))
         return ""
     mask = np.asarray(nb.load(template.mask).dataobj) > 0
-    volumes, labels, scales = [], [], defaultdict(list)
+    volumes, labels, scales = [], [], defaultdict(list)  # scales: site -> IntensityScale of each image
     for a in usable:
         data = np.asarray(nb.load(template_preproc_path(config, a.image)).dataobj, np.float32)
         scale = robust_scale(data, mask)
         volumes.append(scale.to_model(data))
         labels.append(sites.index(a.site))
-        scales[a.site].append((scale.lo, scale.hi))
+        scales[a.site].append(scale)
     counts = Counter(a.site for a in usable)
     signatures = {
         site: {
             "n_images": counts[site],
-            "intensity_scale": {"lo": float(np.median([s[0] for s in scales[site]])),
-                                "hi": float(np.median([s[1] for s in scales[site]]))},
+            "intensity_scale": median_scale(scales[site]).as_dict(),
             "evidence": next(a.evidence for a in usable if a.site == site),
         }
         for site in sites
     }
     network = preset_config(config.training.preset, len(sites), image_size=model_image_size(mask))
     options = TrainConfig(
-        iterations=config.training.iterations, batch_size=config.training.batch_size, seed=config.training.seed,
+        iterations=config.training.iterations, batch_size=config.training.batch_size, seed=config.seed,
         checkpoint_every=max(1, config.training.iterations // 10 // 10) * 10, log_every=10,
     )
     out = config.output_dir / "models" / contrast
