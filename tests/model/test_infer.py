@@ -91,7 +91,14 @@ def test_non_3d_volumes_are_rejected(shift_translator):
         harmonize_volume(shift_translator, np.zeros((4, 4)), torch.zeros(shift_translator.config.style_dim))
 
 
-def test_automatic_batch_size_is_within_bounds():
-    for preset in ("tiny", "reference"):
-        size = auto_batch_size(preset_config(preset, num_sites=2), torch.device("cpu"))
-        assert 1 <= size <= MAX_BATCH["cpu"]
+def test_automatic_batch_size_follows_free_memory(monkeypatch):
+    from bids_harmonize.model import infer
+
+    config, cpu = preset_config("reference", num_sites=2), torch.device("cpu")
+    per_slice = infer.bytes_per_slice(config, cpu)
+    monkeypatch.setattr(infer, "free_memory_bytes", lambda device: int(6 * per_slice / infer.MEMORY_SHARE))
+    assert auto_batch_size(config, cpu) == 6
+    monkeypatch.setattr(infer, "free_memory_bytes", lambda device: 0)
+    assert auto_batch_size(config, cpu) == 1
+    monkeypatch.setattr(infer, "free_memory_bytes", lambda device: 10**15)
+    assert auto_batch_size(config, cpu) == MAX_BATCH["cpu"]

@@ -50,3 +50,4 @@ def test_segmentation_is_zero_outside_the_mask(nested_spheres) -> None:
         labels.astype(float) + np.random.default_rng(1).normal(0, 0.1, labels.shape), mask
     )
     assert (found[~mask] == 0).all() and (found[mask] > 0).all()
+    assert compare_labels(found, labels, mask).mean_dice > 0.95  # and the tissues are the right ones
