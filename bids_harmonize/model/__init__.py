@@ -5,7 +5,7 @@ knows nothing about BIDS: it takes arrays (or NIfTI paths) and site labels, and 
 
     bundle_dir = train(volumes, site_labels, site_names, preset_config("tiny", 2), TrainConfig(), out_dir)
     bundle = load_bundle(bundle_dir, device="cpu")
-    harmonized = bundle.harmonize(volume, target_site="siteB")
+    harmonized = bundle.harmonize(volume, target_site="siteB", source_site="siteA")
 """
 
 from bids_harmonize.model.bundle import BundleError, ModelBundle, UnknownSiteError, load_bundle, save_bundle

@@ -23,6 +23,7 @@ from torch import Tensor
 
 import bids_harmonize
 from bids_harmonize.model.common import resolve_device
+from bids_harmonize.model.curves import compose_lookup
 from bids_harmonize.model.infer import harmonize_volume, random_style, reference_style
 from bids_harmonize.model.networks import MURDConfig, Translator
 from bids_harmonize.utils import atomic_write, atomic_write_json
@@ -271,9 +272,47 @@ class ModelBundle:
         style: str = "site",
         reference: np.ndarray | Tensor | None = None,
         seed: int = 0,
+        source_site: str | None = None,
         batch_size: int | None = None,
         slice_axis: int = 2,
     ) -> np.ndarray:
-        """Translate a [-1, 1]-scaled volume into `target_site`'s style; same shape out."""
+        """Translate a [-1, 1]-scaled volume into `target_site`'s style; same shape out.
+
+        The style-aware layout renders relative to the volume's own style, read from the volume
+        through the head of `source_site` (required there; the paper layout ignores it).
+        """
         code = self.style_code(target_site, style, reference=reference, seed=seed, slice_axis=slice_axis)
-        return harmonize_volume(self.translator, volume, code, batch_size=batch_size, slice_axis=slice_axis)
+        source = self.source_style(volume, source_site, slice_axis=slice_axis)
+        return harmonize_volume(
+            self.translator, volume, code, source_style=source, batch_size=batch_size, slice_axis=slice_axis
+        )
+
+    def source_style(self, volume: np.ndarray | Tensor, source_site: str | None, *, slice_axis: int = 2) -> Tensor | None:
+        """The volume's own style (mean over its foreground slices), or None for the paper layout."""
+        if not self.translator.needs_source_style:
+            return None
+        if source_site is None:
+            raise ValueError(
+                "this model renders relative to the input's own style: pass source_site, the site the "
+                f"volume was acquired at (one of {', '.join(self.sites)})"
+            )
+        return reference_style(self.translator, volume, self.site_index(source_site), slice_axis=slice_axis)
+
+    def intensity_lookup(self, target_style: Tensor, source_style: Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+        """The voxel-wise part of the translation as a table (model-range inputs, outputs).
+
+        For the style-aware layout this is curve_target(inverse(curve_source)(x)); the paper
+        layout has no voxel-wise part, so its table is the identity.
+        """
+        if source_style is None:
+            grid = np.linspace(-1.0, 1.0, 1025, dtype=np.float32)
+            return grid, grid.copy()
+        generator = self.translator.generator
+        with torch.inference_mode():
+            curves = generator.curve(torch.stack([source_style, target_style]).float().to(self.device))
+            inputs, outputs = compose_lookup(curves[0], curves[1])
+        return inputs.cpu().numpy(), outputs.cpu().numpy()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.translator.parameters()).device

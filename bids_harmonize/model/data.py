@@ -117,8 +117,12 @@ class SliceSampler:
         seed: int,
         device: torch.device,
         rank: int = 0,
+        crop_size: int | None = None,
     ) -> None:
+        if crop_size is not None and not 0 < crop_size <= config.image_size:
+            raise ValueError(f"crop_size must lie in 1..image_size ({config.image_size}), got {crop_size}")
         self.config = config
+        self.crop_size = crop_size or config.image_size
         self.batch_size = batch_size
         self.site_balanced = site_balanced
         self.content_noise_std = content_noise_std
@@ -126,6 +130,7 @@ class SliceSampler:
         self.volumes = _place_volumes(volumes, device)
         self.site_labels = torch.as_tensor(site_labels, dtype=torch.long, device=device)
         self._index_slices(min_foreground)
+        self._index_volumes()
         self.generator = seeded_generator(seed, rank, device)
 
     def _index_slices(self, min_foreground: float) -> None:
@@ -142,6 +147,12 @@ class SliceSampler:
                 f"site indices {empty} have no slice with >= {min_foreground:.0%} foreground; every site "
                 "needs training volumes scaled to [-1, 1] with background at -1"
             )
+
+    def _index_volumes(self) -> None:
+        """Volume indices grouped by site, for drawing same-height reference slices of a site."""
+        self.volumes_by_site = torch.argsort(self.site_labels, stable=True)
+        self.volume_counts = torch.bincount(self.site_labels, minlength=self.config.num_sites)
+        self.volume_offsets = torch.cumsum(self.volume_counts, 0) - self.volume_counts
 
     def stacks(self, volume_index: Tensor, centre: Tensor) -> Tensor:
         """The model inputs (B, C, S, S) float32 on the training device for the given pairs."""
@@ -164,16 +175,33 @@ class SliceSampler:
         else:
             pick = torch.randint(len(self.slice_volume), (batch,), **options)
         targets = torch.randint(config.num_sites, (batch,), **options)
-        volume_index = self.slice_volume[pick]
+        volume_index, centre = self.slice_volume[pick], self.slice_centre[pick]
+        # A random volume of each target site, at the same height (volumes share one grid).
+        within = torch.rand(batch, dtype=torch.float64, **options) * self.volume_counts[targets]
+        reference_volume = self.volumes_by_site[self.volume_offsets[targets] + within.long()]
+        top, left = self._crop_offset()
+        content_size = self.crop_size // 2**config.encoder_downsamplings
         return TrainingBatch(
-            images=self.stacks(volume_index, self.slice_centre[pick]),
+            images=self._crop(self.stacks(volume_index, centre), top, left),
+            references=self._crop(self.stacks(reference_volume, centre), top, left),
             source_sites=self.site_labels[volume_index],
             target_sites=targets,
             latents=self._normal(batch, config.latent_dim),
             diversity_latents=self._normal(batch, config.latent_dim),
-            content_noise=self._normal(batch, config.content_channels, config.content_size, config.content_size)
+            content_noise=self._normal(batch, config.content_channels, content_size, content_size)
             * self.content_noise_std,
         )
+
+    def _crop_offset(self) -> tuple[int, int]:
+        """One random crop position per batch (all samples share it: one slicing op)."""
+        room = self.config.image_size - self.crop_size
+        if room == 0:
+            return 0, 0
+        top, left = torch.randint(room + 1, (2,), generator=self.generator, device=self.device).tolist()
+        return top, left
+
+    def _crop(self, images: Tensor, top: int, left: int) -> Tensor:
+        return images[..., top : top + self.crop_size, left : left + self.crop_size]
 
     def _normal(self, *shape: int) -> Tensor:
         return torch.randn(shape, generator=self.generator, device=self.device)

@@ -76,24 +76,30 @@ def harmonize_volume(
     volume: np.ndarray | Tensor,
     style: Tensor,
     *,
+    source_style: Tensor | None = None,
     batch_size: int | None = None,
     slice_axis: int = 2,
 ) -> np.ndarray:
     """Translate a [-1, 1]-scaled volume to `style`; returns float32 of exactly the input shape.
 
-    Slices whose in-plane size differs from the model's are centre padded/cropped on the way in
-    and put back on their own grid on the way out (cropped-away pixels keep their input values).
+    `source_style` is the volume's own style, which the style-aware generator renders relative
+    to (see `reference_style`). Slices whose in-plane size differs from the model's are centre
+    padded/cropped on the way in and put back on their own grid on the way out (cropped-away
+    pixels keep their input values).
     """
     config, device = translator.config, model_device(translator)
     slices = as_slices(volume, slice_axis, device)
     num_slices, height, width = slices.shape
     batch_size = batch_size or auto_batch_size(config, device)
     style = style.to(device, torch.float32).reshape(1, -1)
+    if source_style is not None:
+        source_style = source_style.to(device, torch.float32).reshape(1, -1)
     total = torch.zeros_like(slices)
     with torch.inference_mode(), autocast_for(device):
         for centres in torch.arange(num_slices, device=device).split(batch_size):
             stacks = gather_stacks(slices[None], torch.zeros_like(centres), centres, config.in_channels)
-            outputs = translator.translate(_model_input(stacks, config), style.expand(len(centres), -1))
+            sources = None if source_style is None else source_style.expand(len(centres), -1)
+            outputs = translator.translate(_model_input(stacks, config), style.expand(len(centres), -1), sources)
             neighbours = neighbour_indices(centres, config.in_channels, num_slices)
             restored = restore_in_plane(outputs.float(), height, width, original=stacks)
             # Accumulating index_put_ is deterministic (sort-based on CUDA, unlike index_add_).

@@ -15,7 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bids_harmonize.model.common import dataclass_from_dict
+from bids_harmonize.model.modulated import soft_histogram
 from bids_harmonize.model.networks import Discriminator, Translator
+
+HISTOGRAM_BINS = 64
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,8 @@ class LossWeights:
     `diversity` > 0 pulls two styles of the same site together (reference); a negative value
     pushes them apart (StarGAN v2). See docs/model.md for why the reference sign is kept.
     `r1` is gamma of the R1 penalty gamma/2 * E||grad D(x)||^2 on real images.
+    `histogram` weighs the distance between the intensity distributions of each fake and a real
+    slice of its target site at the same height (not in the reference; docs/model.md says why).
     """
 
     adversarial: float = 1.0
@@ -37,6 +42,7 @@ class LossWeights:
     alignment: float = 0.01
     diversity: float = 1.0
     r1: float = 1.0
+    histogram: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
@@ -56,6 +62,7 @@ class TrainingBatch:
     latents: Tensor  # (B, latent_dim) z1, the style of the fake the generator learns from
     diversity_latents: Tensor  # (B, latent_dim) z2, a second style for the diversity term
     content_noise: Tensor  # (B, content_channels, s, s) N(0, std^2) added to every content map
+    references: Tensor  # (B, C, S, S) a real image of each target site at the same height and crop
 
 
 def adversarial_loss(logits: Tensor, real: bool) -> Tensor:
@@ -77,6 +84,14 @@ def image_gradient_l1(images: Tensor, reconstructions: Tensor) -> Tensor:
 
     (rows_a, cols_a), (rows_b, cols_b) = gradients(images), gradients(reconstructions)
     return F.l1_loss(rows_a, rows_b) + F.l1_loss(cols_a, cols_b)
+
+
+def histogram_distance(images: Tensor, references: Tensor, bins: int = HISTOGRAM_BINS) -> Tensor:
+    """Mean Wasserstein-1 distance between the foreground intensity distributions of each image's
+    centre slice and its reference's: the L1 distance of their cumulative soft histograms."""
+    spacing = 2.0 / (bins - 1)
+    cumulative = [torch.cumsum(soft_histogram(x, bins), dim=1) for x in (images, references)]
+    return (cumulative[0] - cumulative[1]).abs().sum(1).mul(spacing).mean()
 
 
 def content_alignment(content: Tensor) -> Tensor:
@@ -114,12 +129,15 @@ def generator_terms(
     content = translator.content_encoder(x)
     style_fake = translator.mapping(batch.latents, batch.target_sites)
     style_own = translator.style_encoder(x, batch.source_sites)
-    # The fake and the identity reconstruction share their content input: one generator call.
-    fake, identity = translator.generator(
-        torch.cat([content + noise, content + noise]), torch.cat([style_fake, style_own])
-    ).split(x.shape[0])
+    if translator.needs_source_style:
+        # Rendering an image in its own style returns it exactly, by construction (modulated.py).
+        fake, identity = translator.render(content + noise, x, style_fake, style_own), x
+    else:  # the fake and the identity reconstruction share their content input: one call
+        fake, identity = translator.render(
+            torch.cat([content + noise, content + noise]), None, torch.cat([style_fake, style_own]), None
+        ).split(x.shape[0])
     fake_content = translator.content_encoder(fake)
-    cycled = translator.generator(fake_content + noise, style_own)
+    cycled = translator.render(fake_content + noise, fake, style_own, style_fake)
     return {
         "adversarial": adversarial_loss(discriminator(fake, batch.target_sites).float(), real=True),
         "content": F.l1_loss(fake_content.float(), content.float()),
@@ -129,6 +147,7 @@ def generator_terms(
         "gradient": image_gradient_l1(x, cycled),
         "alignment": content_alignment(content),
         "diversity": F.l1_loss(fake, diversity_fakes.detach()),
+        "histogram": histogram_distance(fake, batch.references),
     }
 
 

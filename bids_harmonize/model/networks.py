@@ -17,11 +17,15 @@ import torch
 from torch import Tensor, nn
 
 from bids_harmonize.model.common import dataclass_from_dict, without_autocast
+from bids_harmonize.model.modulated import ModulatedGenerator, StatisticsTrunk
 
 LEAKY_SLOPE = 0.2
 # Networks are created channels-last: convolutions run faster that way on GPUs (tensor cores)
 # and, in our measurements, on CPUs too. Inputs are converted to match (see infer.py, train.py).
 CONV_MEMORY_FORMAT = torch.channels_last
+
+
+ARCHITECTURES = ("modulated", "paper")
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,8 @@ class MURDConfig:
 
     num_sites: int
     preset: str = "custom"
+    # "modulated": the style-aware layout of modulated.py (default); "paper": the reference layout.
+    architecture: str = "modulated"
     image_size: int = 256  # square input, in pixels
     in_channels: int = 3  # adjacent axial slices fed as channels (odd: the centre one plus neighbours)
     encoder_channels: int = 64  # width of the content encoder's first conv
@@ -43,8 +49,12 @@ class MURDConfig:
     mapping_width: int = 128
     mapping_layers: int = 6  # shared fully connected layers before the per-site heads
     discriminator_channels: int = 64
+    curve_knots: int = 32  # segments of each style's intensity curve ("modulated" only)
+    histogram_bins: int = 32  # bins of the discriminator's intensity histogram ("modulated" only)
 
     def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if self.num_sites < 1:
             raise ValueError(f"num_sites must be >= 1, got {self.num_sites}")
         if self.in_channels < 1 or self.in_channels % 2 == 0:
@@ -75,24 +85,41 @@ class MURDConfig:
         return dataclass_from_dict(cls, data)
 
 
+_TINY_WIDTHS: dict[str, Any] = {
+    "image_size": 48,
+    "encoder_channels": 8,
+    "content_res_blocks": 2,
+    "generator_res_blocks": 2,
+    "style_channels": 8,
+    "style_blocks": 3,
+    "style_dim": 16,
+    "latent_dim": 8,
+    "mapping_width": 32,
+    "mapping_layers": 3,
+    "discriminator_channels": 16,
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
-    # The widths of the reference implementation (256x256, 3-slice 2.5D input).
+    # The style-aware layout at the reference widths (256x256, 3-slice 2.5D input): GPU default.
     "reference": {},
-    # For CPU tests and demos: a few hundred steps (batch 4) in well under a minute on 2 cores.
-    # 48 rather than 64 pixels: at 64 the full-resolution layers alone made 300 steps take ~1 min.
-    "tiny": {
-        "image_size": 48,
-        "encoder_channels": 8,
+    # The paper's own layout and widths, kept so the difference stays measurable.
+    "paper": {"architecture": "paper"},
+    # The style-aware layout sized for a CPU budget (docs/model.md has the measurements).
+    "cpu": {
+        "encoder_channels": 16,
         "content_res_blocks": 2,
         "generator_res_blocks": 2,
-        "style_channels": 8,
-        "style_blocks": 3,
-        "style_dim": 16,
-        "latent_dim": 8,
-        "mapping_width": 32,
+        "style_channels": 16,
+        "style_blocks": 4,
+        "style_dim": 32,
+        "latent_dim": 16,
+        "mapping_width": 64,
         "mapping_layers": 3,
-        "discriminator_channels": 16,
+        "discriminator_channels": 32,
     },
+    # For tests: a few hundred steps (batch 4) in well under a minute on 2 cores.
+    "tiny": _TINY_WIDTHS,
+    "paper-tiny": {**_TINY_WIDTHS, "architecture": "paper"},
 }
 
 
@@ -234,22 +261,31 @@ class Generator(nn.Module):
             return torch.tanh(self.to_image(features.float()))
 
 
+def _paper_discriminator_trunk(config: MURDConfig) -> tuple[nn.Sequential, int]:
+    width = config.discriminator_channels
+    trunk = nn.Sequential(
+        conv(config.in_channels, width, 4, stride=2),
+        nn.LeakyReLU(LEAKY_SLOPE),
+        conv(width, 2 * width, 4, stride=2),
+        *norm_act(2 * width),
+        conv(2 * width, 4 * width, 4),
+        *norm_act(4 * width),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
+    return trunk, 4 * width
+
+
 class Discriminator(SiteHeaded):
     """Image -> one real/fake logit, from the head of the given site."""
 
     def __init__(self, config: MURDConfig) -> None:
-        width = config.discriminator_channels
-        trunk = nn.Sequential(
-            conv(config.in_channels, width, 4, stride=2),
-            nn.LeakyReLU(LEAKY_SLOPE),
-            conv(width, 2 * width, 4, stride=2),
-            *norm_act(2 * width),
-            conv(2 * width, 4 * width, 4),
-            *norm_act(4 * width),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
-        super().__init__(trunk, config.num_sites, 4 * width, 1)
+        if config.architecture == "paper":
+            trunk, features = _paper_discriminator_trunk(config)
+        else:
+            trunk = StatisticsTrunk(config)
+            features = trunk.out_features
+        super().__init__(trunk, config.num_sites, features, 1)
         self.to(memory_format=CONV_MEMORY_FORMAT)
 
     def forward(self, images: Tensor, sites: Tensor) -> Tensor:
@@ -265,19 +301,36 @@ class Translator(nn.Module):
         self.content_encoder = ContentEncoder(config)
         self.style_encoder = StyleEncoder(config)
         self.mapping = MappingNetwork(config)
-        self.generator = Generator(config)
+        self.generator = Generator(config) if config.architecture == "paper" else ModulatedGenerator(config)
         self.to(memory_format=CONV_MEMORY_FORMAT)
 
-    def translate(self, images: Tensor, style: Tensor) -> Tensor:
+    @property
+    def needs_source_style(self) -> bool:
+        """The style-aware generator renders relative to the style the input is in now."""
+        return self.config.architecture != "paper"
+
+    def render(self, content: Tensor, images: Tensor, style: Tensor, source_style: Tensor | None) -> Tensor:
+        """G: the content of `images` in `style`; `source_style` is the images' own style."""
+        if not self.needs_source_style:
+            return self.generator(content, style)
+        if source_style is None:
+            raise ValueError("the style-aware generator needs the style of its input (source_style)")
+        return self.generator(content, images, style, source_style)
+
+    def translate(self, images: Tensor, style: Tensor, source_style: Tensor | None = None) -> Tensor:
         """Render the anatomy of `images` in `style` (one code per image)."""
-        return self.generator(self.content_encoder(images), style)
+        return self.render(self.content_encoder(images), images, style, source_style)
 
 
 def he_normal_init(module: nn.Module) -> None:
-    """He-normal weights (std sqrt(2 / fan_in)) and zero biases, as in the reference."""
+    """He-normal weights (std sqrt(2 / fan_in)) and zero biases, as in the reference; layers
+    marked `starts_at_zero` (the identity start of modulated.py) get zero weights instead."""
     for layer in module.modules():
         if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            if getattr(layer, "starts_at_zero", False):
+                nn.init.zeros_(layer.weight)
+            else:
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
             nn.init.zeros_(layer.bias)
         elif isinstance(layer, PerSiteLinear):
             nn.init.normal_(layer.weight, std=math.sqrt(2.0 / layer.weight.shape[2]))

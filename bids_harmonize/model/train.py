@@ -12,7 +12,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,7 @@ class TrainConfig:
     log_every: int = 100
     site_balanced: bool = True
     content_noise_std: float = 1.0
+    crop_size: int | None = None  # train on random square crops of this size (None: whole slices)
     min_foreground: float = MIN_FOREGROUND  # slices with less foreground (fraction of voxels) are skipped
     style_slices_per_site: int = 512  # slices averaged into each site's deterministic style
     compile: bool = False  # torch.compile the translator's networks (not the discriminator: R1 needs double backward)
@@ -228,10 +229,11 @@ class Trainer:
         The translator does not change before the generator step, so this equals the detached
         second rendering the diversity term needs; computing it once saves a generator pass.
         """
-        translator = self.translator
+        translator, images = self.translator, batch.images
         with autocast_for(self.device):
-            content = translator.content_encoder(batch.images) + batch.content_noise
-            return translator.generator(content, translator.mapping(batch.diversity_latents, batch.target_sites))
+            content = translator.content_encoder(images) + batch.content_noise
+            style = translator.mapping(batch.diversity_latents, batch.target_sites)
+            return translator.render(content, images, style, translator.style_encoder(images, batch.source_sites))
 
     def _discriminator_update(self, batch: TrainingBatch, fakes: Tensor) -> dict[str, Tensor]:
         with autocast_for(self.device):
@@ -428,6 +430,7 @@ def train(
     site_signatures: dict[str, dict[str, Any]] | None = None,
     slice_axis: int = 2,
     progress: bool = True,
+    on_step: Callable[[Trainer], None] | None = None,
 ) -> Path:
     """Train MURD on template-space volumes and write a model bundle into `out_dir`.
 
@@ -437,6 +440,7 @@ def train(
     workflow may put work_dir elsewhere); with `resume`, a checkpoint there is continued exactly.
     `data_hash` defaults to a SHA-256 over the volumes' values and their site names.
     Under torchrun (WORLD_SIZE > 1) every process runs this; rank 0 writes the files.
+    `on_step(trainer)` runs after every iteration (e.g. to snapshot the EMA weights).
     Returns the bundle directory.
     """
     _check_sites(site_labels, site_names, config)
@@ -460,12 +464,13 @@ def train(
             seed=train_config.seed,
             device=device,
             rank=context.rank,
+            crop_size=train_config.crop_size,
         )
         trainer = Trainer(config, train_config, sampler, device, context)
         checkpoint = work_dir / CHECKPOINT_NAME
         if resume and checkpoint.exists():
             trainer.load_checkpoint(checkpoint, data_hash)
-        metrics = run_training(trainer, checkpoint, work_dir / LOG_NAME, data_hash, progress)
+        metrics = run_training(trainer, checkpoint, work_dir / LOG_NAME, data_hash, progress, on_step)
         if context.is_main:
             styles = compute_site_styles(
                 trainer.ema, sampler, train_config.style_slices_per_site, train_config.batch_size
@@ -499,7 +504,14 @@ def _check_sites(site_labels: Sequence[int], site_names: Sequence[str], config: 
         raise ValueError(f"site labels {bad} are outside 0..{config.num_sites - 1} (indices into site_names)")
 
 
-def run_training(trainer: Trainer, checkpoint: Path, log_path: Path, data_hash: str, progress: bool) -> dict[str, Any]:
+def run_training(
+    trainer: Trainer,
+    checkpoint: Path,
+    log_path: Path,
+    data_hash: str,
+    progress: bool,
+    on_step: Callable[[Trainer], None] | None = None,
+) -> dict[str, Any]:
     """Iterate to the configured length with progress bar, log and checkpoints; returns metrics."""
     config, context = trainer.train_config, trainer.context
     log = TrainingLog(log_path, trainer.step) if context.is_main else None
@@ -510,6 +522,8 @@ def run_training(trainer: Trainer, checkpoint: Path, log_path: Path, data_hash: 
         while trainer.step < config.iterations:
             window.add(trainer.train_step())
             bar.update(1)
+            if on_step is not None:
+                on_step(trainer)
             finished = trainer.step == config.iterations
             if trainer.step % config.log_every == 0 or finished:
                 elapsed = time.perf_counter() - started

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import json
 import shutil
 from pathlib import Path
@@ -12,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 import bids_harmonize
-from bids_harmonize.model import BundleError, UnknownSiteError, build_translator, harmonize_volume, load_bundle, save_bundle
+from bids_harmonize.model import BundleError, UnknownSiteError, build_translator, harmonize_volume, load_bundle, reference_style, save_bundle
 from bids_harmonize.model.bundle import CARD_NAME, WEIGHTS_NAME, sha256_of
 
 
@@ -51,32 +53,43 @@ def test_save_then_load_gives_bit_identical_outputs(tmp_path, tiny_config, toy_d
     save_bundle(tmp_path, translator, ["siteA", "siteB"], styles, data_hash="sha256:test")
     bundle = load_bundle(tmp_path)
     volume = toy_data[0][0]
-    expected = harmonize_volume(translator, volume, styles[1])
-    harmonized = bundle.harmonize(volume, target_site="siteB")
+    source = reference_style(translator, volume, site_index=0)
+    expected = harmonize_volume(translator, volume, styles[1], source_style=source)
+    harmonized = bundle.harmonize(volume, target_site="siteB", source_site="siteA")
     assert harmonized.shape == volume.shape
     assert np.array_equal(harmonized, expected)
-    assert np.array_equal(harmonized, load_bundle(tmp_path / CARD_NAME).harmonize(volume, "siteB"))
+    reloaded = load_bundle(tmp_path / CARD_NAME).harmonize(volume, "siteB", source_site="siteA")
+    assert np.array_equal(harmonized, reloaded)
     assert bundle.sha256 == sha256_of(tmp_path / WEIGHTS_NAME)
 
 
 def test_style_choices(small_bundle, toy_data):
     bundle = load_bundle(small_bundle)
     volume = toy_data[0][0]
-    random_1 = bundle.harmonize(volume, "siteB", style="random", seed=1)
-    assert np.array_equal(random_1, bundle.harmonize(volume, "siteB", style="random", seed=1))
-    assert not np.array_equal(random_1, bundle.harmonize(volume, "siteB", style="random", seed=2))
-    by_reference = bundle.harmonize(volume, "siteB", style="reference", reference=toy_data[0][4])
+    harmonize = functools.partial(bundle.harmonize, volume, "siteB", source_site="siteA")
+    random_1 = harmonize(style="random", seed=1)
+    assert np.array_equal(random_1, harmonize(style="random", seed=1))
+    assert not np.array_equal(random_1, harmonize(style="random", seed=2))
+    by_reference = harmonize(style="reference", reference=toy_data[0][4])
     assert by_reference.shape == volume.shape
     with pytest.raises(ValueError, match="reference"):
-        bundle.harmonize(volume, "siteB", style="reference")
+        harmonize(style="reference")
     with pytest.raises(ValueError, match="style must be one of"):
-        bundle.harmonize(volume, "siteB", style="mean")
+        harmonize(style="mean")
+
+
+def test_the_style_aware_layout_needs_the_source_site(small_bundle, toy_data):
+    bundle = load_bundle(small_bundle)
+    with pytest.raises(ValueError, match="source_site"):
+        bundle.harmonize(toy_data[0][0], "siteB")
+    with pytest.raises(UnknownSiteError):
+        bundle.harmonize(toy_data[0][0], "siteB", source_site="siteZ")
 
 
 def test_unknown_site_error_lists_the_known_sites(small_bundle, toy_data):
     bundle = load_bundle(small_bundle)
     with pytest.raises(UnknownSiteError) as caught:
-        bundle.harmonize(toy_data[0][0], target_site="siteC")
+        bundle.harmonize(toy_data[0][0], target_site="siteC", source_site="siteA")
     assert "'siteC'" in str(caught.value) and "'siteA', 'siteB'" in str(caught.value)
     assert caught.value.known == ["siteA", "siteB"]
 

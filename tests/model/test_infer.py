@@ -20,7 +20,7 @@ from bids_harmonize.model.networks import Translator, build_translator, preset_c
 class ShiftTranslator(Translator):
     """Adds the first style value to its input: makes the geometry and averaging checkable."""
 
-    def translate(self, images: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    def translate(self, images: torch.Tensor, style: torch.Tensor, source_style=None) -> torch.Tensor:
         return images + style[:, :1, None, None]
 
 
@@ -62,11 +62,17 @@ def test_every_slice_averages_as_many_predictions_as_there_are_channels():
 def test_inference_is_deterministic_and_independent_of_batch_size(tiny_config):
     torch.manual_seed(0)
     translator = build_translator(tiny_config).eval()
+    with torch.no_grad():  # move the zero-initialised layers off the identity
+        for parameter in translator.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
     volume = np.random.default_rng(1).uniform(-1, 1, size=(28, 30, 7)).astype(np.float32)
-    style = torch.randn(tiny_config.style_dim)
-    first = harmonize_volume(translator, volume, style, batch_size=3)
-    assert np.array_equal(first, harmonize_volume(translator, volume, style, batch_size=3))
-    np.testing.assert_allclose(first, harmonize_volume(translator, volume, style, batch_size=7), atol=1e-5)
+    style, source = torch.randn(tiny_config.style_dim), torch.randn(tiny_config.style_dim)
+    first = harmonize_volume(translator, volume, style, source_style=source, batch_size=3)
+    assert not np.allclose(first, volume, atol=1e-3)
+    assert np.array_equal(first, harmonize_volume(translator, volume, style, source_style=source, batch_size=3))
+    np.testing.assert_allclose(
+        first, harmonize_volume(translator, volume, style, source_style=source, batch_size=7), atol=1e-5
+    )
 
 
 def test_random_style_is_seeded(tiny_config):

@@ -14,14 +14,17 @@ from bids_harmonize.model.losses import (
     content_alignment,
     discriminator_terms,
     generator_terms,
+    histogram_distance,
     image_gradient_l1,
     r1_penalty,
     weighted_discriminator_loss,
     weighted_generator_loss,
 )
-from bids_harmonize.model.networks import build_discriminator, build_translator
+from bids_harmonize.model.networks import build_discriminator, build_translator, preset_config
 
-GENERATOR_TERMS = {"adversarial", "content", "style", "identity", "cycle", "gradient", "alignment", "diversity"}
+GENERATOR_TERMS = {
+    "adversarial", "content", "style", "identity", "cycle", "gradient", "alignment", "diversity", "histogram"
+}
 
 
 @pytest.fixture()
@@ -40,6 +43,7 @@ def random_batch(config, seed: int = 0) -> TrainingBatch:
         latents=torch.randn(batch, config.latent_dim, generator=generator),
         diversity_latents=torch.randn(batch, config.latent_dim, generator=generator),
         content_noise=torch.randn(batch, config.content_channels, config.content_size, config.content_size, generator=generator),
+        references=torch.rand(batch, config.in_channels, size, size, generator=generator) * 2 - 1,
     )
 
 
@@ -48,16 +52,26 @@ def perturbed(batch: TrainingBatch) -> TrainingBatch:
     return dataclasses.replace(batch, images=images)
 
 
-def test_generator_terms_are_finite_and_respond_to_the_images(networks, tiny_config):
-    translator, discriminator = networks
-    batch = random_batch(tiny_config)
-    other_fakes = torch.rand(2, 3, tiny_config.image_size, tiny_config.image_size) * 2 - 1
+@pytest.mark.parametrize("preset", ["tiny", "paper-tiny"])
+def test_generator_terms_are_finite_and_respond_to_the_images(preset):
+    config = preset_config(preset, num_sites=2, image_size=32)
+    torch.manual_seed(0)
+    translator, discriminator = build_translator(config), build_discriminator(config)
+    with torch.no_grad():  # off the identity start, so every term has something to measure
+        for parameter in translator.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    batch = random_batch(config)
+    other_fakes = torch.rand(2, 3, config.image_size, config.image_size) * 2 - 1
     before = generator_terms(translator, discriminator, batch, other_fakes)
     after = generator_terms(translator, discriminator, perturbed(batch), other_fakes)
     assert set(before) == GENERATOR_TERMS
-    for name in GENERATOR_TERMS:
+    # The style-aware layout renders an image in its own style exactly: identity is 0 there.
+    exact = {"identity"} if translator.needs_source_style else set()
+    for name in GENERATOR_TERMS - exact:
         assert torch.isfinite(before[name]), name
         assert before[name].item() != after[name].item(), f"{name} ignores its input"
+    for name in exact:
+        assert before[name].item() == after[name].item() == 0.0
 
 
 def test_discriminator_terms_are_finite_and_respond_to_reals_and_fakes(networks, tiny_config):
@@ -109,5 +123,13 @@ def test_weighted_losses_use_every_weight_with_its_sign():
 def test_reference_weights_are_the_defaults():
     assert LossWeights().to_dict() == {
         "adversarial": 1.0, "content": 10.0, "style": 10.0, "identity": 10.0, "cycle": 10.0,
-        "gradient": 1.0, "alignment": 0.01, "diversity": 1.0, "r1": 1.0,
+        "gradient": 1.0, "alignment": 0.01, "diversity": 1.0, "r1": 1.0, "histogram": 0.0,
     }
+
+
+def test_histogram_distance_is_zero_for_equal_distributions_and_grows_with_a_shift():
+    images = torch.rand(2, 3, 16, 16) * 1.6 - 0.8
+    assert histogram_distance(images, images).item() == pytest.approx(0.0, abs=1e-6)
+    near, far = histogram_distance(images + 0.1, images), histogram_distance(images + 0.3, images)
+    assert 0.05 < near.item() < far.item()
+    assert far.item() == pytest.approx(0.3, rel=0.15)  # W1 of a shift is the shift

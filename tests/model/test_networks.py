@@ -27,7 +27,7 @@ def run_all_networks(config: MURDConfig, batch: int = 2) -> dict[str, torch.Size
         "content": content.shape,
         "style": style.shape,
         "mapped": translator.mapping(torch.zeros(batch, config.latent_dim), sites).shape,
-        "image": translator.generator(content, style).shape,
+        "image": translator.render(content, images, style, style).shape,
         "logit": discriminator(images, sites).shape,
     }
 
@@ -47,9 +47,15 @@ def test_tiny_networks_output_shapes():
     assert run_all_networks(config) == expected_shapes(config)
 
 
-def test_reference_networks_output_shapes_and_widths():
-    """Paper widths at 256 x 256, run on the meta device (shapes only, no arithmetic)."""
-    config = preset_config("reference", num_sites=3)
+@pytest.mark.parametrize("preset", ["tiny", "paper-tiny"])
+def test_both_layouts_give_the_input_shape(preset):
+    config = preset_config(preset, num_sites=3)
+    assert run_all_networks(config) == expected_shapes(config)
+
+
+def test_paper_networks_output_shapes_and_widths():
+    """Paper layout and widths at 256 x 256, run on the meta device (shapes only, no arithmetic)."""
+    config = preset_config("paper", num_sites=3)
     with torch.device("meta"):
         assert run_all_networks(config) == expected_shapes(config)
     assert (config.content_channels, config.content_size) == (256, 64)
@@ -61,14 +67,15 @@ def test_reference_networks_output_shapes_and_widths():
     assert translator.mapping.heads.weight.shape == (3, 64, 128)
 
 
-def test_sizes_that_are_not_powers_of_two_keep_the_grid():
-    config = preset_config("reference", num_sites=2, image_size=208)
+@pytest.mark.parametrize("preset", ["reference", "paper"])
+def test_sizes_that_are_not_powers_of_two_keep_the_grid(preset):
+    config = preset_config(preset, num_sites=2, image_size=208)
     with torch.device("meta"):
         assert run_all_networks(config) == expected_shapes(config)
 
 
-def test_generator_output_is_in_tanh_range():
-    config = preset_config("tiny", num_sites=2, image_size=32)
+def test_paper_generator_output_is_in_tanh_range():
+    config = preset_config("paper-tiny", num_sites=2, image_size=32)
     translator = build_translator(config)
     images = torch.randn(2, 3, 32, 32) * 3
     output = translator.translate(images, torch.randn(2, config.style_dim) * 10)
@@ -76,7 +83,7 @@ def test_generator_output_is_in_tanh_range():
 
 
 def test_he_normal_init_and_zero_biases():
-    translator = build_translator(preset_config("tiny", num_sites=2))
+    translator = build_translator(preset_config("paper-tiny", num_sites=2))
     conv = translator.generator.body[0].body[0]  # a 3x3 conv of the first residual block
     fan_in = conv.in_channels * 9
     assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / fan_in), rel=0.1)

@@ -47,7 +47,7 @@ def test_training_learns_to_translate_between_the_toy_sites(tmp_path, tiny_confi
     def distance_to_site_b(image: np.ndarray) -> float:
         return float(np.abs(tissue_means(image, labels_a) - target).mean())
 
-    translated = bundle.harmonize(image_a, target_site="siteB")
+    translated = bundle.harmonize(image_a, target_site="siteB", source_site="siteA")
     assert distance_to_site_b(translated) < 0.8 * distance_to_site_b(image_a)
 
 
