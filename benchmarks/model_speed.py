@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bids_harmonize.model import TrainConfig, Trainer, build_translator, harmonize_volume, preset_config
+from bids_harmonize.model import PRESETS, TrainConfig, Trainer, build_translator, harmonize_volume, preset_config
 from bids_harmonize.model.common import resolve_device
 from bids_harmonize.model.data import SliceSampler
 
@@ -46,7 +46,7 @@ NUM_SITES = 2
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--preset", default="reference", choices=["reference", "tiny"])
+    parser.add_argument("--preset", default="reference", choices=sorted(PRESETS))
     parser.add_argument("--slices", type=int, default=VOLUME_SLICES, help="slices of the timed volume")
     parser.add_argument("--steps", type=int, default=30, help="timed training iterations")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations/volumes first")
@@ -85,7 +85,8 @@ def inference_flops_per_slice(config) -> int:
         translator = build_translator(config)
         images = torch.zeros(1, config.in_channels, config.image_size, config.image_size)
         with FlopCounterMode(display=False) as counter:
-            translator.translate(images, torch.zeros(1, config.style_dim))
+            style = torch.zeros(1, config.style_dim)
+            translator.translate(images, style, style if translator.needs_source_style else None)
     return counter.get_total_flops()
 
 
@@ -96,9 +97,10 @@ def measure_inference(config, device: torch.device, args: argparse.Namespace) ->
         translator.generator.compile()
     volume = smooth_volumes(1, config.image_size, args.slices)[0].movedim(0, -1).numpy()
     style = torch.zeros(config.style_dim)
+    source = torch.ones(config.style_dim) if translator.needs_source_style else None
 
     def run() -> None:
-        harmonize_volume(translator, volume, style, batch_size=args.infer_batch)
+        harmonize_volume(translator, volume, style, source_style=source, batch_size=args.infer_batch)
 
     synchronized_seconds(run, device, max(args.warmup, 1))
     seconds = synchronized_seconds(run, device, args.repeats) / args.repeats

@@ -1,15 +1,21 @@
 """Harmonization quality benchmark on the simulated multi-site phantom.
 
-    python benchmarks/quality.py [--quick] [--target-site site1] [--work-dir DIR] [--murd-iterations 400]
+    python benchmarks/quality.py [--quick] [--target-site site1] [--work-dir DIR]
+                                 [--murd-recipe cpu] [--murd-iterations N] [--snapshot-minutes 2 5 10]
+    python benchmarks/quality.py --pipeline   # the real CLI on native grids (pipeline_quality.py)
 
 Simulates a dataset with a fixed seed, splits each site's subjects into train and test halves,
 fits every method on the training images, harmonizes each test image to the target site and
-scores it against that subject's ground truth at the target site (docs/qc.md has the metrics).
+scores it (docs/qc.md has the metrics and why they are defined so).
 
 The benchmark works on the template grid, so it measures harmonization alone: the input of each
 method is the subject's ground-truth render at its own site plus that site's Rician noise (as
-after a perfect rigid registration and bias correction); the reference is the noise-free render
-at the target site. Results: benchmarks/results/quality[_quick].{csv,md}.
+after a perfect rigid registration and bias correction). "The target site's appearance" is what
+the target scanner would give for the same subject: the reference is the subject's render at
+the target site plus the target site's noise at an independent realisation (a rescan), and every
+held-out image, the target site's own included, is harmonized and scored the same way. A
+noise-free anatomy score (SSIM to the noise-free target render) is printed beside it.
+Results: benchmarks/results/quality[_quick].{csv,md}.
 
 Adding a method: write a `HarmonizerFactory` (training scans, target site, contrast) ->
 `Harmonizer` and pass it in `run_benchmark(..., factories={name: factory})`, as `murd_factory`
@@ -26,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nb
@@ -41,7 +47,9 @@ from bids_harmonize.qc import (
     similarity,
     site_classifier_accuracy,
 )
-from bids_harmonize.simulate import SimulatedDataset, add_rician_noise, noise_sigma, simulate_dataset
+from bids_harmonize.simulate import SimulatedDataset, simulate_dataset
+from bids_harmonize.simulate.dataset import GROUND_TRUTH_DIR, RESCAN_STREAM, SCAN_STREAM
+from bids_harmonize.simulate.sites import choose_sites
 
 RESULTS = Path(__file__).parent / "results"
 CONTRAST = "T1w"
@@ -57,7 +65,8 @@ class Scan:
     image: NDArray
     mask: NDArray[np.bool_]
     labels: NDArray[np.uint8]
-    target: NDArray
+    rescan: NDArray  # the subject at the target site, with that site's noise (independent draw)
+    truth: NDArray  # the noise-free render at the target site
 
 
 HarmonizerFactory = Callable[[Sequence[Scan], str, str], Harmonizer]
@@ -69,24 +78,18 @@ def _load(path: Path) -> NDArray:
 
 def load_scans(dataset: SimulatedDataset, target_site: str, contrast: str = CONTRAST) -> list[Scan]:
     truth = dataset.ground_truth
-    scans = []
-    for index, (subject, site_label) in enumerate(dataset.site_of_subject.items()):
-        site = dataset.site(site_label)
-        own_render = _load(truth.render_path(subject, site_label, contrast))
-        noise_rng = np.random.default_rng([dataset.seed, index, 99])
-        scans.append(
-            Scan(
-                subject=subject,
-                site=site_label,
-                image=add_rician_noise(
-                    own_render, noise_sigma(site), noise_rng, offset=site.intensity_offset
-                ),
-                mask=_load(truth.mask_path(subject)) > 0,
-                labels=_load(truth.dseg_path(subject)),
-                target=_load(truth.render_path(subject, target_site, contrast)),
-            )
+    return [
+        Scan(
+            subject=subject,
+            site=site_label,
+            image=dataset.noisy_render(subject, site_label, contrast, stream=SCAN_STREAM),
+            mask=_load(truth.mask_path(subject)) > 0,
+            labels=_load(truth.dseg_path(subject)),
+            rescan=dataset.noisy_render(subject, target_site, contrast, stream=RESCAN_STREAM),
+            truth=_load(truth.render_path(subject, target_site, contrast)),
         )
-    return scans
+        for subject, site_label in dataset.site_of_subject.items()
+    ]
 
 
 def split_train_test(scans: Sequence[Scan]) -> tuple[list[Scan], list[Scan]]:
@@ -106,27 +109,26 @@ def baselines_factory(train: Sequence[Scan], target_site: str, contrast: str) ->
     )
 
 
-def score_harmonizer(
-    harmonize: Harmonizer, test: Sequence[Scan], target_site: str, contrast: str
-) -> dict[str, float]:
-    """All metrics of one method on the held-out scans.
+def score_outputs(outputs: Sequence[NDArray], test: Sequence[Scan], target_site: str, contrast: str) -> dict[str, float]:
+    """All metrics of one method's harmonized held-out scans (docs/qc.md).
 
-    Similarity and anatomy: test scans from other sites, harmonized to `target_site`, against
-    their ground truth there. Site classifier and Wasserstein: every harmonized test scan,
-    labelled with the site it came from.
+    Similarity and anatomy: every held-out scan against its rescan at the target site (and the
+    noise-free render for "ssim_clean"); self-SSIM: the target site's own scans against their
+    input; site classifier and Wasserstein: every output, labelled with the site it came from.
     """
-    start = time.perf_counter()
-    outputs = [harmonize(scan.image, scan.mask, scan.site) for scan in test]
-    seconds_per_image = (time.perf_counter() - start) / len(test)
-    moved = [(output, scan) for output, scan in zip(outputs, test, strict=True) if scan.site != target_site]
-    similarities = [similarity(output, scan.target, scan.mask) for output, scan in moved]
-    anatomy = [anatomy_preservation(output, scan.mask, scan.labels, contrast) for output, scan in moved]
+    pairs = list(zip(outputs, test, strict=True))
+    similarities = [similarity(output, scan.rescan, scan.mask) for output, scan in pairs]
+    anatomy = [anatomy_preservation(output, scan.mask, scan.labels, contrast) for output, scan in pairs]
     masks, sites = [s.mask for s in test], [s.site for s in test]
     classifier = site_classifier_accuracy(outputs, masks, sites)
     return {
         "ssim": float(np.mean([s.ssim for s in similarities])),
         "psnr_db": float(np.mean([s.psnr for s in similarities])),
         "mae": float(np.mean([s.mae for s in similarities])),
+        "ssim_clean": float(np.mean([similarity(o, scan.truth, scan.mask).ssim for o, scan in pairs])),
+        "self_ssim": float(
+            np.mean([similarity(o, scan.image, scan.mask).ssim for o, scan in pairs if scan.site == target_site])
+        ),
         "site_accuracy": classifier.accuracy,
         "chance": classifier.chance,
         "wasserstein": between_site_wasserstein(outputs, masks, sites),
@@ -135,18 +137,26 @@ def score_harmonizer(
         "dice_wm": float(np.mean([a.dice["WM"] for a in anatomy])),
         "dice_mean": float(np.mean([a.mean_dice for a in anatomy])),
         "abs_volume_error": float(np.mean([a.mean_absolute_volume_error for a in anatomy])),
-        "seconds_per_image": seconds_per_image,
     }
 
 
+def score_harmonizer(
+    harmonize: Harmonizer, test: Sequence[Scan], target_site: str, contrast: str
+) -> dict[str, float]:
+    start = time.perf_counter()
+    outputs = [harmonize(scan.image, scan.mask, scan.site) for scan in test]
+    seconds_per_image = (time.perf_counter() - start) / len(test)
+    return {**score_outputs(outputs, test, target_site, contrast), "seconds_per_image": seconds_per_image}
+
+
 def run_benchmark(
-    dataset: SimulatedDataset,
+    train: Sequence[Scan],
+    test: Sequence[Scan],
     target_site: str,
     factories: Mapping[str, HarmonizerFactory] | None = None,
     contrast: str = CONTRAST,
 ) -> dict[str, dict[str, float]]:
     """Scores of the baselines and of every method built by `factories`, by method name."""
-    train, test = split_train_test(load_scans(dataset, target_site, contrast))
     methods = dict(baselines_factory(train, target_site, contrast))
     for name, factory in (factories or {}).items():
         methods[name] = factory(train, target_site, contrast)
@@ -155,32 +165,102 @@ def run_benchmark(
     }
 
 
-def murd_factory(iterations: int, work_dir: Path) -> HarmonizerFactory:
+def simulated_phantom(out_dir: Path, n_sites: int, per_site: int, reuse: bool) -> SimulatedDataset:
+    """The benchmark's dataset: simulated into out_dir, or (reuse) the one already there, which
+    must have been simulated by this benchmark with the same size."""
+    n_subjects = n_sites * per_site
+    if not reuse:
+        return simulate_dataset(out_dir, n_sites, n_subjects, (CONTRAST,), 2.0, SEED, overwrite=True)
+    found = sorted(p.name for p in out_dir.glob("sub-*"))
+    if len(found) != n_subjects:
+        raise SystemExit(f"--reuse-dataset: {out_dir} holds {len(found)} subjects, expected {n_subjects}")
+    sites = tuple(site.at_resolution(2.0) for site in choose_sites(n_sites, SEED))
+    width = max(2, len(str(n_subjects)))
+    site_of_subject = {f"{i + 1:0{width}d}": sites[i % n_sites].label for i in range(n_subjects)}
+    return SimulatedDataset(out_dir, out_dir / GROUND_TRUTH_DIR, sites, site_of_subject, (CONTRAST,), 2.0, SEED)
+
+
+@dataclass
+class MurdRun:
+    """How MURD is trained in the benchmark, and what it recorded along the way."""
+
+    recipe: str = "cpu"
+    iterations: int | None = None  # None: the recipe's
+    snapshot_minutes: Sequence[float] = ()
+    seconds: float = 0.0  # training time, snapshot scoring excluded
+    snapshots: list[dict[str, float]] = field(default_factory=list)
+
+    def label(self) -> str:
+        return f"MURD ({self.recipe})"
+
+
+def murd_factory(run: MurdRun, work_dir: Path, test: Sequence[Scan] = ()) -> HarmonizerFactory:
     """MURD as the pipeline runs it on the template grid: the same robust scaling, model input
-    size and target intensity scale (median of the target site's training scales), tiny preset."""
+    size, recipe and target intensity scale (median of the target site's training scales).
+    With `run.snapshot_minutes`, the EMA weights are also scored on `test` after those minutes
+    of training (scoring time is not counted as training time)."""
 
     def build(train_scans: Sequence[Scan], target_site: str, contrast: str) -> Harmonizer:
-        from bids_harmonize.model import TrainConfig, load_bundle, preset_config, train
+        from bids_harmonize.model import load_bundle, preset_config, train
+        from bids_harmonize.model.recipes import RECIPES
         from bids_harmonize.preproc.operations import median_scale, robust_scale
         from bids_harmonize.workflows.run import model_image_size
 
+        recipe = RECIPES[run.recipe]
         sites = sorted({scan.site for scan in train_scans})
         scales = [robust_scale(scan.image, scan.mask) for scan in train_scans]
         volumes = [scale.to_model(scan.image) for scan, scale in zip(train_scans, scales)]
         target_scale = median_scale([scale for scan, scale in zip(train_scans, scales) if scan.site == target_site])
         union = np.any([scan.mask for scan in train_scans], axis=0)
-        config = preset_config("tiny", len(sites), image_size=model_image_size(union))
-        options = TrainConfig(iterations=iterations, batch_size=4, seed=SEED, checkpoint_every=iterations, log_every=10)
-        bundle = load_bundle(train(volumes, [sites.index(s.site) for s in train_scans], sites, config, options,
-                                   work_dir / "murd", work_dir=work_dir / "murd_training", progress=False))
+        config = preset_config(recipe.preset, len(sites), image_size=model_image_size(union))
+        iterations = run.iterations or recipe.iterations
+        options = recipe.train_config(iterations=iterations, seed=SEED, checkpoint_every=iterations, log_every=10)
 
-        def harmonize(image: NDArray, mask: NDArray, source_site: str) -> NDArray:
-            scale = robust_scale(image, mask)
-            return target_scale.to_scanner(bundle.harmonize(scale.to_model(image), target_site))
+        def harmonizer(bundle) -> Harmonizer:
+            def harmonize(image: NDArray, mask: NDArray, source_site: str) -> NDArray:
+                scale = robust_scale(image, mask)
+                output = bundle.harmonize(scale.to_model(image), target_site, source_site=source_site)
+                return target_scale.to_scanner(output)
 
-        return harmonize
+            return harmonize
+
+        snapshot = _snapshotter(run, sites, work_dir, lambda bundle: score_harmonizer(harmonizer(bundle), test, target_site, contrast))
+        started = time.perf_counter()
+        bundle_dir = train(volumes, [sites.index(s.site) for s in train_scans], sites, config, options,
+                           work_dir / "murd", work_dir=work_dir / "murd_training", progress=False, on_step=snapshot)
+        run.seconds = time.perf_counter() - started - sum(s["scoring_s"] for s in run.snapshots)
+        return harmonizer(load_bundle(bundle_dir))
 
     return build
+
+
+def _snapshotter(run: MurdRun, sites: list[str], work_dir: Path, score: Callable) -> Callable | None:
+    """An on_step callback that scores the EMA weights after each of `run.snapshot_minutes`."""
+    if not run.snapshot_minutes:
+        return None
+    from bids_harmonize.model import load_bundle, save_bundle
+    from bids_harmonize.model.train import compute_site_styles
+
+    marks = sorted(run.snapshot_minutes)
+    clock = {"start": time.perf_counter(), "paused": 0.0}
+
+    def on_step(trainer) -> None:
+        trained = time.perf_counter() - clock["start"] - clock["paused"]
+        if not marks or trained < 60 * marks[0]:
+            return
+        began = time.perf_counter()
+        minutes = marks.pop(0)
+        styles = compute_site_styles(trainer.ema, trainer.sampler, trainer.train_config.style_slices_per_site,
+                                     trainer.train_config.batch_size)
+        path = save_bundle(work_dir / f"snapshot-{minutes:g}min", trainer.ema, sites, styles, data_hash="snapshot")
+        scores = score(load_bundle(path))
+        clock["paused"] += time.perf_counter() - began
+        run.snapshots.append({"minutes": minutes, "iterations": trainer.step, **scores,
+                              "scoring_s": time.perf_counter() - began})
+        print(f"  snapshot after {minutes:g} min ({trainer.step} iterations): SSIM {scores['ssim']:.4f}, "
+              f"site acc. {scores['site_accuracy']:.3f}", flush=True)
+
+    return on_step
 
 
 def _machine() -> str:
@@ -193,16 +273,18 @@ COLUMNS = {  # csv key -> Markdown header
     "ssim": "SSIM",
     "psnr_db": "PSNR (dB)",
     "mae": "MAE",
+    "ssim_clean": "SSIM (noise-free)",
     "site_accuracy": "site acc.",
     "wasserstein": "Wasserstein",
     "dice_mean": "Dice (mean)",
     "abs_volume_error": "vol. err.",
+    "self_ssim": "self-SSIM",
     "seconds_per_image": "s/image",
 }
 
 
-def format_table(scores: Mapping[str, Mapping[str, float]], chance: float) -> str:
-    header = ["method", *COLUMNS.values()]
+def format_table(scores: Mapping[str, Mapping[str, float]], chance: float, first: str = "method") -> str:
+    header = [first, *COLUMNS.values()]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, row in scores.items():
         lines.append("| " + " | ".join([method, *(f"{row[key]:.4g}" for key in COLUMNS)]) + " |")
@@ -220,41 +302,62 @@ def save_results(scores: Mapping[str, Mapping[str, float]], markdown: str, stem:
     (RESULTS / f"{stem}.md").write_text(f"{header}\n\n{markdown}\n")
 
 
+def _growth_table(run: MurdRun, chance: float) -> str:
+    rows = {f"{s['minutes']:g} min ({s['iterations']} it.)": s for s in run.snapshots}
+    return "Quality against training time (EMA weights):\n\n" + format_table(rows, chance, "MURD after")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="4 subjects per site instead of 8")
     parser.add_argument("--target-site", default="site1")
     parser.add_argument("--work-dir", type=Path, help="keep the simulated dataset here (default: temporary)")
-    parser.add_argument("--murd-iterations", type=int, default=400, help="tiny-preset MURD training on CPU (0: skip)")
+    parser.add_argument("--reuse-dataset", action="store_true", help="use the dataset already in --work-dir")
+    parser.add_argument("--murd-recipe", default="cpu", help="training recipe (bids_harmonize/model/recipes.py)")
+    parser.add_argument("--murd-iterations", type=int, help="override the recipe's iterations (0: skip MURD)")
+    parser.add_argument("--snapshot-minutes", type=float, nargs="*", default=(), help="also score MURD after these training minutes")
+    parser.add_argument("--pipeline", action="store_true", help="run the real CLI and score native outputs instead")
     args = parser.parse_args(argv)
+    command = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.pipeline:
+        from pipeline_quality import main as pipeline_main
+
+        return pipeline_main(args, command.strip())
     n_sites, per_site = 3, (4 if args.quick else 8)
+    run = MurdRun(args.murd_recipe, args.murd_iterations, args.snapshot_minutes)
 
     with tempfile.TemporaryDirectory() as temporary:
         out_dir = args.work_dir or Path(temporary) / "phantom"
         start = time.perf_counter()
-        dataset = simulate_dataset(
-            out_dir, n_sites, n_sites * per_site, (CONTRAST,), 2.0, SEED, overwrite=True
-        )
+        dataset = simulated_phantom(out_dir, n_sites, per_site, args.reuse_dataset and args.work_dir is not None)
         simulated = time.perf_counter() - start
-        factories = {"MURD (tiny)": murd_factory(args.murd_iterations, Path(temporary))} if args.murd_iterations else {}
-        scores = run_benchmark(dataset, args.target_site, factories=factories)
+        train, test = split_train_test(load_scans(dataset, args.target_site))
+        factories = {run.label(): murd_factory(run, Path(temporary), test)} if args.murd_iterations != 0 else {}
+        scores = run_benchmark(train, test, args.target_site, factories=factories)
     total = time.perf_counter() - start
 
     chance = next(iter(scores.values()))["chance"]
     table = format_table(scores, chance)
-    command = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if run.snapshots:
+        table += "\n\n" + _growth_table(run, chance)
     header = (
         f"# Harmonization quality on the simulated phantom\n\n"
-        f"Command: `{command.strip()}`  \nMachine: {_machine()}  \n"
+        f"Command: `{command.strip()}`  \nMachine: {_machine()}, load average {os.getloadavg()[0]:.1f} at the end  \n"
         f"Data: {n_sites} sites x {per_site} subjects, {CONTRAST}, 2 mm, seed {SEED}; "
         f"train/test = first/second half of each site's subjects; target site {args.target_site}.  \n"
         f"Time: simulation {simulated:.0f} s, total {total:.0f} s. Metrics: docs/qc.md.  \n"
-        f"MURD: tiny preset, {args.murd_iterations} iterations, batch 4, on CPU (a CPU-sized budget; "
-        f"the reference trains 100k iterations at full width on a GPU)."
+        + (f"MURD: recipe {run.recipe!r}, {run.iterations or 'its'} iterations, trained in {run.seconds / 60:.1f} min "
+           f"on {_device()}." if factories else "MURD: not run.")
     )
     print(f"{header}\n\n{table}")
     save_results(scores, table, "quality_quick" if args.quick else "quality", header)
     return 0
+
+
+def _device() -> str:
+    import torch
+
+    return f"CUDA ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
 
 
 if __name__ == "__main__":

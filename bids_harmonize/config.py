@@ -25,9 +25,12 @@ def new_run_id() -> str:
 
 @dataclass
 class TrainingOptions:
-    preset: str = "tiny"
-    iterations: int = 2000
-    batch_size: int = 8
+    """Group-level training; None takes the value of the recipe (bids_harmonize/model/recipes.py)."""
+
+    recipe: str = "auto"  # auto: "gpu" on a CUDA device, else "cpu"
+    preset: str | None = None
+    iterations: int | None = None
+    batch_size: int | None = None
 
 
 @dataclass
@@ -93,7 +96,7 @@ class RunConfig:
             template=opts.template,
             template_resolution=opts.template_resolution,
             training=TrainingOptions(
-                preset=opts.preset, iterations=opts.iterations, batch_size=opts.batch_size
+                recipe=opts.recipe, preset=opts.preset, iterations=opts.iterations, batch_size=opts.batch_size
             ),
             device=opts.device,
             nprocs=opts.nprocs,

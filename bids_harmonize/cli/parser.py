@@ -13,6 +13,10 @@ from pathlib import Path
 
 from bids_harmonize import __version__
 
+# The names of bids_harmonize.model.networks.PRESETS, spelled out so that parsing options does
+# not import torch (tests/cli checks that they agree).
+NETWORK_PRESETS = ("cpu", "paper", "paper-tiny", "reference", "tiny")
+
 
 class ExitCode(IntEnum):
     OK = 0
@@ -100,9 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     harmonize.add_argument("--template-resolution", type=int, choices=(1, 2), default=1, help="template resolution (mm)")
 
     train = parser.add_argument_group("training (group level)")
-    train.add_argument("--preset", choices=("reference", "tiny"), default="tiny", help="network size")
-    train.add_argument("--iterations", type=_positive_int, default=2000)
-    train.add_argument("--batch-size", type=_positive_int, default=8)
+    train.add_argument(
+        "--recipe", choices=("auto", "cpu", "gpu"), default="auto",
+        help="training recipe: network preset and optimisation settings (auto: gpu on a CUDA device, else cpu)",
+    )
+    train.add_argument("--preset", choices=NETWORK_PRESETS, help="network layout and size (default: the recipe's)")
+    train.add_argument("--iterations", type=_positive_int, help="training iterations (default: the recipe's)")
+    train.add_argument("--batch-size", type=_positive_int, help="slices per step (default: the recipe's)")
 
     run = parser.add_argument_group("execution")
     run.add_argument("-w", "--work-dir", type=Path, help="intermediate files and caches (default: OUT/.work)")

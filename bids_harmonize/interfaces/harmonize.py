@@ -23,6 +23,7 @@ class _HarmonizeInputSpec(BaseInterfaceInputSpec):
     bundle_dir = Directory(exists=True, mandatory=True)
     bundle_sha256 = traits.Str(mandatory=True, desc="identity of the weights (part of the cache hash)")
     target_site = traits.Str(mandatory=True)
+    source_site = traits.Str(mandatory=True, desc="the site the image was acquired at (a bundle site)")
     style = traits.Enum("site", "random", "reference", usedefault=True)
     seed = traits.Int(0, usedefault=True)
     reference_file = File(exists=True, desc="template-space image of the target site (style='reference')")
@@ -34,6 +35,7 @@ class _HarmonizeInputSpec(BaseInterfaceInputSpec):
 
 class _HarmonizeOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="harmonized template-space image in the model range")
+    lookup_file = File(exists=True, desc="the voxel-wise part of the change: model-range inputs -> outputs (JSON)")
 
 
 class HarmonizeVolume(SimpleInterface):
@@ -43,32 +45,37 @@ class HarmonizeVolume(SimpleInterface):
     def _run_interface(self, runtime):
         import torch
 
-        from bids_harmonize.model import load_bundle
+        from bids_harmonize.model import harmonize_volume, load_bundle
 
         torch.set_num_threads(max(1, self.inputs.num_threads))
         bundle = load_bundle(self.inputs.bundle_dir, device=self.inputs.device)
         if bundle.sha256 != self.inputs.bundle_sha256:
             raise RuntimeError(f"{self.inputs.bundle_dir} changed while the workflow ran (SHA-256 differs)")
         img = nb.load(self.inputs.in_file)
+        volume = np.asarray(img.dataobj, np.float32)
         reference = None
         if self.inputs.style == "reference" and isdefined(self.inputs.reference_file):
             reference = np.asarray(nb.load(self.inputs.reference_file).dataobj, np.float32)
-        harmonized = bundle.harmonize(
-            np.asarray(img.dataobj, np.float32),
-            self.inputs.target_site,
-            style=self.inputs.style,
-            reference=reference,
-            seed=self.inputs.seed,
-            batch_size=self.inputs.batch_size or None,
+        style = bundle.style_code(self.inputs.target_site, self.inputs.style, reference=reference, seed=self.inputs.seed)
+        source = bundle.source_style(volume, self.inputs.source_site)
+        harmonized = harmonize_volume(
+            bundle.translator, volume, style, source_style=source, batch_size=self.inputs.batch_size or None
         )
+        if not np.isfinite(harmonized).all():
+            raise RuntimeError(f"{self.inputs.in_file}: the model gave non-finite values; the bundle may be corrupt")
         out = Path(runtime.cwd) / "harmonized_model_range.nii.gz"
         nb.Nifti1Image(harmonized.astype(np.float32), img.affine).to_filename(out)
-        self._results["out_file"] = str(out)
+        inputs, outputs = bundle.intensity_lookup(style, source)
+        lookup = Path(runtime.cwd) / "intensity_lookup.json"
+        lookup.write_text(json.dumps({"inputs": inputs.tolist(), "outputs": outputs.tolist()}))
+        self._results.update(out_file=str(out), lookup_file=str(lookup))
         return runtime
 
 
 class _ToNativeInputSpec(BaseInterfaceInputSpec):
     harmonized = File(exists=True, mandatory=True, desc="template-space output in the model range")
+    model_input = File(exists=True, mandatory=True, desc="template-space input in the model range")
+    lookup_file = File(exists=True, mandatory=True, desc="voxel-wise part of the change (from HarmonizeVolume)")
     native = File(exists=True, mandatory=True, desc="bias-corrected native image (grid and fallback values)")
     transform = File(exists=True, mandatory=True, desc="template -> native points (from RegisterToTemplate)")
     source_scale = File(exists=True, mandatory=True, desc="JSON lo/hi of the source image")
@@ -83,10 +90,13 @@ class _ToNativeOutputSpec(TraitedSpec):
 
 
 class HarmonizedToNative(SimpleInterface):
-    """Target-scale intensities on the template grid, then onto the exact native grid.
+    """Carry the model's change to the scan itself, not the template-grid image back.
 
-    Native voxels outside the template's field of view (neck, far scalp) were never seen by the
-    model; they keep their own values, mapped linearly from the source scale to the target's.
+    The change has two parts: a voxel-wise intensity map (the lookup table), applied to every
+    native voxel so the scan keeps its own resolution and detail; and the rest (the template-grid
+    output minus the mapped input), a residual resampled onto the native grid and added. Outside
+    the template's field of view the residual is zero and the voxel-wise map still applies, so
+    there is no seam at the edge of the field of view.
     """
 
     input_spec = _ToNativeInputSpec
@@ -95,21 +105,25 @@ class HarmonizedToNative(SimpleInterface):
     def _run_interface(self, runtime):
         import SimpleITK as sitk
 
+        from bids_harmonize.model.curves import apply_lookup
+
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, self.inputs.num_threads))
         target = op.IntensityScale(self.inputs.target_lo, self.inputs.target_hi)
         source = op.IntensityScale(**json.loads(Path(self.inputs.source_scale).read_text()))
+        table = json.loads(Path(self.inputs.lookup_file).read_text())
+        lookup = np.asarray(table["inputs"], np.float32), np.asarray(table["outputs"], np.float32)
         harmonized, native = nb.load(self.inputs.harmonized), nb.load(self.inputs.native)
-        in_template = nb.Nifti1Image(target.to_scanner(np.asarray(harmonized.dataobj)), harmonized.affine)
+        harmonized_model = np.asarray(harmonized.dataobj, np.float32)
+        residual = harmonized_model - apply_lookup(np.asarray(nb.load(self.inputs.model_input).dataobj), *lookup)
         to_native = op.inverse(op.load_transform(Path(self.inputs.transform)))
-        on_native = op.resample(in_template, native, to_native).get_fdata(dtype=np.float32)
-        coverage = op.resample(
-            nb.Nifti1Image(np.ones(harmonized.shape, np.uint8), harmonized.affine), native, to_native, nearest=True
-        ).get_fdata() > 0
+        # Linear interpolation with 0 outside the template grid: the residual fades to nothing there.
+        residual_native = op.resample(nb.Nifti1Image(residual, harmonized.affine), native, to_native).get_fdata(dtype=np.float32)
         raw = np.asarray(native.dataobj, np.float32)
-        outside = (raw - source.lo) / (source.hi - source.lo) * (target.hi - target.lo) + target.lo
-        result = np.where(coverage, on_native, outside).astype(np.float32)
+        native_model = 2.0 * (raw - source.lo) / (source.hi - source.lo) - 1.0  # unclipped model range
+        result = target.to_scanner(apply_lookup(native_model, *lookup) + residual_native)
+        in_template = nb.Nifti1Image(target.to_scanner(harmonized_model), harmonized.affine)
         paths = {"native_file": Path(runtime.cwd) / "native.nii.gz", "template_file": Path(runtime.cwd) / "template.nii.gz"}
-        nb.Nifti1Image(result, native.affine, native.header).to_filename(paths["native_file"])
+        nb.Nifti1Image(result.astype(np.float32), native.affine, native.header).to_filename(paths["native_file"])
         in_template.to_filename(paths["template_file"])
         self._results.update({k: str(v) for k, v in paths.items()})
         return runtime

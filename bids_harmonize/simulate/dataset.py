@@ -7,7 +7,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nb
 import numpy as np
+from numpy.typing import NDArray
 
 from bids_harmonize.simulate.anatomy import load_template_anatomy
 from bids_harmonize.simulate.bids_io import (
@@ -18,11 +20,20 @@ from bids_harmonize.simulate.bids_io import (
     write_raw_dataset_files,
     write_raw_image,
 )
-from bids_harmonize.simulate.render import acquire, render_ground_truth
+from bids_harmonize.simulate.render import (
+    acquire,
+    add_rician_noise,
+    noise_sigma,
+    render_ground_truth,
+    render_native_truth,
+)
 from bids_harmonize.simulate.sites import Site, choose_sites
 from bids_harmonize.simulate.subjects import make_subject
 
 CONTRASTS = ("T1w", "T2w")
+# Noise streams of `noisy_render` used by the benchmarks and the demo: a template-grid "scan" at
+# the subject's own site, and a "rescan" at the target site (independent noise).
+SCAN_STREAM, RESCAN_STREAM = 99, 199
 GROUND_TRUTH_DIR = Path("derivatives") / "ground_truth"
 
 
@@ -56,6 +67,25 @@ class SimulatedDataset:
     @property
     def ground_truth(self) -> GroundTruthLayout:
         return GroundTruthLayout(self.ground_truth_root, self.resolution_mm)
+
+    def noisy_render(self, subject: str, site_label: str, contrast: str = "T1w", *, stream: int) -> NDArray:
+        """The subject's ground-truth render at `site_label` plus that site's Rician noise, drawn
+        from the stream (seed, subject index, `stream`): different streams are independent
+        realisations, e.g. a scan and its rescan."""
+        index = list(self.site_of_subject).index(subject)
+        render = np.asarray(nb.load(self.ground_truth.render_path(subject, site_label, contrast)).dataobj)
+        site = self.site(site_label)
+        rng = np.random.default_rng([self.seed, index, stream])
+        return add_rician_noise(render, noise_sigma(site), rng, offset=site.intensity_offset)
+
+    def native_truth(self, subject: str, target_site: str, contrast: str = "T1w") -> tuple[nb.Nifti1Image, nb.Nifti1Image]:
+        """The subject rendered by `target_site` on its own scan's native grid, and the brain mask
+        there (see render_native_truth). The subject is drawn again from its seeded stream."""
+        index = list(self.site_of_subject).index(subject)
+        template = load_template_anatomy(self.resolution_mm)
+        drawn = make_subject(template, subject, np.random.default_rng([self.seed, index]))
+        scanned_at = self.site(self.site_of_subject[subject])
+        return render_native_truth(drawn, scanned_at, self.site(target_site), contrast, template.grid)
 
 
 def _written_by_simulator(out_dir: Path) -> bool:

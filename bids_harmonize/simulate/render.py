@@ -129,6 +129,34 @@ def receive_bias(grid: Grid, amplitude: float, rng: np.random.Generator) -> Arra
     return np.exp(amplitude * random_polynomial_field(grid.shape, BIAS_POLYNOMIAL_DEGREE, rng))
 
 
+def _to_native(volume: Array, subject: Subject, template_grid: Grid, grid: Grid) -> Array:
+    """A template-grid volume seen through the subject's head pose on a native grid (linear)."""
+    native_to_template = (
+        np.linalg.inv(template_grid.affine) @ np.linalg.inv(subject.pose.template_to_scanner()) @ grid.affine
+    )
+    return ndimage.affine_transform(volume, native_to_template, output_shape=grid.shape, order=1, cval=0.0)
+
+
+def render_native_truth(
+    subject: Subject, scanned_at: Site, target: Site, contrast: str, template_grid: Grid
+) -> tuple[nb.Nifti1Image, nb.Nifti1Image]:
+    """`subject` as `target` would render it, on the native grid of its scan at `scanned_at`.
+
+    The grid, head pose and resolution (PSF) are those of the real scan; the contrast and the
+    intensity scale are the target site's; no bias field, no noise. This is what a harmonized
+    native output should look like. Returns the image and the brain mask on that grid.
+    """
+    protocol = scanned_at.protocols[contrast]
+    blurred = blur_to_protocol(tissue_signal(subject, target, contrast), protocol, template_grid)
+    grid = native_grid(protocol, subject, template_grid)
+    image = _to_native(blurred, subject, template_grid, grid) * vendor_gain(target, contrast) + target.intensity_offset
+    mask = _to_native(subject.brain_mask.astype(np.float32), subject, template_grid, grid) > 0.5
+    return (
+        nb.Nifti1Image(image.astype(np.float32), grid.affine),
+        nb.Nifti1Image(mask.astype(np.uint8), grid.affine),
+    )
+
+
 def acquire(
     subject: Subject, site: Site, contrast: str, template_grid: Grid, rng: np.random.Generator
 ) -> nb.Nifti1Image:
@@ -136,10 +164,7 @@ def acquire(
     protocol = site.protocols[contrast]
     blurred = blur_to_protocol(tissue_signal(subject, site, contrast), protocol, template_grid)
     grid = native_grid(protocol, subject, template_grid)
-    native_to_template = (
-        np.linalg.inv(template_grid.affine) @ np.linalg.inv(subject.pose.template_to_scanner()) @ grid.affine
-    )
-    signal = ndimage.affine_transform(blurred, native_to_template, output_shape=grid.shape, order=1, cval=0.0)
+    signal = _to_native(blurred, subject, template_grid, grid)
     signal *= receive_bias(grid, site.bias_amplitude, rng)
     noisy = add_rician_noise(signal, site.noise_fraction * brightest_brain_signal(site, contrast), rng)
     stored = np.clip(

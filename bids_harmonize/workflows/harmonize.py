@@ -13,6 +13,7 @@ def init_harmonize_wf(
     bundle_dir: str,
     bundle_sha256: str,
     target_site: str,
+    source_site: str,
     target_scale: tuple[float, float],
     style: str = "site",
     seed: int = 0,
@@ -28,7 +29,7 @@ def init_harmonize_wf(
     outputnode = pe.Node(IdentityInterface(fields=["native_harmonized", "template_harmonized"]), name="outputnode")
     murd = pe.Node(
         HarmonizeVolume(
-            bundle_dir=bundle_dir, bundle_sha256=bundle_sha256, target_site=target_site, style=style, seed=seed,
+            bundle_dir=bundle_dir, bundle_sha256=bundle_sha256, target_site=target_site, source_site=source_site, style=style, seed=seed,
             device=device, use_gpu=device.startswith("cuda"), num_threads=omp_nthreads,
         ),
         name="murd", n_procs=omp_nthreads, mem_gb=4.0,
@@ -39,8 +40,9 @@ def init_harmonize_wf(
     )
     workflow.connect([
         (inputnode, murd, [("model_input", "in_file")]),
-        (inputnode, to_native, [("native_preproc", "native"), ("transform", "transform"), ("scale_file", "source_scale")]),
-        (murd, to_native, [("out_file", "harmonized")]),
+        (inputnode, to_native, [("model_input", "model_input"), ("native_preproc", "native"),
+                                ("transform", "transform"), ("scale_file", "source_scale")]),
+        (murd, to_native, [("out_file", "harmonized"), ("lookup_file", "lookup_file")]),
         (to_native, outputnode, [("native_file", "native_harmonized"), ("template_file", "template_harmonized")]),
     ])
     if style == "reference":

@@ -97,7 +97,7 @@ def init_participant_wf(
             continue
         harmonize = init_harmonize_wf(
             bundle_dir=plan.bundle_dir, bundle_sha256=plan.bundle_sha256, target_site=plan.target_site,
-            target_scale=plan.target_scale, style=plan.style, seed=plan.seed, device=device,
+            source_site=a.site, target_scale=plan.target_scale, style=plan.style, seed=plan.seed, device=device,
             omp_nthreads=omp_nthreads, name=f"harmonize_{node_name(a.image.relpath)}",
         )
         sink.inputs.harmonization = plan.sidecar_fields()

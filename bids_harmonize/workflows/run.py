@@ -195,7 +195,10 @@ def model_image_size(brain_mask: np.ndarray, margin_voxels: int = 4, multiple: i
 def train_contrast(
     config: RunConfig, contrast: str, assignments: list[SiteAssignment], template: TemplateFiles, device: str
 ) -> str:
-    from bids_harmonize.model import TrainConfig, preset_config, train
+    import torch
+
+    from bids_harmonize.model import preset_config, train
+    from bids_harmonize.model.recipes import RECIPES, recipe_for
 
     usable = [a for a in assignments if a.image.suffix == contrast and a.site != UNKNOWN_SITE]
     sites = sorted({a.site for a in usable})
@@ -219,18 +222,19 @@ def train_contrast(
         }
         for site in sites
     }
-    network = preset_config(config.training.preset, len(sites), image_size=model_image_size(mask))
-    options = TrainConfig(
-        iterations=config.training.iterations, batch_size=config.training.batch_size, seed=config.seed,
-        checkpoint_every=max(1, config.training.iterations // 10 // 10) * 10, log_every=10,
+    training = config.training
+    recipe = RECIPES[training.recipe] if training.recipe != "auto" else recipe_for(torch.device(device).type)
+    network = preset_config(training.preset or recipe.preset, len(sites), image_size=model_image_size(mask))
+    iterations = training.iterations or recipe.iterations
+    options = recipe.train_config(
+        iterations=iterations, batch_size=training.batch_size or recipe.batch_size, seed=config.seed,
+        checkpoint_every=max(1, iterations // 10 // 10) * 10, log_every=10,
     )
     out = config.output_dir / "models" / contrast
     work = config.work_dir / "training" / contrast
-    import torch
-
     torch.set_num_threads(omp_threads(config))  # containers set OMP_NUM_THREADS=1 for Nipype's workers
-    LOGGER.info("training MURD for %s on %d images of %d sites (%s, %d iterations, %s)",
-                contrast, len(volumes), len(sites), config.training.preset, options.iterations, device)
+    LOGGER.info("training MURD for %s on %d images of %d sites (preset %s, %d iterations, %s)",
+                contrast, len(volumes), len(sites), network.preset, options.iterations, device)
     bundle_dir = train(volumes, labels, sites, network, options, out, device=device, work_dir=work,
                        site_signatures=signatures, progress=config.verbosity > 0)
     log = work / "train_log.jsonl"

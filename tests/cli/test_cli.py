@@ -109,3 +109,10 @@ def test_realmix_sites(realmix, tmp_path, granularity, n_sites):
     if granularity == "scanner":
         prisma = sorted(r["site"] for r in rows if r["model"] == "Prisma Fit")
         assert prisma == ["SiemensPrismaFit3TSN67060", "SiemensPrismaFit3TSN67093"]
+
+
+def test_preset_choices_match_the_model_presets():
+    from bids_harmonize.cli.parser import NETWORK_PRESETS
+    from bids_harmonize.model.networks import PRESETS
+
+    assert NETWORK_PRESETS == tuple(sorted(PRESETS))

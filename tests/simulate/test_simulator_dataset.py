@@ -148,3 +148,19 @@ def test_ground_truth_dataset_describes_itself(tiny_dataset: SimulatedDataset) -
     assert [row["site"] for row in tiny_dataset.site_table()] == ["site1", "site2"]
     assert tiny_dataset.site_table()[0]["T1w_InversionTime"] == 0.9
     assert "site" in (root / "participants.tsv").read_text().splitlines()[0]
+
+
+def test_native_truth_lies_on_the_scan_grid_in_the_target_sites_contrast(tiny_dataset: SimulatedDataset) -> None:
+    subject = tiny_dataset.subjects[0]
+    own, other = tiny_dataset.site_of_subject[subject], next(s.label for s in tiny_dataset.sites if s.label != tiny_dataset.site_of_subject[subject])
+    raw = nb.load(tiny_dataset.native_image(subject))
+    own_truth, mask = tiny_dataset.native_truth(subject, own)
+    other_truth, _ = tiny_dataset.native_truth(subject, other)
+    assert own_truth.shape == raw.shape and np.allclose(own_truth.affine, raw.affine)
+    inside = np.asarray(mask.dataobj) > 0
+    assert inside.sum() > 50
+    scan, own_values, other_values = (np.asarray(img.dataobj, np.float64)[inside] for img in (raw, own_truth, other_truth))
+    # Its own site's render is the scan without noise and bias: nearly perfectly correlated.
+    assert np.corrcoef(scan, own_values)[0, 1] > 0.9
+    # The other site renders the same anatomy in another contrast and scale.
+    assert not np.allclose(own_values, other_values, rtol=0.05)
