@@ -317,7 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--murd-iterations", type=int, help="override the recipe's iterations (0: skip MURD)")
     parser.add_argument("--snapshot-minutes", type=float, nargs="*", default=(), help="also score MURD after these training minutes")
     parser.add_argument("--pipeline", action="store_true", help="run the real CLI and score native outputs instead")
+    parser.add_argument("--threads", type=int, help="torch threads for MURD (default: torch's)")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     command = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.pipeline:
         from pipeline_quality import main as pipeline_main
@@ -346,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Data: {n_sites} sites x {per_site} subjects, {CONTRAST}, 2 mm, seed {SEED}; "
         f"train/test = first/second half of each site's subjects; target site {args.target_site}.  \n"
         f"Time: simulation {simulated:.0f} s, total {total:.0f} s. Metrics: docs/qc.md.  \n"
-        + (f"MURD: recipe {run.recipe!r}, {run.iterations or 'its'} iterations, trained in {run.seconds / 60:.1f} min "
-           f"on {_device()}." if factories else "MURD: not run.")
+        + (f"MURD: recipe {run.recipe!r}{f', {run.iterations} iterations' if run.iterations else ''}, trained in "
+           f"{run.seconds / 60:.1f} min on {_device()}." if factories else "MURD: not run.")
     )
     print(f"{header}\n\n{table}")
     save_results(scores, table, "quality_quick" if args.quick else "quality", header)

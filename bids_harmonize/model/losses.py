@@ -15,10 +15,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bids_harmonize.model.common import dataclass_from_dict
-from bids_harmonize.model.modulated import soft_histogram
+from bids_harmonize.model.modulated import centre_slice, soft_histogram, weighted_histogram
 from bids_harmonize.model.networks import Discriminator, Translator
+from bids_harmonize.model.slices import BACKGROUND, FOREGROUND_MARGIN
 
 HISTOGRAM_BINS = 64
+TEXTURE_SPAN = 0.25  # fine detail beyond +-0.25 of the [-1, 1] range is counted at the ends
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class LossWeights:
     diversity: float = 1.0
     r1: float = 1.0
     histogram: float = 0.0
+    texture: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
@@ -86,12 +89,34 @@ def image_gradient_l1(images: Tensor, reconstructions: Tensor) -> Tensor:
     return F.l1_loss(rows_a, rows_b) + F.l1_loss(cols_a, cols_b)
 
 
+def _wasserstein(histograms: tuple[Tensor, Tensor], spacing: float) -> Tensor:
+    """Mean 1-D Wasserstein-1 distance of paired histograms: L1 of their cumulative sums."""
+    first, second = (torch.cumsum(h, dim=1) for h in histograms)
+    return (first - second).abs().sum(1).mul(spacing).mean()
+
+
 def histogram_distance(images: Tensor, references: Tensor, bins: int = HISTOGRAM_BINS) -> Tensor:
     """Mean Wasserstein-1 distance between the foreground intensity distributions of each image's
-    centre slice and its reference's: the L1 distance of their cumulative soft histograms."""
-    spacing = 2.0 / (bins - 1)
-    cumulative = [torch.cumsum(soft_histogram(x, bins), dim=1) for x in (images, references)]
-    return (cumulative[0] - cumulative[1]).abs().sum(1).mul(spacing).mean()
+    centre slice and its reference's."""
+    return _wasserstein((soft_histogram(images, bins), soft_histogram(references, bins)), 2.0 / (bins - 1))
+
+
+def _high_pass(images: Tensor) -> tuple[Tensor, Tensor]:
+    """Centre slice minus its 3x3 mean, and where the whole 3x3 neighbourhood is foreground."""
+    centre = centre_slice(images)
+    detail = centre - F.avg_pool2d(F.pad(centre, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    foreground = (centre > BACKGROUND + FOREGROUND_MARGIN).float()
+    interior = -F.max_pool2d(-foreground, 3, stride=1, padding=1)
+    return detail.flatten(1), interior.flatten(1)
+
+
+def texture_distance(images: Tensor, references: Tensor, bins: int = HISTOGRAM_BINS) -> Tensor:
+    """Mean Wasserstein-1 distance between the distributions of fine detail (centre slice minus
+    its local mean, inside the brain) of each image and its reference: noise level and
+    sharpness, which the intensity curve cannot change."""
+    span = TEXTURE_SPAN
+    histograms = tuple(weighted_histogram(*_high_pass(x), bins, -span, span) for x in (images, references))
+    return _wasserstein(histograms, 2 * span / (bins - 1))
 
 
 def content_alignment(content: Tensor) -> Tensor:
@@ -148,6 +173,7 @@ def generator_terms(
         "alignment": content_alignment(content),
         "diversity": F.l1_loss(fake, diversity_fakes.detach()),
         "histogram": histogram_distance(fake, batch.references),
+        "texture": texture_distance(fake, batch.references),
     }
 
 

@@ -138,23 +138,34 @@ class ModulatedGenerator(nn.Module):
         return base + to_target - to_source
 
 
-def soft_histogram(images: Tensor, bins: int) -> Tensor:
-    """(B, C, H, W) -> (B, bins): differentiable histogram of each centre slice's foreground.
+def weighted_histogram(values: Tensor, weights: Tensor, bins: int, low: float = -1.0, high: float = 1.0) -> Tensor:
+    """(B, N) values with (B, N) weights -> (B, bins) normalised, differentiable histograms.
 
-    Bins are evenly spaced centres in [-1, 1]; each voxel splits its unit weight between the
-    two nearest centres by linear interpolation (so the counts move smoothly with intensity and
-    pass gradients to it), at the cost of one scatter per voxel. The result sums to one per
-    sample, so it does not depend on the brain's area.
+    Bins are evenly spaced centres from `low` to `high` (values beyond are counted at the ends);
+    each value splits its weight between the two nearest centres by linear interpolation, so the
+    counts move smoothly with the values and pass gradients to them, at one scatter per value.
     """
-    centre = images[:, images.shape[1] // 2].flatten(1).float()
-    foreground = (centre > BACKGROUND + FOREGROUND_MARGIN).float()
-    position = ((centre + 1.0) * ((bins - 1) / 2.0)).clamp(0.0, bins - 1.0)
+    position = ((values.float() - low) * ((bins - 1) / (high - low))).clamp(0.0, bins - 1.0)
     lower = position.detach().floor().clamp(max=bins - 2)
     upper_weight = position - lower
-    counts = torch.zeros(centre.shape[0], bins, device=images.device)
-    counts = counts.scatter_add(1, lower.long(), (1.0 - upper_weight) * foreground)
-    counts = counts.scatter_add(1, lower.long() + 1, upper_weight * foreground)
+    counts = torch.zeros(values.shape[0], bins, device=values.device)
+    counts = counts.scatter_add(1, lower.long(), (1.0 - upper_weight) * weights)
+    counts = counts.scatter_add(1, lower.long() + 1, upper_weight * weights)
     return counts / counts.sum(-1, keepdim=True).clamp_min(1e-6)
+
+
+def centre_slice(images: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, 1, H, W) float32: the slice a 2.5D stack is centred on."""
+    return images[:, images.shape[1] // 2 : images.shape[1] // 2 + 1].float()
+
+
+def soft_histogram(images: Tensor, bins: int) -> Tensor:
+    """(B, C, H, W) -> (B, bins): histogram of each centre slice's foreground over [-1, 1].
+
+    It sums to one per sample, so it does not depend on the brain's area.
+    """
+    centre = centre_slice(images).flatten(1)
+    return weighted_histogram(centre, (centre > BACKGROUND + FOREGROUND_MARGIN).float(), bins)
 
 
 class StatisticsTrunk(nn.Module):

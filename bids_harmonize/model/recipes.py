@@ -31,14 +31,14 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "cpu": Recipe(
         preset="cpu",
-        iterations=1500,
+        iterations=600,
         batch_size=8,
         train_options={
             "lr": 5e-4,
             "lr_mapping": 5e-6,
             "ema_decay": 0.99,
             "content_noise_std": 0.1,
-            "crop_size": 64,
+            "crop_size": 48,
             "loss_weights": LossWeights(histogram=10.0),
         },
     ),

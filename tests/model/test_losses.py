@@ -17,13 +17,15 @@ from bids_harmonize.model.losses import (
     histogram_distance,
     image_gradient_l1,
     r1_penalty,
+    texture_distance,
     weighted_discriminator_loss,
     weighted_generator_loss,
 )
 from bids_harmonize.model.networks import build_discriminator, build_translator, preset_config
 
 GENERATOR_TERMS = {
-    "adversarial", "content", "style", "identity", "cycle", "gradient", "alignment", "diversity", "histogram"
+    "adversarial", "content", "style", "identity", "cycle", "gradient", "alignment", "diversity", "histogram",
+    "texture",
 }
 
 
@@ -123,7 +125,7 @@ def test_weighted_losses_use_every_weight_with_its_sign():
 def test_reference_weights_are_the_defaults():
     assert LossWeights().to_dict() == {
         "adversarial": 1.0, "content": 10.0, "style": 10.0, "identity": 10.0, "cycle": 10.0,
-        "gradient": 1.0, "alignment": 0.01, "diversity": 1.0, "r1": 1.0, "histogram": 0.0,
+        "gradient": 1.0, "alignment": 0.01, "diversity": 1.0, "r1": 1.0, "histogram": 0.0, "texture": 0.0,
     }
 
 
@@ -133,3 +135,14 @@ def test_histogram_distance_is_zero_for_equal_distributions_and_grows_with_a_shi
     near, far = histogram_distance(images + 0.1, images), histogram_distance(images + 0.3, images)
     assert 0.05 < near.item() < far.item()
     assert far.item() == pytest.approx(0.3, rel=0.15)  # W1 of a shift is the shift
+
+
+def test_texture_sees_noise_and_ignores_brightness_where_the_histogram_does_the_opposite():
+    generator = torch.Generator().manual_seed(0)
+    y, x = torch.meshgrid(torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 32), indexing="ij")
+    smooth = torch.where((x**2 + y**2) < 0.7, 0.3 * torch.sin(2 * x), torch.tensor(-1.0)).expand(2, 3, 32, 32)
+    noisy = torch.where(smooth > -0.95, smooth + 0.05 * torch.randn(smooth.shape, generator=generator), smooth)
+    brighter = torch.where(smooth > -0.95, smooth + 0.2, smooth)
+    assert texture_distance(smooth, smooth).item() == pytest.approx(0.0, abs=1e-6)
+    assert texture_distance(noisy, smooth).item() > 3 * histogram_distance(noisy, smooth).item()
+    assert histogram_distance(brighter, smooth).item() > 10 * texture_distance(brighter, smooth).item()

@@ -84,26 +84,25 @@ def test_second_run_reuses_the_work_dir(flow):
 
 
 def test_harmonizing_to_the_own_site_stays_close_to_the_input(flow, tmp_path):
-    """Bound tested: inside the brain, Pearson r >= 0.5 between the template-space input and
-    its harmonization to its own site, after 200 iterations of the tiny preset. Measured: an
-    untrained network gives r ~ 0.05, this fixture gave r = 0.67, 400 iterations give
-    r = 0.73-0.79 (demo data). The
-    bound checks that the identity path trains and is wired through the pipeline, not that
-    a CPU-sized model is a good harmonizer."""
+    """The style-aware layout renders relative to the image's own style, so a site harmonized
+    to itself changes only as much as the volume's style differs from its site's mean style.
+    Bound: SSIM to the input >= 0.97 inside the brain (the issue's target); an untrained paper
+    layout gave r ~ 0.05, i.e. SSIM far below."""
+    from bids_harmonize.qc import similarity
+    from bids_harmonize.templates import get_template
+
     out, subject = flow["out"], "01"
     rows = {r["participant_id"]: r["site"] for r in csv.DictReader(open(out / "sites.tsv"), delimiter="\t")}
     own = tmp_path / "own"
     code = main([str(flow["dataset"].bids_root), str(own), "participant", *COMMON, "-w", str(flow["work"]),
                  "--participant-label", subject, "--model", str(out / "models"), "--target-site", rows["sub-01"]])
     assert code == 0
-    from bids_harmonize.templates import get_template
-
     mask = np.asarray(nb.load(get_template(TEMPLATE, 2, "mask", "brain")).dataobj) > 0
-    before = nb.load(anat(own, subject, f"space-{TEMPLATE}_desc-preproc_T1w.nii.gz")).get_fdata()[mask]
-    after = nb.load(anat(own, subject, f"space-{TEMPLATE}_desc-harmonized_T1w.nii.gz")).get_fdata()[mask]
-    r = np.corrcoef(before, after)[0, 1]
-    print(f"own-site harmonization: r = {r:.3f}")
-    assert r >= 0.5
+    before = nb.load(anat(own, subject, f"space-{TEMPLATE}_desc-preproc_T1w.nii.gz")).get_fdata()
+    after = nb.load(anat(own, subject, f"space-{TEMPLATE}_desc-harmonized_T1w.nii.gz")).get_fdata()
+    ssim = similarity(after, before, mask).ssim
+    print(f"own-site harmonization: SSIM to the input {ssim:.4f}")
+    assert ssim >= 0.97
 
 
 def test_unknown_target_site_lists_the_known_ones(flow, tmp_path, capsys):
