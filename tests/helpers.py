@@ -88,3 +88,22 @@ def standard_scans() -> list[Scan]:
         Scan("06", "ge", suffix="T2w"),
         Scan("07", "philips"), Scan("08", "philips"),
     ]
+
+
+def bids_validator_errors(root: Path) -> list[str]:
+    """Errors of the official BIDS validator (bids-validator-deno) on ``root``; skips the
+    calling test when the validator is not installed (`pip install -e .[test]` installs it)."""
+    import shutil
+    import subprocess
+    import sys
+
+    import pytest
+
+    validator = shutil.which("bids-validator-deno", path=str(Path(sys.executable).parent)) or shutil.which("bids-validator-deno")
+    if validator is None:
+        pytest.skip("bids-validator-deno is not installed (pip install bids-validator-deno)")
+    done = subprocess.run([validator, "--json", str(root)], capture_output=True, text=True, timeout=600)
+    report = json.loads(done.stdout)
+    issues = report["issues"]["issues"]
+    return [f"{i['code']}: {i.get('location', '')} {i.get('issueMessage', '')}".strip()
+            for i in issues if i.get("severity") == "error"]
