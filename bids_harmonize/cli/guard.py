@@ -156,29 +156,38 @@ def remove_stale_temporaries(folder: Path, skip: Path | None = None) -> list[Pat
 
 
 # ----------------------------------------------------------------------------- locks
+def _lock(stack: contextlib.ExitStack, path: Path, exclusive: bool, what: str, out_dir: Path) -> None:
+    handle = stack.enter_context(open(path, "a+"))
+    try:
+        fcntl.flock(handle, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        handle.seek(0)
+        holders = ", ".join(sorted(set(handle.read().split("\n")) - {""})) or "another process"
+        raise ParticipantLocked(
+            f"{what} being processed into {out_dir} by another bids_harmonize run ({holders}; lock {path}). "
+            "Fix: wait for that run to finish, or give parallel runs different --participant-label values "
+            "(the group level, and a participant run without labels, need all participants to themselves)."
+        ) from None
+    if exclusive:
+        handle.seek(0)
+        handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+
+
 @contextlib.contextmanager
-def participant_locks(out_dir: Path, labels: list[str]) -> Iterator[None]:
-    """Hold one lock per participant (and 'group' for the group level) for the whole run."""
+def participant_locks(out_dir: Path, labels: list[str] | None) -> Iterator[None]:
+    """Hold the locks of a run for its whole duration: ``labels`` None (the group level, or a
+    participant run of the whole dataset) locks every participant at once (``all.lock``,
+    exclusive); a list locks ``all.lock`` shared plus each listed participant exclusively. One
+    file per listed participant, never one per participant of a 10,000-session dataset."""
     folder = Path(out_dir) / ".locks"
     folder.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        for label in sorted(set(labels)):
-            path = folder / f"{label}.lock"
-            handle = stack.enter_context(open(path, "a+"))
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as err:
-                if err.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
-                raise ParticipantLocked(
-                    f"{label} is being processed into {out_dir} by another bids_harmonize run ({holder}; lock "
-                    f"{path}). Fix: wait for that run to finish, or give parallel runs different --participant-label "
-                    "values (the group level needs all participants to itself)."
-                ) from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-            handle.flush()
+        _lock(stack, folder / "all.lock", labels is None, "the dataset is" if labels is None else "all participants are",
+              Path(out_dir))
+        for label in sorted(set(labels or [])):
+            _lock(stack, folder / f"{label}.lock", True, f"{label} is", Path(out_dir))
         yield

@@ -163,8 +163,7 @@ def validate(opts: argparse.Namespace) -> argparse.Namespace:
             raise CLIError(str(err)) from err
     _check_export(opts, bids_dir, output_dir)
     ensure_writable(output_dir, "output_dir")
-    if opts.work_dir is not None:
-        ensure_writable(opts.work_dir.resolve(), "-w/--work-dir")
+    ensure_writable((opts.work_dir or output_dir / ".work").resolve(), "-w/--work-dir")
     if opts.nprocs < 0 or opts.omp_nthreads < 0:
         raise CLIError("--nprocs and --omp-nthreads must be 0 (automatic) or positive.")
     if opts.nprocs == 0:

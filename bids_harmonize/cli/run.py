@@ -127,10 +127,8 @@ def run_level(config: RunConfig) -> int:
 
     runner = run_group if config.analysis_level == "group" else run_participant
     images = discover(config)
-    labels = [f"sub-{label}" for label in sorted({i.subject for i in images})]
-    if config.analysis_level == "group":
-        labels.append("group")
-    with participant_locks(config.output_dir, labels):
+    whole = config.analysis_level == "group" or not config.participant_labels
+    with participant_locks(config.output_dir, None if whole else [f"sub-{i.subject}" for i in images]):
         for path in remove_stale_temporaries(config.output_dir, skip=config.work_dir):
             LOGGER.info("removed %s, left by an interrupted run", path)
         return runner(config, usable_images(config, images), site_inventory)

@@ -93,8 +93,13 @@ def test_a_participant_cannot_be_run_twice_at_once_into_one_output(tmp_path):
                 pass
         with participant_locks(tmp_path, ["sub-02"]):  # other participants are free
             pass
+        with pytest.raises(ParticipantLocked, match="the dataset is being processed"):
+            with participant_locks(tmp_path, None):  # the group level needs every participant
+                pass
     finally:
         holder.kill()
         holder.wait()
-    with participant_locks(tmp_path, ["sub-01"]):  # released with its holder
-        pass
+    with participant_locks(tmp_path, None):  # released with its holder
+        with pytest.raises(ParticipantLocked, match="all participants are being processed"):
+            with participant_locks(tmp_path, ["sub-01"]):
+                pass
