@@ -71,7 +71,9 @@ class DerivativesSink(SimpleInterface):
 OUTPUTS: dict[str, dict[str, Any]] = {
     "native_preproc": {"entities": {"description": "preproc"}, "native": True},
     "template_preproc": {"entities": {"space": "TEMPLATE", "resolution": "RES", "description": "preproc"}},
-    "native_mask": {"entities": {"description": "brain"}, "suffix": "mask", "native": True, "mask": True},
+    # A T1w and a T2w of one session have different native grids, so their masks need different
+    # names: the T1w one keeps fMRIPrep's plain name, others name their grid (space-T2w).
+    "native_mask": {"entities": {"space": "NATIVE", "description": "brain"}, "suffix": "mask", "native": True, "mask": True},
     "transform": {"entities": {"from": "SUFFIX", "to": "TEMPLATE", "mode": "image"}, "suffix": "xfm", "extension": ".txt"},
     "native_harmonized": {"entities": {"description": "harmonized"}, "native": True, "harmonized": True},
     "template_harmonized": {"entities": {"space": "TEMPLATE", "resolution": "RES", "description": "harmonized"},
@@ -86,8 +88,9 @@ class _Writer:
         self.resolution = 1
         self._raw: nb.Nifti1Image | None = None
 
-    def _entities(self, spec: dict[str, Any]) -> dict[str, str]:
-        names = {"TEMPLATE": self.template, "SUFFIX": self.record.suffix, "RES": str(self.resolution)}
+    def _entities(self, spec: dict[str, Any]) -> dict[str, str | None]:
+        names = {"TEMPLATE": self.template, "SUFFIX": self.record.suffix, "RES": str(self.resolution),
+                 "NATIVE": None if self.record.suffix == "T1w" else self.record.suffix}
         return {k: names.get(v, v) for k, v in spec["entities"].items()}
 
     def write(self, path: Path, spec: dict[str, Any], harmonization: dict | None) -> None:
