@@ -44,7 +44,12 @@ def find_bundles(config: RunConfig, contrasts: list[str]) -> dict[str, Path]:
         model = model.parent
     if (model / CARD_NAME).is_file():
         contrast = _card_contrast(model / CARD_NAME)
-        return {contrast: model} if contrast in contrasts else {}
+        if contrast not in contrasts:
+            raise BundleError(
+                f"--model {model} is a {contrast} model, but the selected images are {'/'.join(contrasts)}. Fix: pass "
+                "the bundle of their contrast, or select its images with --contrasts."
+            )
+        return {contrast: model}
     found = {c: model / c for c in contrasts if (model / c / CARD_NAME).is_file()}
     if not found:
         present = sorted(p.parent.name for p in model.glob(f"*/{CARD_NAME}"))

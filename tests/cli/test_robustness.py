@@ -75,6 +75,12 @@ def test_an_unusable_model_is_an_error_not_a_silent_fallback(bids, tmp_path, cap
     assert not list((tmp_path / "out").rglob("*.nii.gz"))
 
 
+def test_a_model_of_another_contrast_is_refused(bids, tmp_path, capsys):
+    bundle = write_bundle(tmp_path / "m", edit=lambda c: c["input"].update(contrast="T2w"))
+    assert run(bids, tmp_path / "out", "--model", str(bundle / "model.json")) == 66
+    assert "is a T2w model, but the selected images are T1w" in capsys.readouterr().err
+
+
 def test_a_resolution_that_contradicts_the_model_is_refused_with_the_fix(bids, tmp_path, capsys):
     bundle = write_bundle(tmp_path / "m", resolution=2)
     assert run(bids, tmp_path / "out", "--model", str(bundle), "--template-resolution", "1") == 64
