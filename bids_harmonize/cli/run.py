@@ -123,9 +123,10 @@ def usable_images(config: RunConfig, images: list[ImageRecord]) -> list[ImageRec
 def run_level(config: RunConfig) -> int:
     if config.analysis_level == "group" and config.sites_only:
         return run_sites_only(config)
-    from bids_harmonize.workflows.run import run_group, run_participant  # heavy: nipype, torch
+    from bids_harmonize.workflows.run import resolve_device, run_group, run_participant  # heavy: nipype, torch
 
     runner = run_group if config.analysis_level == "group" else run_participant
+    resolve_device(config)  # an asked-for GPU that is absent fails before anything else
     images = discover(config)
     whole = config.analysis_level == "group" or not config.participant_labels
     with participant_locks(config.output_dir, None if whole else [f"sub-{i.subject}" for i in images]):
