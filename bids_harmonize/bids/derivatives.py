@@ -106,7 +106,8 @@ def dataset_description(bids_dir: Path) -> dict[str, Any]:
 
 
 # Files BIDS does not define, declared the way fMRIPrep does so the validator passes the rest.
-BIDSIGNORE = ("sites.tsv", "sites.json", "models/", "logs/", "figures/", "*.html", "/*.png", "*_xfm.*")
+# Folders without a trailing slash: bids-validator-deno 3.0 matches "/models", not "/models/".
+BIDSIGNORE = ("sites.tsv", "sites.json", "/models", "/logs", "/figures", "*.html", "/*.png", "*_xfm.*")
 
 
 def write_bidsignore(out_dir: Path) -> Path:

@@ -117,6 +117,9 @@ class _Writer:
         }
         if not spec.get("native"):
             extra["SpatialReference"] = self.template
+            # BIDS requires Resolution wherever res- is used: what each res value means.
+            extra["Resolution"] = {str(self.resolution): f"{self.resolution} mm isotropic grid of {self.template} "
+                                   f"(TemplateFlow res-{self.resolution})"}
         if spec.get("mask"):
             extra = {"Type": "Brain", "SpatialReference": "native"}
         if spec.get("harmonized") and harmonization:

@@ -113,4 +113,4 @@ def test_bidsignore_declares_our_non_bids_files_and_keeps_the_users(tmp_path):
     (out / ".bidsignore").write_text("extra/\n")
     derivatives.write_dataset_description(out, raw)
     lines = (out / ".bidsignore").read_text().splitlines()
-    assert lines[0] == "extra/" and {"sites.tsv", "sites.json", "*_xfm.*", "logs/", "models/"} <= set(lines)
+    assert lines[0] == "extra/" and {"sites.tsv", "sites.json", "*_xfm.*", "/logs", "/models"} <= set(lines)
