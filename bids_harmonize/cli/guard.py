@@ -74,7 +74,15 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
         signal.signal(sig, signal.SIG_IGN)  # one clean stop, however many signals arrive
     print(f"bids_harmonize: received {signal.Signals(signum).name}; stopping all worker processes", file=sys.stderr)
     stop_descendants()
-    raise SystemExit(128 + signum)
+    # Exit here rather than raise SystemExit: Nipype runs local nodes under a bare `except:` and
+    # would swallow it and go on scheduling nodes. A temporary file this leaves is removed by the
+    # next run (remove_stale_temporaries).
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(128 + signum)
 
 
 def install_signal_handlers() -> None:
