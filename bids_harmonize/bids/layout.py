@@ -338,11 +338,13 @@ def discover_images(
             query["subject"] = subjects
         if sessions:
             query["session"] = sessions
-        for path, ents in sorted(anat.items()):
-            if all(_matches(ents.get(k), v) for k, v in query.items()):
-                record = _image_record(bids_dir, Path(path), ents, index.metadata, cache["headers"], skipped)
-                if record is not None:
-                    images.append(record)
+        matched = [(path, ents) for path, ents in sorted(anat.items()) if all(_matches(ents.get(k), v) for k, v in query.items())]
+        if not matched and (filters or {}).get(contrast.lower()):
+            LOGGER.warning("%s: the filter %s matches no %s image", filter_source, filters[contrast.lower()], contrast)
+        for path, ents in matched:
+            record = _image_record(bids_dir, Path(path), ents, index.metadata, cache["headers"], skipped)
+            if record is not None:
+                images.append(record)
     images = _drop_format_duplicates(images, skipped)
     for message in skipped:
         LOGGER.warning("skipped %s", message)

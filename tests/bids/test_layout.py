@@ -101,9 +101,10 @@ def test_unknown_filter_entity_is_rejected(multisite_bids):
         discover_images(multisite_bids, filters={"t1w": {"acq": "x"}})
 
 
-def test_valid_filter_entities_absent_from_the_dataset_are_accepted(multisite_bids):
+def test_valid_filter_entities_absent_from_the_dataset_are_accepted(multisite_bids, caplog):
     """The README's example filter names an entity the dataset does not use: no error, it selects nothing."""
     assert discover_images(multisite_bids, filters={"t1w": {"acquisition": "mprage"}}, contrasts=["T1w"]).images == []
+    assert "matches no T1w image" in caplog.text
     every = discover_images(multisite_bids, filters={"t1w": {"echo": None, "acquisition": None}}, contrasts=["T1w"])
     assert len(every.images) == 9
 
