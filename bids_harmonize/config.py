@@ -17,6 +17,40 @@ from typing import Any
 
 from bids_harmonize import __version__
 
+DEFAULT_TEMPLATE = "MNI152NLin2009cSym"
+DEFAULT_RESOLUTION = 1
+# MultiProc settings every run keeps unless a --use-plugin file sets them: forkserver, because
+# workers must not inherit the main process's torch/OpenMP threads (a forked copy of a threaded
+# runtime can deadlock during inference).
+MULTIPROC_DEFAULTS: dict[str, Any] = {"raise_insufficient": False, "mp_context": "forkserver"}
+
+
+class PluginFileError(ValueError):
+    """A --use-plugin file that cannot be used; the message names the file and the fix."""
+
+
+def read_plugin_file(path: Path) -> tuple[str, dict[str, Any]]:
+    """(plugin name, plugin_args) from a Nipype plugin YAML such as
+    ``{plugin: SLURM, plugin_args: {sbatch_args: "--time=2:00:00"}}``."""
+    import yaml
+
+    example = 'Fix: write e.g. "plugin: MultiProc\nplugin_args: {n_procs: 8, memory_gb: 32}".'
+    try:
+        settings = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise PluginFileError(f"--use-plugin {path} cannot be read as YAML ({err}). {example}") from err
+    settings = {} if settings is None else settings
+    if not isinstance(settings, dict) or not set(settings) <= {"plugin", "plugin_args"}:
+        raise PluginFileError(f"--use-plugin {path} must be a mapping with the keys plugin and plugin_args. {example}")
+    plugin, args = settings.get("plugin", "MultiProc"), settings.get("plugin_args") or {}
+    if not isinstance(plugin, str) or not isinstance(args, dict):
+        raise PluginFileError(f"--use-plugin {path}: plugin must be a name and plugin_args a mapping. {example}")
+    from nipype.pipeline import plugins
+
+    if not hasattr(plugins, f"{plugin}Plugin"):
+        raise PluginFileError(f"--use-plugin {path}: {plugin!r} is not a Nipype plugin (e.g. MultiProc, SLURM, SGE).")
+    return plugin, args
+
 
 def new_run_id() -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -53,8 +87,9 @@ class RunConfig:
     model: Path | None = None
     target_site: str | None = None
     target_style: str = "site"
-    template: str = "MNI152NLin2009cSym"
-    template_resolution: int = 1
+    template: str | None = None  # None: the model bundle's, else DEFAULT_TEMPLATE
+    template_resolution: int | None = None  # None: the model bundle's, else DEFAULT_RESOLUTION
+    export_bids: Path | None = None
     training: TrainingOptions = field(default_factory=TrainingOptions)
     # execution (never part of any cache hash)
     device: str = "auto"
@@ -95,6 +130,7 @@ class RunConfig:
             target_style=opts.target_style,
             template=opts.template,
             template_resolution=opts.template_resolution,
+            export_bids=opts.export_bids.resolve() if opts.export_bids else None,
             training=TrainingOptions(
                 recipe=opts.recipe, preset=opts.preset, iterations=opts.iterations, batch_size=opts.batch_size
             ),

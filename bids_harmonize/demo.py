@@ -54,8 +54,8 @@ def _scans(out: Path) -> list[Scan]:
         Scan(
             subject=row["participant_id"][4:],
             site=row["site"],
-            preproc=anat(row["participant_id"]) / f"{row['participant_id']}_space-{TEMPLATE}_desc-preproc_T1w.nii.gz",
-            harmonized=anat(row["participant_id"]) / f"{row['participant_id']}_space-{TEMPLATE}_desc-harmonized_T1w.nii.gz",
+            preproc=anat(row["participant_id"]) / f"{row['participant_id']}_space-{TEMPLATE}_res-2_desc-preproc_T1w.nii.gz",
+            harmonized=anat(row["participant_id"]) / f"{row['participant_id']}_space-{TEMPLATE}_res-2_desc-harmonized_T1w.nii.gz",
         )
         for row in rows
     ]

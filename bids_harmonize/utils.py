@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,10 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") ->
     """Call ``write(tmp_path)`` and rename the result to ``path`` in one step."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    # Host and pid in the name: a later run removes the temporaries of writers that were killed
+    # (cli/guard.py) and never those of a run still writing.
+    writer = f"{socket.gethostname().split('.')[0]}-{os.getpid()}"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{writer}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -22,27 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from bids_harmonize import CODE_URL, __version__
+from bids_harmonize.bids.naming import derived_relpath
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.utils import atomic_save_nifti, atomic_write, atomic_write_json, atomic_write_text, atomic_write_tsv
 
 PIPELINE_NAME = "bids_harmonize"
-# BIDS entity order for file names (subset that anatomical derivatives use).
-ENTITY_ORDER = (
-    ("subject", "sub"),
-    ("session", "ses"),
-    ("acquisition", "acq"),
-    ("ceagent", "ce"),
-    ("reconstruction", "rec"),
-    ("run", "run"),
-    ("part", "part"),
-    ("from", "from"),
-    ("to", "to"),
-    ("mode", "mode"),
-    ("space", "space"),
-    ("resolution", "res"),
-    ("label", "label"),
-    ("description", "desc"),
-)
 _PROVENANCE_PACKAGES = ("torch", "nibabel", "nipype", "pybids", "SimpleITK", "numpy", "templateflow")
 
 
@@ -88,7 +72,8 @@ class Provenance:
     def fields(self) -> dict[str, Any]:
         return {
             "GeneratedBy": generated_by(),
-            "SoftwareVersions": dict(software_versions()),
+            # Not "SoftwareVersions": BIDS defines that key as the scanner's software (a string).
+            "PackageVersions": dict(software_versions()),
             "CommandLine": " ".join(self.command_line),
             "StartTime": self.start_time,
             "EndTime": utc_now(),
@@ -120,6 +105,21 @@ def dataset_description(bids_dir: Path) -> dict[str, Any]:
     }
 
 
+# Files BIDS does not define, declared the way fMRIPrep does so the validator passes the rest.
+# Folders without a trailing slash: bids-validator-deno 3.0 matches "/models", not "/models/".
+BIDSIGNORE = ("sites.tsv", "sites.json", "/models", "/logs", "/figures", "*.html", "/*.png", "*_xfm.*")
+
+
+def write_bidsignore(out_dir: Path) -> Path:
+    """OUT/.bidsignore with our patterns; lines a user added are kept."""
+    path = Path(out_dir) / ".bidsignore"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    missing = [p for p in BIDSIGNORE if p not in lines]
+    if missing or not path.is_file():
+        atomic_write_text(path, "\n".join([*lines, *missing]) + "\n")
+    return path
+
+
 def write_dataset_description(out_dir: Path, bids_dir: Path) -> Path:
     """Create OUT/dataset_description.json, or check that an existing one is ours."""
     path = Path(out_dir) / "dataset_description.json"
@@ -131,7 +131,9 @@ def write_dataset_description(out_dir: Path, bids_dir: Path) -> Path:
                 f"{path} belongs to another pipeline ({names or 'no GeneratedBy'}). Fix: choose an "
                 f"empty output directory, e.g. {Path(out_dir) / PIPELINE_NAME}."
             )
+        write_bidsignore(out_dir)
         return path
+    write_bidsignore(out_dir)
     return atomic_write_json(path, dataset_description(Path(bids_dir)))
 
 
@@ -150,17 +152,12 @@ def derivative_path(
     *,
     suffix: str | None = None,
     extension: str = ".nii.gz",
-    **entities: str | None,
+    **entities: str | int | None,
 ) -> Path:
-    """BIDS derivative path for ``source`` with entities changed (e.g. space=, desc=)."""
-    merged = {k: v for k, v in source.entities.items() if k not in ("suffix", "extension", "datatype")}
-    merged.update({k: v for k, v in entities.items()})
-    parts = [f"{short}-{merged[name]}" for name, short in ENTITY_ORDER if merged.get(name) not in (None, "")]
-    filename = "_".join(parts + [suffix or source.suffix]) + extension
-    folder = Path(out_dir) / f"sub-{source.subject}"
-    if source.session:
-        folder /= f"ses-{source.session}"
-    return folder / "anat" / filename
+    """BIDS derivative path for ``source``: all its entities kept, ``entities`` changed
+    (e.g. space=, resolution=, description=; None removes one). Built by pybids from the BIDS
+    schema's entity order (see naming.py)."""
+    return Path(out_dir) / derived_relpath(source.relpath, suffix=suffix, extension=extension, **entities)
 
 
 def sidecar_path(image_path: Path) -> Path:

@@ -24,7 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bids_harmonize.bids.ignore import is_ignored, read_bidsignore
+from bids_harmonize.bids.naming import NamingError, parse_name
 from bids_harmonize.bids.records import ImageRecord
+from bids_harmonize.bids.screen import read_header_geometry
 from bids_harmonize.utils import atomic_write_json
 
 LOGGER = logging.getLogger("bids_harmonize.discovery")
@@ -74,7 +77,9 @@ def check_dataset(bids_dir: Path) -> None:
 
 
 def _indexed_files(bids_dir: Path) -> Iterable[os.DirEntry]:
-    """Every file pybids would index: no dot-entries, nothing under the ignored top-level dirs."""
+    """Every file pybids would index: no dot-entries, nothing under the ignored top-level dirs
+    or matched by the dataset's .bidsignore."""
+    ignore = read_bidsignore(bids_dir)
     stack = [bids_dir]
     while stack:
         folder = stack.pop()
@@ -82,7 +87,11 @@ def _indexed_files(bids_dir: Path) -> Iterable[os.DirEntry]:
             for entry in entries:
                 if entry.name.startswith("."):
                     continue
-                if entry.is_dir(follow_symlinks=True):
+                relpath = Path(entry.path).relative_to(bids_dir).as_posix()
+                is_dir = entry.is_dir(follow_symlinks=True)
+                if is_ignored(relpath, ignore, directory=is_dir):
+                    continue
+                if is_dir:
                     if not (folder == bids_dir and entry.name in IGNORED_TOP_LEVEL):
                         stack.append(Path(entry.path))
                 else:
@@ -94,7 +103,11 @@ def dataset_fingerprint(bids_dir: Path, salt: str = "") -> tuple[str, list[Path]
     digest = hashlib.sha256(salt.encode())
     rows, json_files = [], []
     for entry in _indexed_files(bids_dir):
-        stat = entry.stat()
+        try:
+            stat = entry.stat()
+        except OSError:  # a broken symlink (e.g. an annexed file not fetched): reported at selection
+            rows.append(f"{entry.path}\0broken")
+            continue
         rows.append(f"{entry.path}\0{stat.st_size}\0{stat.st_mtime_ns}")
         if entry.name.endswith(".json"):
             json_files.append(Path(entry.path))
@@ -151,7 +164,7 @@ def _build_layout(bids_dir: Path, validate: bool, invalid: dict[str, str], datab
     indexer = BIDSLayoutIndexer(
         validate=validate,
         index_metadata=True,
-        ignore=[*sorted(IGNORED_TOP_LEVEL), re.compile(r"/\."), *map(Path, invalid)],
+        ignore=[*sorted(IGNORED_TOP_LEVEL), re.compile(r"/\."), *map(Path, invalid), *read_bidsignore(bids_dir)],
     )
     try:
         return BIDSLayout(bids_dir, validate=validate, indexer=indexer, database_path=database_dir)
@@ -220,41 +233,6 @@ def read_index(layout: Any) -> IndexTables:
     return tables
 
 
-def read_header_geometry(path: Path) -> tuple[list[int], list[float]]:
-    """Shape and voxel size (first three axes) from the NIfTI-1/2 header alone.
-
-    Reading only the header block is ~7x faster than ``nibabel.load`` (0.08 vs 0.6 ms per
-    file), which matters when a cold run meets 10,000 images. Raises ValueError when the file
-    is empty, truncated or not NIfTI.
-    """
-    import gzip
-    import zlib
-
-    import nibabel as nb
-
-    if path.stat().st_size == 0:
-        raise ValueError("the file is empty (0 bytes)")
-    try:
-        with (gzip.open if path.name.endswith(".gz") else open)(path, "rb") as handle:
-            block = handle.read(540)
-    except (OSError, EOFError, zlib.error) as err:
-        raise ValueError(f"cannot be decompressed or read ({err})") from err
-    header_class = None
-    for order in ("little", "big"):
-        size = int.from_bytes(block[:4], order)
-        header_class = {348: nb.Nifti1Header, 540: nb.Nifti2Header}.get(size)
-        if header_class is not None:
-            break
-    if header_class is None or len(block) < size:
-        raise ValueError("not a NIfTI-1/2 file (bad or truncated header)")
-    header = header_class(binaryblock=block[:size], check=False)
-    shape = [int(s) for s in header.get_data_shape()[:3]]
-    zooms = [float(z) for z in header.get_zooms()[:3]]
-    if len(shape) < 3 or min(shape) < 1 or min(zooms) <= 0:
-        raise ValueError(f"not a 3D image (shape {shape}, voxel size {zooms})")
-    return shape, zooms
-
-
 # ----------------------------------------------------------------------------- selection
 def load_filter_file(path: Path | None) -> dict[str, dict[str, Any]]:
     """Read a --bids-filter-file: {"t1w": {entity: value}, "t2w": {...}} (fMRIPrep's form)."""
@@ -309,12 +287,19 @@ def _check_labels(kind: str, wanted: list[str] | None, available: list[str]) -> 
     return labels
 
 
+def bids_entity_names() -> set[str]:
+    """Every entity pybids knows for raw BIDS (present in this dataset or not)."""
+    from bids.layout.models import Config
+
+    return set(Config.load("bids").entities) | {"datatype", "suffix", "extension"}
+
+
 def _check_filter_entities(filters: dict[str, Any], known: set[str], source: str) -> None:
     unknown = sorted(set(filters) - known)
     if unknown:
         raise FilterFileError(
-            f"{source}: unknown BIDS entities {unknown}. Fix: use pybids entity names such as "
-            "acquisition, reconstruction, run, session (not the short forms acq, rec)."
+            f"{source}: {unknown} are not BIDS entity names. Fix: use pybids' long names, e.g. "
+            "acquisition, reconstruction, run, session, echo (not the short forms acq, rec, ses)."
         )
 
 
@@ -341,7 +326,7 @@ def discover_images(
     }
     subjects = _check_labels("participant", participant_labels, sorted({str(e["subject"]) for e in anat.values() if "subject" in e}))
     sessions = _check_labels("session", session_labels, sorted({str(e["session"]) for e in anat.values() if "session" in e}))
-    known_entities = set(opened.layout.get_entities(metadata=False))
+    known_entities = bids_entity_names()
     skipped = [f"{p}: invalid sidecar, left out ({why})" for p, why in cache["invalid_sidecars"].items()]
     images: list[ImageRecord] = []
     headers_before = len(cache["headers"])
@@ -353,16 +338,34 @@ def discover_images(
             query["subject"] = subjects
         if sessions:
             query["session"] = sessions
-        for path, ents in sorted(anat.items()):
-            if all(_matches(ents.get(k), v) for k, v in query.items()):
-                record = _image_record(bids_dir, Path(path), ents, index.metadata, cache["headers"], skipped)
-                if record is not None:
-                    images.append(record)
+        matched = [(path, ents) for path, ents in sorted(anat.items()) if all(_matches(ents.get(k), v) for k, v in query.items())]
+        if not matched and (filters or {}).get(contrast.lower()):
+            LOGGER.warning("%s: the filter %s matches no %s image", filter_source, filters[contrast.lower()], contrast)
+        for path, ents in matched:
+            record = _image_record(bids_dir, Path(path), ents, index.metadata, cache["headers"], skipped)
+            if record is not None:
+                images.append(record)
+    images = _drop_format_duplicates(images, skipped)
     for message in skipped:
         LOGGER.warning("skipped %s", message)
     if opened.database_dir is not None and len(cache["headers"]) != headers_before:
         atomic_write_json(opened.database_dir / "cache.json", cache)
     return Discovery(sorted(images, key=lambda r: r.relpath), skipped, opened.reused)
+
+
+def _drop_format_duplicates(images: list[ImageRecord], skipped: list[str]) -> list[ImageRecord]:
+    """One BIDS file stored twice (.nii and .nii.gz) has no single meaning: leave both out."""
+    by_stem: dict[str, list[ImageRecord]] = {}
+    for image in images:
+        by_stem.setdefault(image.relpath.split(".", 1)[0], []).append(image)
+    kept = []
+    for group in by_stem.values():
+        if len(group) == 1:
+            kept.extend(group)
+            continue
+        names = " and ".join(i.relpath for i in group)
+        skipped.append(f"{names}: the same image in two formats; both left out. Fix: delete one of them.")
+    return kept
 
 
 def _image_record(
@@ -374,7 +377,19 @@ def _image_record(
     skipped: list[str],
 ) -> ImageRecord | None:
     relpath = path.relative_to(bids_dir).as_posix()
-    stat = path.stat()
+    try:
+        parse_name(relpath)
+        stat = path.stat()
+    except NamingError as err:
+        skipped.append(str(err))
+        return None
+    except OSError as err:
+        why = "is a broken symbolic link" if path.is_symlink() else f"cannot be read ({err.strerror})"
+        skipped.append(
+            f"{relpath}: {why}; left out. Fix: fetch the file (an annexed dataset: `datalad get {relpath}` "
+            "or `git annex get`), or remove the link."
+        )
+        return None
     key = f"{relpath}\0{stat.st_size}\0{stat.st_mtime_ns}"
     geometry = headers.get(key)
     if geometry is None:

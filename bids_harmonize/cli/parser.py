@@ -12,6 +12,7 @@ from enum import IntEnum
 from pathlib import Path
 
 from bids_harmonize import __version__
+from bids_harmonize.config import DEFAULT_RESOLUTION, DEFAULT_TEMPLATE, PluginFileError, read_plugin_file
 
 # The names of bids_harmonize.model.networks.PRESETS, spelled out so that parsing options does
 # not import torch (tests/cli checks that they agree).
@@ -100,8 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STYLE",
         help="site (the bundle's deterministic site style), random:SEED, or reference:PATH",
     )
-    harmonize.add_argument("--template", default="MNI152NLin2009cSym", help="TemplateFlow template for the model grid")
-    harmonize.add_argument("--template-resolution", type=int, choices=(1, 2), default=1, help="template resolution (mm)")
+    harmonize.add_argument(
+        "--template", help="TemplateFlow template for the model grid (default: the model's; without a model "
+        f"{DEFAULT_TEMPLATE})"
+    )
+    harmonize.add_argument(
+        "--template-resolution", type=int, choices=(1, 2),
+        help=f"template resolution in mm (default: the model's; without a model {DEFAULT_RESOLUTION})",
+    )
+    harmonize.add_argument(
+        "--export-bids", type=Path, metavar="DIR",
+        help="participant: also write a BIDS raw dataset in which each harmonized image takes its raw image's "
+        "place (for fMRIPrep, sMRIPrep, MRIQC)",
+    )
 
     train = parser.add_argument_group("training (group level)")
     train.add_argument(
@@ -151,16 +163,69 @@ def validate(opts: argparse.Namespace) -> argparse.Namespace:
             raise CLIError(f"{flag} {path} does not exist. Fix: check the path.", ExitCode.INPUT_MISSING)
     if opts.sites_only and opts.analysis_level != "group":
         raise CLIError("--sites-only belongs to the group level. Fix: `bids_harmonize BIDS OUT group --sites-only`.")
-    style = opts.target_style
-    if not (style == "site" or re.fullmatch(r"random:\d+", style) or style.startswith("reference:")):
-        raise CLIError(f"--target-style {style!r}: use site, random:SEED or reference:PATH.")
-    if style.startswith("reference:") and not Path(style.split(":", 1)[1]).is_file():
-        raise CLIError(f"--target-style reference image {style.split(':', 1)[1]} does not exist.", ExitCode.INPUT_MISSING)
+    opts.target_style = _target_style(opts.target_style)
+    if opts.use_plugin is not None:
+        try:
+            read_plugin_file(opts.use_plugin)
+        except PluginFileError as err:
+            raise CLIError(str(err)) from err
+    _check_export(opts, bids_dir, output_dir)
+    ensure_writable(output_dir, "output_dir")
+    ensure_writable((opts.work_dir or output_dir / ".work").resolve(), "-w/--work-dir")
     if opts.nprocs < 0 or opts.omp_nthreads < 0:
         raise CLIError("--nprocs and --omp-nthreads must be 0 (automatic) or positive.")
     if opts.nprocs == 0:
         opts.nprocs = len(os.sched_getaffinity(0))
     return opts
+
+
+def _target_style(style: str) -> str:
+    """The style with a reference image's path made absolute (workflow nodes run elsewhere)."""
+    if not (style == "site" or re.fullmatch(r"random:\d+", style) or style.startswith("reference:")):
+        raise CLIError(f"--target-style {style!r}: use site, random:SEED or reference:PATH.")
+    if not style.startswith("reference:"):
+        return style
+    reference = Path(style.split(":", 1)[1]).expanduser()
+    if not reference.is_file():
+        raise CLIError(
+            f"--target-style reference image {reference} does not exist (relative paths are taken from "
+            f"{Path.cwd()}). Fix: give the path of a T1w/T2w NIfTI image of the target site.",
+            ExitCode.INPUT_MISSING,
+        )
+    if not reference.name.endswith((".nii", ".nii.gz")):
+        raise CLIError(f"--target-style reference image {reference} is not a NIfTI file (.nii or .nii.gz).")
+    return f"reference:{reference.resolve()}"
+
+
+def _check_export(opts: argparse.Namespace, bids_dir: Path, output_dir: Path) -> None:
+    if opts.export_bids is None:
+        return
+    export = opts.export_bids.resolve()
+    if opts.analysis_level != "participant":
+        raise CLIError("--export-bids belongs to the participant level, which writes the harmonized images.")
+    if export in (bids_dir, output_dir) or _inside(export, bids_dir) or _inside(export, output_dir):
+        raise CLIError(
+            f"--export-bids {export} must be a folder of its own, outside the input dataset and output_dir. "
+            f"Fix: e.g. {output_dir.parent / (bids_dir.name + '_harmonized')}."
+        )
+    ensure_writable(export, "--export-bids")
+
+
+def ensure_writable(folder: Path, flag: str) -> None:
+    """Create ``folder`` if needed and prove it takes a file, before any work starts (a run that
+    fails after an hour of preprocessing because its output cannot be written is the worst kind)."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise CLIError(
+            f"{flag} {folder} is not writable ({err.strerror or err}). Fix: choose a folder you can write to, "
+            "or fix its permissions (in a container, mount it read-write).",
+            ExitCode.USAGE,
+        ) from err
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

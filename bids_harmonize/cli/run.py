@@ -11,10 +11,13 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from pathlib import Path
 
 from bids_harmonize.bids import derivatives
 from bids_harmonize.bids.layout import DatasetError, FilterFileError, SelectionError, discover_images, load_filter_file
 from bids_harmonize.bids.records import ImageRecord
+from bids_harmonize.bids.screen import image_problem, screen_images
+from bids_harmonize.cli.guard import ParticipantLocked, install_signal_handlers, participant_locks, remove_stale_temporaries
 from bids_harmonize.cli.parser import CLIError, ExitCode, parse_args
 from bids_harmonize.config import RunConfig
 from bids_harmonize.sites import SiteAssignment, assign_sites, load_overrides, load_policy
@@ -33,6 +36,7 @@ _EXIT_CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (SiteTableError, ExitCode.USAGE),
     (PolicyError, ExitCode.USAGE),
     (derivatives.OutputDirError, ExitCode.USAGE),
+    (ParticipantLocked, ExitCode.FAILURE),
 )
 
 
@@ -101,13 +105,34 @@ def run_sites_only(config: RunConfig) -> int:
     return ExitCode.OK
 
 
+def usable_images(config: RunConfig, images: list[ImageRecord]) -> list[ImageRecord]:
+    """Leave out images that preprocessing could only crash on (each named, with the fix)."""
+    if config.target_style.startswith("reference:"):
+        reference = Path(config.target_style.split(":", 1)[1])
+        problem = image_problem(reference)
+        if problem:
+            raise CLIError(f"--target-style reference image {reference} {problem}.", ExitCode.INPUT_MISSING)
+    screened = screen_images(images, workers=config.nprocs)
+    if not screened.usable:
+        raise SelectionError(
+            "None of the selected images can be processed:\n  " + "\n  ".join(screened.rejected)
+        )
+    return screened.usable
+
+
 def run_level(config: RunConfig) -> int:
     if config.analysis_level == "group" and config.sites_only:
         return run_sites_only(config)
-    from bids_harmonize.workflows.run import run_group, run_participant  # heavy: nipype, torch
+    from bids_harmonize.workflows.run import resolve_device, run_group, run_participant  # heavy: nipype, torch
 
     runner = run_group if config.analysis_level == "group" else run_participant
-    return runner(config, discover(config), site_inventory)
+    resolve_device(config)  # an asked-for GPU that is absent fails before anything else
+    images = discover(config)
+    whole = config.analysis_level == "group" or not config.participant_labels
+    with participant_locks(config.output_dir, None if whole else [f"sub-{i.subject}" for i in images]):
+        for path in remove_stale_temporaries(config.output_dir, skip=config.work_dir):
+            LOGGER.info("removed %s, left by an interrupted run", path)
+        return runner(config, usable_images(config, images), site_inventory)
 
 
 def _known_failures() -> tuple[tuple[type[BaseException], ExitCode], ...]:
@@ -118,7 +143,7 @@ def _known_failures() -> tuple[tuple[type[BaseException], ExitCode], ...]:
 
     return _EXIT_CODES + (
         (UnknownSiteError, ExitCode.USAGE),
-        (BundleError, ExitCode.USAGE),
+        (BundleError, ExitCode.INPUT_MISSING),
         (TemplateNotAvailable, ExitCode.INPUT_MISSING),
         (DeviceUnavailable, ExitCode.FAILURE),
     )
@@ -139,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     setup_logging(config.verbosity)
+    install_signal_handlers()
     try:
         config.output_dir.mkdir(parents=True, exist_ok=True)
         derivatives.write_run_config(config.output_dir, config.to_dict(), config.run_id)
@@ -149,8 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         if code is not None:
             print(f"error: {err}", file=sys.stderr)
             return int(code)
-        crash = derivatives.write_crash_report(config.output_dir, config.run_id, traceback.format_exc())
-        print(f"error: {err.__class__.__name__}: {err}\nFull traceback: {crash}", file=sys.stderr)
+        text = traceback.format_exc()
+        try:
+            where = f"Full traceback: {derivatives.write_crash_report(config.output_dir, config.run_id, text)}"
+        except OSError as write_error:  # the output folder itself failed: the traceback goes to stderr
+            where = f"Could not write the crash report ({write_error}); traceback:\n{text}"
+        print(f"error: {err.__class__.__name__}: {err}\n{where}", file=sys.stderr)
         return int(ExitCode.FAILURE)
 
 

@@ -2,8 +2,10 @@
 
 A bundle is a directory holding `model.safetensors` (content encoder, style encoder, mapping
 network, generator; no discriminator) and `model.json` (sites and their style codes, network
-and training configuration, data hash, versions, metrics, and the SHA-256 of the weights).
-Loading reads JSON and safetensors only, so opening a bundle never executes code.
+and training configuration, data hash, versions, metrics, the SHA-256 of the weights, and
+the input contract: contrast, template, resolution, grid, input size, intensity convention).
+The card is checked against card.schema.json (jsonschema) and must hold finite numbers only;
+loading reads JSON and safetensors only, so opening a bundle never executes code.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
@@ -28,32 +33,25 @@ from bids_harmonize.model.infer import harmonize_volume, random_style, reference
 from bids_harmonize.model.networks import MURDConfig, Translator
 from bids_harmonize.utils import atomic_write, atomic_write_json
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: optional 'input' contract; version-1 cards still load
 BUNDLE_KIND = "bids_harmonize/murd"
 CARD_NAME = "model.json"
 WEIGHTS_NAME = "model.safetensors"
 STYLE_KINDS = ("site", "reference", "random")
 
-# Required keys of the card and their JSON types; nested dicts are checked recursively.
-CARD_SCHEMA: dict[str, Any] = {
-    "schema_version": int,
-    "kind": str,
-    "created": str,
-    "weights": {"file": str, "sha256": str},
-    "network": dict,
-    "preset": str,
-    "sites": list,
-    "training": (dict, type(None)),
-    "seed": (int, type(None)),
-    "data_hash": str,
-    "software": {"bids_harmonize": str, "torch": str},
-    "metrics": dict,
-}
-SITE_SCHEMA: dict[str, Any] = {"name": str, "style": list, "signature": (dict, type(None))}
+SCHEMA_PATH = Path(__file__).with_name("card.schema.json")  # JSON Schema of model.json
 
 
 class BundleError(Exception):
     """A model bundle is missing, malformed, or does not match its recorded checksum."""
+
+    exit_code = 66  # BIDS Apps: a required input is missing or unusable
+
+
+class ContractMismatch(BundleError):
+    """The run asks for inputs prepared differently from what the model was trained on."""
+
+    exit_code = 64  # usage: the options contradict the model
 
 
 class UnknownSiteError(LookupError):
@@ -86,6 +84,7 @@ def save_bundle(
     seed: int | None = None,
     site_signatures: Mapping[str, Mapping[str, Any]] | None = None,
     metrics: Mapping[str, Any] | None = None,
+    input_contract: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write `translator` (normally the EMA copy) and its card into `out_dir`; returns `out_dir`.
 
@@ -122,54 +121,77 @@ def save_bundle(
         "software": {"bids_harmonize": bids_harmonize.__version__, "torch": torch.__version__},
         "metrics": dict(metrics or {}),
     }
+    if input_contract is not None:
+        card["input"] = dict(input_contract)
+    validate_card(card)  # never write a card that load_bundle would refuse
     atomic_write_json(out_dir / CARD_NAME, card)
     return out_dir
 
 
-def schema_errors(value: Any, schema: Mapping[str, Any], where: str) -> list[str]:
-    """Missing keys and wrong types of `value` against a {key: type | (types) | {nested}} schema."""
-    if not isinstance(value, dict):
-        return [f"{where} must be an object"]
-    errors = []
-    for key, expected in schema.items():
-        if key not in value:
-            errors.append(f"{where}.{key} is missing")
-        elif isinstance(expected, dict):
-            errors += schema_errors(value[key], expected, f"{where}.{key}")
-        elif not _has_type(value[key], expected):
-            errors.append(f"{where}.{key} has type {type(value[key]).__name__}")
-    return errors
+def record_input_contract(bundle_dir: str | os.PathLike, contract: Mapping[str, Any]) -> Path:
+    """Add the input contract (contrast, template, resolution, grid, intensity convention) to
+    the card of a bundle written by ``train``; the card is checked before it is replaced."""
+    card_path = Path(bundle_dir) / CARD_NAME
+    card, _ = _read_card(card_path)
+    card["input"] = dict(contract)
+    try:
+        validate_card(card)
+    except ValueError as error:
+        raise BundleError(f"{card_path}: the input contract is invalid ({error})") from error
+    atomic_write_json(card_path, card)
+    return card_path
 
 
-def _has_type(value: Any, expected: type | tuple[type, ...]) -> bool:
-    types = expected if isinstance(expected, tuple) else (expected,)
-    if isinstance(value, bool) and bool not in types:  # JSON true is not a number
-        return False
-    return isinstance(value, types)
+@lru_cache(maxsize=1)
+def card_schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def non_finite_numbers(value: Any, where: str = "card") -> list[str]:
+    """JSON paths of NaN and infinite numbers (Python's json reads NaN/Infinity tokens)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{where} is {value}"]
+    if isinstance(value, dict):
+        return [e for key, item in value.items() for e in non_finite_numbers(item, f"{where}.{key}")]
+    if isinstance(value, list):
+        return [e for index, item in enumerate(value) for e in non_finite_numbers(item, f"{where}[{index}]")]
+    return []
+
+
+def _json_path(error: jsonschema.ValidationError) -> str:
+    return "card" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
 
 
 def validate_card(card: Any) -> MURDConfig:
-    """Check a card's structure and consistency; returns its network config or raises ValueError."""
-    errors = schema_errors(card, CARD_SCHEMA, "card")
-    if errors:
-        raise ValueError("; ".join(errors))
-    if card["kind"] != BUNDLE_KIND:
-        raise ValueError(f"kind is {card['kind']!r}, not a {BUNDLE_KIND!r} bundle")
-    if card["schema_version"] > SCHEMA_VERSION:
+    """Check a card against card.schema.json, that every number is finite, and that its parts
+    agree; returns its network config or raises ValueError naming every problem."""
+    if isinstance(card, dict) and isinstance(card.get("schema_version"), int) and card["schema_version"] > SCHEMA_VERSION:
         raise ValueError(
             f"schema_version {card['schema_version']} is newer than this bids_harmonize reads "
             f"({SCHEMA_VERSION}); upgrade bids_harmonize"
         )
+    validator = jsonschema.Draft202012Validator(card_schema())
+    errors = [f"{_json_path(e)}: {e.message}" for e in sorted(validator.iter_errors(card), key=lambda e: list(e.absolute_path))]
+    errors += non_finite_numbers(card)
+    if errors:
+        raise ValueError("; ".join(errors))
     config = MURDConfig.from_dict(card["network"])
     sites = card["sites"]
     for index, site in enumerate(sites):
-        errors += schema_errors(site, SITE_SCHEMA, f"card.sites[{index}]")
-        style = site.get("style") if isinstance(site, dict) else None
-        if isinstance(style, list) and (len(style) != config.style_dim or not all(_has_type(v, (int, float)) for v in style)):
+        if len(site["style"]) != config.style_dim:
             errors.append(f"card.sites[{index}].style must be {config.style_dim} numbers")
-    names = [site.get("name") for site in sites if isinstance(site, dict)]
+        scale = (site["signature"] or {}).get("intensity_scale")
+        if scale and not scale["hi"] > scale["lo"]:
+            errors.append(f"card.sites[{index}].signature.intensity_scale must have hi > lo")
+    names = [site["name"] for site in sites]
     if len(sites) != config.num_sites or len(set(names)) != len(names):
         errors.append(f"card.sites must list {config.num_sites} sites with unique names")
+    contract = card.get("input")
+    if contract is not None:
+        if contract["image_size"] != config.image_size:
+            errors.append(f"card.input.image_size {contract['image_size']} differs from card.network.image_size {config.image_size}")
+        if not contract["intensity"]["high_percentile"] > contract["intensity"]["low_percentile"]:
+            errors.append("card.input.intensity: high_percentile must exceed low_percentile")
     if errors:
         raise ValueError("; ".join(errors))
     return config
@@ -178,11 +200,14 @@ def validate_card(card: Any) -> MURDConfig:
 def _read_card(card_path: Path) -> tuple[dict[str, Any], MURDConfig]:
     fix = "re-copy the bundle directory, or write it again with save_bundle()"
     if not card_path.is_file():
-        raise BundleError(f"{card_path}: model card not found; pass the bundle directory or its {CARD_NAME}")
+        raise BundleError(
+            f"{card_path}: model card not found; pass a bundle directory (the folder holding {CARD_NAME} "
+            f"and {WEIGHTS_NAME}, e.g. OUT/models/T1w) or its {CARD_NAME}"
+        )
     try:
-        card = json.loads(card_path.read_text())
+        card = json.loads(card_path.read_text(encoding="utf-8"))
         return card, validate_card(card)
-    except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
+    except (ValueError, TypeError, UnicodeDecodeError) as error:  # json.JSONDecodeError is a ValueError
         raise BundleError(f"{card_path}: invalid model card ({error}); {fix}") from error
 
 
@@ -209,7 +234,9 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
         translator.load_state_dict(load_file(weights_path))
     except RuntimeError as error:
         raise BundleError(f"{weights_path}: weights do not fit the network in {card_path}: {error}") from error
-    return ModelBundle(card_path.parent, card, translator.to(device).eval().requires_grad_(False))
+    bundle = ModelBundle(card_path.parent, card, translator.to(device).eval().requires_grad_(False))
+    bundle.card_sha256 = sha256_of(card_path)
+    return bundle
 
 
 class ModelBundle:
@@ -219,6 +246,13 @@ class ModelBundle:
         self.directory = directory
         self.card = card
         self.translator = translator
+        self.card_sha256 = ""  # SHA-256 of model.json as read; set by load_bundle
+
+    @property
+    def input_contract(self) -> dict[str, Any] | None:
+        """How inputs must be prepared (template, resolution, grid, intensity); None on cards
+        written before the contract existed or by ``train`` alone."""
+        return self.card.get("input")
 
     @property
     def sites(self) -> list[str]:

@@ -68,11 +68,18 @@ def n4_bias_correct(
 
 
 # ----------------------------------------------------------------------------- registration
+def itk_seed(seed: int) -> int:
+    """A nonzero ITK random seed (0 means wall clock there) that is a pure function of ``seed``."""
+    return seed % (2**31 - 2) + 1
+
+
 def _registration(metric_bins: int = 32, sampling: float = 0.05, seed: int = 0) -> sitk.ImageRegistrationMethod:
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=metric_bins)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(sampling, seed)
+    # SimpleITK reads seed 0 as "seed from the wall clock" (sitkWallClock): shift every seed by one
+    # so that --seed 0, the default, is as reproducible as any other.
+    reg.SetMetricSamplingPercentage(sampling, itk_seed(seed))
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(
         learningRate=2.0, minStep=1e-3, numberOfIterations=100, relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6
@@ -174,7 +181,19 @@ def median_scale(scales: list[IntensityScale]) -> IntensityScale:
     return IntensityScale(float(np.median([s.lo for s in scales])), float(np.median([s.hi for s in scales])))
 
 
-def robust_scale(data: np.ndarray, brain_mask: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> IntensityScale:
+# The model's intensity convention (recorded in every model card's input contract).
+LOW_PERCENTILE, HIGH_PERCENTILE = 0.5, 99.5
+
+
+def intensity_convention() -> dict[str, object]:
+    """How images are scaled for the model; a bundle trained otherwise is refused."""
+    return {"convention": "robust_scale", "low_percentile": LOW_PERCENTILE, "high_percentile": HIGH_PERCENTILE,
+            "range": [-1.0, 1.0], "background": -1.0}
+
+
+def robust_scale(
+    data: np.ndarray, brain_mask: np.ndarray, low_pct: float = LOW_PERCENTILE, high_pct: float = HIGH_PERCENTILE
+) -> IntensityScale:
     """lo: the low percentile of the whole volume (background); hi: a high percentile in the brain.
 
     Percentiles rather than min/max keep a few hot voxels from setting the scale.

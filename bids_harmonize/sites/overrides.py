@@ -37,7 +37,9 @@ def _strip_prefix(label: str, prefix: str) -> str:
 
 def read_tsv(path: Path) -> list[dict[str, str]]:
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        # utf-8-sig: spreadsheet programs save a byte-order mark that would otherwise become part
+        # of the first column's name (and silently hide e.g. a 'site' column placed first).
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.DictReader(fh, delimiter="\t"))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise SiteTableError(f"Cannot read {path}: {err}. Fix: save it as a UTF-8, tab-separated file.") from err

@@ -31,6 +31,7 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     out_dir = traits.Str(mandatory=True)
     record = traits.Dict(mandatory=True, desc="ImageRecord.to_json() of the raw image")
     template = traits.Str(mandatory=True)
+    resolution = traits.Int(mandatory=True, desc="template resolution (res- entity of template-space outputs)")
     provenance = traits.Dict(mandatory=True, desc="command_line and start_time of the run")
     site = traits.Dict(mandatory=True, desc="site, provenance and evidence of the raw image")
     harmonization = traits.Dict(desc="target site, style, bundle identity (only when harmonized)")
@@ -56,6 +57,7 @@ class DerivativesSink(SimpleInterface):
             command_line=list(self.inputs.provenance["command_line"]), start_time=self.inputs.provenance["start_time"]
         )
         writer = _Writer(Path(self.inputs.out_dir), record, provenance, self.inputs.template, self.inputs.site)
+        writer.resolution = self.inputs.resolution
         harmonization = self.inputs.harmonization if isdefined(self.inputs.harmonization) else None
         for name, spec in OUTPUTS.items():
             path = getattr(self.inputs, name)
@@ -68,11 +70,14 @@ class DerivativesSink(SimpleInterface):
 # One entry per output: its BIDS entities, and what its sidecar says.
 OUTPUTS: dict[str, dict[str, Any]] = {
     "native_preproc": {"entities": {"description": "preproc"}, "native": True},
-    "template_preproc": {"entities": {"space": "TEMPLATE", "description": "preproc"}},
-    "native_mask": {"entities": {"description": "brain"}, "suffix": "mask", "native": True, "mask": True},
+    "template_preproc": {"entities": {"space": "TEMPLATE", "resolution": "RES", "description": "preproc"}},
+    # A T1w and a T2w of one session have different native grids, so their masks need different
+    # names: the T1w one keeps fMRIPrep's plain name, others name their grid (space-T2w).
+    "native_mask": {"entities": {"space": "NATIVE", "description": "brain"}, "suffix": "mask", "native": True, "mask": True},
     "transform": {"entities": {"from": "SUFFIX", "to": "TEMPLATE", "mode": "image"}, "suffix": "xfm", "extension": ".txt"},
     "native_harmonized": {"entities": {"description": "harmonized"}, "native": True, "harmonized": True},
-    "template_harmonized": {"entities": {"space": "TEMPLATE", "description": "harmonized"}, "harmonized": True},
+    "template_harmonized": {"entities": {"space": "TEMPLATE", "resolution": "RES", "description": "harmonized"},
+                            "harmonized": True},
 }
 
 
@@ -80,10 +85,12 @@ class _Writer:
     def __init__(self, out_dir: Path, record: ImageRecord, provenance: derivatives.Provenance, template: str, site: dict):
         self.out_dir, self.record, self.provenance, self.template, self.site = out_dir, record, provenance, template, site
         self.written: list[Path] = []
+        self.resolution = 1
         self._raw: nb.Nifti1Image | None = None
 
-    def _entities(self, spec: dict[str, Any]) -> dict[str, str]:
-        names = {"TEMPLATE": self.template, "SUFFIX": self.record.suffix}
+    def _entities(self, spec: dict[str, Any]) -> dict[str, str | None]:
+        names = {"TEMPLATE": self.template, "SUFFIX": self.record.suffix, "RES": str(self.resolution),
+                 "NATIVE": None if self.record.suffix == "T1w" else self.record.suffix}
         return {k: names.get(v, v) for k, v in spec["entities"].items()}
 
     def write(self, path: Path, spec: dict[str, Any], harmonization: dict | None) -> None:
@@ -110,6 +117,9 @@ class _Writer:
         }
         if not spec.get("native"):
             extra["SpatialReference"] = self.template
+            # BIDS requires Resolution wherever res- is used: what each res value means.
+            extra["Resolution"] = {str(self.resolution): f"{self.resolution} mm isotropic grid of {self.template} "
+                                   f"(TemplateFlow res-{self.resolution})"}
         if spec.get("mask"):
             extra = {"Type": "Brain", "SpatialReference": "native"}
         if spec.get("harmonized") and harmonization:

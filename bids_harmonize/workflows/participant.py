@@ -18,6 +18,7 @@ from bids_harmonize.workflows.preproc import PREPROC_OUTPUTS, init_preproc_wf
 @dataclass(frozen=True)
 class TemplateFiles:
     name: str
+    resolution: int  # mm; the res- entity of template-space outputs
     images: dict[str, str]  # contrast -> template image of that contrast
     mask: str
 
@@ -34,13 +35,15 @@ class HarmonizationPlan:
     style: str = "site"
     seed: int = 0
     reference_image: str | None = None  # raw image of the target site, for style='reference'
+    card_sha256: str = ""  # SHA-256 of the bundle's model.json as read when planning
 
     def sidecar_fields(self) -> dict[str, Any]:
         return {
             "TargetSite": self.target_site,
             "TargetStyle": self.style if self.style != "random" else f"random (seed {self.seed})",
             "TargetIntensityScale": {"lo": self.target_scale[0], "hi": self.target_scale[1]},
-            "ModelBundle": {"Path": self.bundle_dir, "SHA256": self.bundle_sha256, "Sites": list(self.bundle_sites)},
+            "ModelBundle": {"Path": self.bundle_dir, "SHA256": self.bundle_sha256, "CardSHA256": self.card_sha256,
+                            "Sites": list(self.bundle_sites)},
         }
 
 
@@ -79,7 +82,8 @@ def init_participant_wf(
         preproc.inputs.inputnode.in_file = str(a.image.path)
         sink = pe.Node(
             DerivativesSink(
-                out_dir=str(out_dir), record=a.image.to_json(), template=template.name, provenance=provenance,
+                out_dir=str(out_dir), record=a.image.to_json(), template=template.name, resolution=template.resolution,
+                provenance=provenance,
                 site={"site": a.site, "provenance": a.provenance, "evidence": a.evidence},
             ),
             name=f"sink_{node_name(a.image.relpath)}", overwrite=True, run_without_submitting=True,

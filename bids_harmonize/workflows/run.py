@@ -7,7 +7,6 @@ explicit arguments.
 from __future__ import annotations
 
 import logging
-import shutil
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -15,16 +14,18 @@ from typing import Any
 
 import nibabel as nb
 import numpy as np
-import yaml
 
 from bids_harmonize.bids import derivatives
 from bids_harmonize.bids.records import ImageRecord
-from bids_harmonize.config import RunConfig
-from bids_harmonize.preproc.operations import median_scale, robust_scale
+from bids_harmonize.config import MULTIPROC_DEFAULTS, RunConfig, read_plugin_file
+from bids_harmonize.preproc.operations import intensity_convention, median_scale, robust_scale
 from bids_harmonize.sites import UNKNOWN_SITE, SiteAssignment
 from bids_harmonize.sites.overrides import read_tsv
 from bids_harmonize.templates import get_template
-from bids_harmonize.workflows.participant import HarmonizationPlan, TemplateFiles, init_participant_wf
+from bids_harmonize.workflows.bundles import TemplateChoice, check_grid, choose_template, default_target, harmonization_plans
+from bids_harmonize.workflows.participant import TemplateFiles, init_participant_wf
+
+__all__ = ["default_target", "run_group", "run_participant"]
 
 LOGGER = logging.getLogger("bids_harmonize")
 SiteInventory = Callable[..., list[SiteAssignment]]
@@ -41,12 +42,12 @@ def resolve_device(config: RunConfig) -> str:
     return str(resolve(config.device))
 
 
-def template_files(config: RunConfig) -> TemplateFiles:
-    res = config.template_resolution
+def template_files(config: RunConfig, choice: TemplateChoice) -> TemplateFiles:
+    name, res = choice.name, choice.resolution
     return TemplateFiles(
-        name=config.template,
-        images={c: str(get_template(config.template, res, c)) for c in config.contrasts},
-        mask=str(get_template(config.template, res, "mask", "brain")),
+        name=name, resolution=res,
+        images={c: str(get_template(name, res, c)) for c in config.contrasts},
+        mask=str(get_template(name, res, "mask", "brain")),
     )
 
 
@@ -65,16 +66,7 @@ def execute(workflow: Any, config: RunConfig) -> None:
         {"crashdump_dir": str(derivatives.logs_dir(config.output_dir)), "crashfile_format": "txt",
          "stop_on_first_crash": False, "remove_unnecessary_outputs": False}
     )
-    if config.use_plugin:
-        settings = yaml.safe_load(config.use_plugin.read_text()) or {}
-        plugin, plugin_args = settings.get("plugin", "MultiProc"), settings.get("plugin_args", {})
-    else:
-        plugin = "MultiProc"
-        # forkserver: workers must not inherit this process's torch/OpenMP threads (loading the
-        # bundle here initialises them); a forked copy of a threaded runtime can deadlock.
-        plugin_args = {"n_procs": config.nprocs, "raise_insufficient": False, "mp_context": "forkserver"}
-        if config.mem_gb:
-            plugin_args["memory_gb"] = config.mem_gb
+    plugin, plugin_args = plugin_settings(config)
     before = set(derivatives.logs_dir(config.output_dir).glob("crash-*"))
     try:
         workflow.run(plugin=plugin, plugin_args=plugin_args)
@@ -82,6 +74,18 @@ def execute(workflow: Any, config: RunConfig) -> None:
         crashes = sorted(set(derivatives.logs_dir(config.output_dir).glob("crash-*")) - before)
         listing = "\n  ".join(str(c) for c in crashes) or "(no crash file written)"
         raise WorkflowFailed(f"{err}\nCrash files (each names the failing image's node):\n  {listing}") from err
+
+
+def plugin_settings(config: RunConfig) -> tuple[str, dict[str, Any]]:
+    """The Nipype plugin and its arguments: a --use-plugin file's settings are laid over ours, so
+    a MultiProc file that sets only n_procs keeps the forkserver start method."""
+    plugin, given = read_plugin_file(config.use_plugin) if config.use_plugin else ("MultiProc", {})
+    if plugin != "MultiProc":
+        return plugin, dict(given)
+    args: dict[str, Any] = {"n_procs": config.nprocs, **MULTIPROC_DEFAULTS}
+    if config.mem_gb:
+        args["memory_gb"] = config.mem_gb
+    return plugin, {**args, **given}
 
 
 def with_recorded_sites(config: RunConfig, assignments: list[SiteAssignment]) -> list[SiteAssignment]:
@@ -100,69 +104,45 @@ def with_recorded_sites(config: RunConfig, assignments: list[SiteAssignment]) ->
     return result
 
 
-# ----------------------------------------------------------------------------- model bundles
-def find_bundle(config: RunConfig, contrast: str) -> Path | None:
-    """--model (a bundle, or a folder of <contrast>/ bundles), else OUT/models/<contrast>/."""
-    candidates = [config.model, config.model / contrast] if config.model else [config.output_dir / "models" / contrast]
-    return next((c for c in candidates if c and (c / "model.json").is_file()), None)
-
-
-def default_target(bundle: Any) -> str:
-    """The site with the most training images (ties: first by name): the best-estimated style."""
-    counts = {s["name"]: (s.get("signature") or {}).get("n_images", 0) for s in bundle.card["sites"]}
-    return sorted(counts, key=lambda name: (-counts[name], name))[0]
-
-
-def harmonization_plans(config: RunConfig) -> dict[str, HarmonizationPlan]:
-    from bids_harmonize.model import load_bundle
-
-    plans = {}
-    for contrast in config.contrasts:
-        path = find_bundle(config, contrast)
-        if path is None:
-            continue
-        bundle = load_bundle(path, device="cpu")
-        target = config.target_site or default_target(bundle)
-        bundle.site_index(target)  # UnknownSiteError lists the known sites
-        index = bundle.sites.index(target)
-        scale = (bundle.card["sites"][index].get("signature") or {}).get("intensity_scale")
-        style, _, argument = config.target_style.partition(":")
-        plans[contrast] = HarmonizationPlan(
-            bundle_dir=str(path.resolve()), bundle_sha256=bundle.sha256, bundle_sites=tuple(bundle.sites),
-            target_site=target, target_scale=(scale["lo"], scale["hi"]) if scale else (-1.0, 1.0),
-            style=style, seed=int(argument) if style == "random" else config.seed,
-            reference_image=argument if style == "reference" else None,
-        )
-    return plans
-
-
 # ----------------------------------------------------------------------------- levels
 def run_participant(config: RunConfig, images: list[ImageRecord], site_inventory: SiteInventory) -> int:
     device = resolve_device(config)
     assignments = with_recorded_sites(config, site_inventory(config, images, write=False))
-    plans = harmonization_plans(config)
+    present = sorted({a.image.suffix for a in assignments})
+    plans, contracts = harmonization_plans(config, present)
+    template = template_files(config, choose_template(config, contracts))
+    for contrast, contract in contracts.items():
+        check_grid(contract, Path(plans[contrast].bundle_dir) / "model.json", template.mask)
     if not plans:
         LOGGER.warning(
             "No model bundle found (--model, or %s): writing preprocessed outputs only. To train one: "
             "`bids_harmonize %s %s group`.", config.output_dir / "models", config.bids_dir, config.output_dir,
         )
+    for contrast in sorted(set(present) - set(plans)):
+        if plans:
+            LOGGER.warning("%s: no model bundle for this contrast; its images are preprocessed only.", contrast)
     workflow, not_harmonized = init_participant_wf(
-        assignments=assignments, out_dir=config.output_dir, template=template_files(config), plans=plans,
+        assignments=assignments, out_dir=config.output_dir, template=template, plans=plans,
         provenance=provenance(config), device=device, omp_nthreads=omp_threads(config), seed=config.seed,
     )
     for message in not_harmonized:
         LOGGER.warning(message)
     execute(workflow, config)
-    harmonized = len(assignments) - len(not_harmonized) if plans else 0
+    harmonized = sum(a.image.suffix in plans for a in assignments) - len(not_harmonized)
     print(f"Preprocessed {len(assignments)} image(s), harmonized {harmonized}; outputs in {config.output_dir}")
+    if config.export_bids:
+        from bids_harmonize.bids.export import export_bids
+
+        placed, kept = export_bids(config.bids_dir, config.output_dir, config.export_bids, images)
+        print(f"Exported a BIDS dataset to {config.export_bids}: {placed} harmonized image(s), {kept} kept raw")
     return 0
 
 
 def run_group(config: RunConfig, images: list[ImageRecord], site_inventory: SiteInventory) -> int:
     device = resolve_device(config)
     assignments = site_inventory(config, images)
-    template = template_files(config)
-    missing = [a for a in assignments if not template_preproc_path(config, a.image).is_file()]
+    template = template_files(config, choose_template(config, {}))
+    missing = [a for a in assignments if not template_preproc_path(config, template, a.image).is_file()]
     if missing:
         LOGGER.info("preprocessing %d image(s) not yet preprocessed", len(missing))
         workflow, _ = init_participant_wf(
@@ -176,8 +156,10 @@ def run_group(config: RunConfig, images: list[ImageRecord], site_inventory: Site
     return 0
 
 
-def template_preproc_path(config: RunConfig, image: ImageRecord) -> Path:
-    return derivatives.derivative_path(config.output_dir, image, space=config.template, description="preproc")
+def template_preproc_path(config: RunConfig, template: TemplateFiles, image: ImageRecord) -> Path:
+    return derivatives.derivative_path(
+        config.output_dir, image, space=template.name, resolution=template.resolution, description="preproc"
+    )
 
 
 def model_image_size(brain_mask: np.ndarray, margin_voxels: int = 4, multiple: int = 16) -> int:
@@ -198,6 +180,7 @@ def train_contrast(
     import torch
 
     from bids_harmonize.model import preset_config, train
+    from bids_harmonize.model.bundle import record_input_contract
     from bids_harmonize.model.recipes import RECIPES, recipe_for
 
     usable = [a for a in assignments if a.image.suffix == contrast and a.site != UNKNOWN_SITE]
@@ -208,7 +191,7 @@ def train_contrast(
     mask = np.asarray(nb.load(template.mask).dataobj) > 0
     volumes, labels, scales = [], [], defaultdict(list)  # scales: site -> IntensityScale of each image
     for a in usable:
-        data = np.asarray(nb.load(template_preproc_path(config, a.image)).dataobj, np.float32)
+        data = np.asarray(nb.load(template_preproc_path(config, template, a.image)).dataobj, np.float32)
         scale = robust_scale(data, mask)
         volumes.append(scale.to_model(data))
         labels.append(sites.index(a.site))
@@ -237,7 +220,12 @@ def train_contrast(
                 contrast, len(volumes), len(sites), network.preset, options.iterations, device)
     bundle_dir = train(volumes, labels, sites, network, options, out, device=device, work_dir=work,
                        site_signatures=signatures, progress=config.verbosity > 0)
+    record_input_contract(bundle_dir, {
+        "contrast": contrast, "template": template.name, "resolution": template.resolution,
+        "grid_shape": list(mask.shape), "image_size": network.image_size, "slice_axis": 2,
+        "intensity": intensity_convention(),
+    })
     log = work / "train_log.jsonl"
     if log.is_file():
-        shutil.copyfile(log, derivatives.logs_dir(config.output_dir) / f"training-{contrast}-{config.run_id}.jsonl")
+        derivatives.atomic_copy(log, derivatives.logs_dir(config.output_dir) / f"training-{contrast}-{config.run_id}.jsonl")
     return f"{contrast}: model bundle for sites {', '.join(sites)} in {bundle_dir}"

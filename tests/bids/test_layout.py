@@ -97,14 +97,50 @@ def test_filter_file_errors_name_the_file(tmp_path):
 
 
 def test_unknown_filter_entity_is_rejected(multisite_bids):
-    with pytest.raises(FilterFileError, match="unknown BIDS entities"):
+    with pytest.raises(FilterFileError, match=r"\['acq'\] are not BIDS entity names.*acquisition"):
         discover_images(multisite_bids, filters={"t1w": {"acq": "x"}})
+
+
+def test_valid_filter_entities_absent_from_the_dataset_are_accepted(multisite_bids, caplog):
+    """The README's example filter names an entity the dataset does not use: no error, it selects nothing."""
+    assert discover_images(multisite_bids, filters={"t1w": {"acquisition": "mprage"}}, contrasts=["T1w"]).images == []
+    assert "matches no T1w image" in caplog.text
+    every = discover_images(multisite_bids, filters={"t1w": {"echo": None, "acquisition": None}}, contrasts=["T1w"])
+    assert len(every.images) == 9
+
+
+def test_a_broken_symlink_is_skipped_and_does_not_stop_other_participants(multisite_bids):
+    link = multisite_bids / "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii.gz"
+    link.unlink()
+    link.symlink_to(multisite_bids / ".git/annex/objects/missing")  # an annexed file not fetched
+    found = discover_images(multisite_bids, participant_labels=["03"])
+    assert [i.subject for i in found.images] == ["03"]
+    found = discover_images(multisite_bids)
+    assert "02" not in {i.subject for i in found.images} and len(found.images) == 10
+    assert any("sub-02_ses-1_T1w.nii.gz: is a broken symbolic link" in m and "datalad get" in m for m in found.skipped)
+
+
+def test_the_same_image_in_two_formats_is_left_out_with_the_reason(multisite_bids):
+    gz = multisite_bids / "sub-07/anat/sub-07_T1w.nii.gz"
+    import nibabel as nb
+
+    nb.load(gz).to_filename(gz.with_name("sub-07_T1w.nii"))
+    found = discover_images(multisite_bids, participant_labels=["07", "08"])
+    assert [i.subject for i in found.images] == ["08"]
+    assert any("sub-07_T1w.nii and sub-07/anat/sub-07_T1w.nii.gz" in m and "delete one" in m for m in found.skipped)
+
+
+def test_bidsignore_of_the_dataset_is_honoured(multisite_bids):
+    (multisite_bids / ".bidsignore").write_text("# not BIDS yet\nsub-08/\n*_T2w.*\n")
+    found = discover_images(multisite_bids)
+    assert "08" not in {i.subject for i in found.images}
+    assert {i.suffix for i in found.images} == {"T1w"}
 
 
 def test_header_geometry_matches_nibabel_and_rejects_non_nifti(tmp_path):
     import nibabel as nb
 
-    from bids_harmonize.bids.layout import read_header_geometry
+    from bids_harmonize.bids.screen import read_header_geometry
     from helpers import write_nifti
 
     image = write_nifti(tmp_path / "a.nii.gz", (0.9, 1.0, 1.2), shape=(5, 6, 7))

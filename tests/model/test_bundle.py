@@ -14,8 +14,16 @@ import torch
 from safetensors.torch import load_file
 
 import bids_harmonize
-from bids_harmonize.model import BundleError, UnknownSiteError, build_translator, harmonize_volume, load_bundle, reference_style, save_bundle
-from bids_harmonize.model.bundle import CARD_NAME, WEIGHTS_NAME, sha256_of
+from bids_harmonize.model import (
+    BundleError,
+    UnknownSiteError,
+    build_translator,
+    harmonize_volume,
+    load_bundle,
+    reference_style,
+    save_bundle,
+)
+from bids_harmonize.model.bundle import CARD_NAME, WEIGHTS_NAME, record_input_contract, sha256_of
 
 
 @pytest.fixture()
@@ -28,7 +36,7 @@ def bundle_copy(small_bundle, tmp_path) -> Path:
 
 def test_card_records_sites_styles_config_hashes_and_versions(small_bundle, tiny_config, quick_train_config):
     card = json.loads((small_bundle / CARD_NAME).read_text())
-    assert card["schema_version"] == 1 and card["preset"] == "tiny"
+    assert card["schema_version"] == 2 and card["preset"] == "tiny"
     assert [site["name"] for site in card["sites"]] == ["siteA", "siteB"]
     assert all(len(site["style"]) == tiny_config.style_dim for site in card["sites"])
     assert card["sites"][0]["signature"] == {"Manufacturer": "Acme", "MagneticFieldStrength": 3.0}
@@ -107,8 +115,13 @@ def test_tampered_weights_fail_the_checksum(bundle_copy):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda card: card.pop("sites"), "card.sites is missing"),
-        (lambda card: card["weights"].update(sha256=7), "card.weights.sha256 has type int"),
+        (lambda card: card.pop("sites"), "'sites' is a required property"),
+        (lambda card: card["weights"].update(sha256=7), "card.weights.sha256: 7 is not of type 'string'"),
+        (lambda card: card["sites"][0].update(style=[float("nan")] * 16), r"card.sites\[0\].style\[0\] is nan"),
+        (lambda card: card["sites"][0].update(signature={"intensity_scale": {"lo": 0.0, "hi": float("inf")}}),
+         r"card.sites\[0\].signature.intensity_scale.hi is inf"),
+        (lambda card: card["sites"][0].update(signature={"intensity_scale": {"lo": 5.0, "hi": 1.0}}), "hi > lo"),
+        (lambda card: card.update(kind="other/model"), "'bids_harmonize/murd' was expected"),
         (lambda card: card["sites"][0].update(style=[0.0]), r"card.sites\[0\].style must be"),
         (lambda card: card["sites"][1].update(name="siteA"), "unique names"),
         (lambda card: card.update(schema_version=99), "upgrade bids_harmonize"),
@@ -137,3 +150,22 @@ def test_missing_weights_file_is_a_clear_error(bundle_copy):
     (bundle_copy / WEIGHTS_NAME).unlink()
     with pytest.raises(BundleError, match="missing"):
         load_bundle(bundle_copy)
+
+
+def test_input_contract_is_recorded_checked_and_the_card_hash_is_known(bundle_copy):
+    contract = {
+        "contrast": "T1w", "template": "MNI152NLin2009cSym", "resolution": 2, "grid_shape": [97, 115, 97],
+        "image_size": json.loads((bundle_copy / CARD_NAME).read_text())["network"]["image_size"], "slice_axis": 2,
+        "intensity": {"convention": "robust_scale", "low_percentile": 0.5, "high_percentile": 99.5,
+                      "range": [-1.0, 1.0], "background": -1.0},
+    }
+    assert load_bundle(bundle_copy).input_contract is None
+    record_input_contract(bundle_copy, contract)
+    bundle = load_bundle(bundle_copy)
+    assert bundle.input_contract == contract
+    assert bundle.card_sha256 == sha256_of(bundle_copy / CARD_NAME)
+    with pytest.raises(BundleError, match="image_size"):
+        record_input_contract(bundle_copy, {**contract, "image_size": contract["image_size"] + 16})
+    with pytest.raises(BundleError, match="card.input.resolution"):
+        record_input_contract(bundle_copy, {**contract, "resolution": "2mm"})
+    assert load_bundle(bundle_copy).input_contract == contract  # a refused contract leaves the card as it was

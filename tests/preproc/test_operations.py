@@ -84,3 +84,15 @@ def test_implausible_affines_are_recognised():
     assert op.plausible_affine(affine(np.diag([0.9, 1.1, 0.85])))
     assert not op.plausible_affine(affine(np.diag([-0.19, 0.30, 0.80])))  # seen on a 4.8 mm 2D scan
     assert not op.plausible_affine(affine(np.diag([1.0, 1.0, -1.0])))  # a flip
+
+
+def test_registration_with_a_fixed_seed_is_reproducible_including_seed_zero():
+    """SimpleITK takes seed 0 as 'wall clock'; --seed 0 (the default) must still repeat exactly."""
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    fixed = blob_image(shape=(40, 40, 40), seed=1)
+    affine = fixed.affine.copy()
+    affine[:3, 3] += [5.0, -3.0, 2.0]
+    moving = nb.Nifti1Image(blob_image(shape=(40, 40, 40), seed=2).get_fdata().astype(np.float32), affine)
+    runs = [np.array(op.register_affine(moving, fixed, seed=0).GetParameters()) for _ in range(3)]
+    assert all(np.array_equal(runs[0], r) for r in runs[1:])
+    assert op.itk_seed(0) != 0 and op.itk_seed(0) != op.itk_seed(1)

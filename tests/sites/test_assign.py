@@ -107,3 +107,14 @@ def test_site_table_without_key_columns_is_rejected(tmp_path):
     table.write_text("subject\tsite\n01\tA\n")
     with pytest.raises(SiteTableError, match="t.tsv.*participant_id"):
         load_overrides(tmp_path, [], table)
+
+
+def test_participants_tsv_saved_with_a_byte_order_mark_keeps_its_site_column(tmp_path):
+    """Spreadsheet programs write a UTF-8 BOM; it must not hide the first column name."""
+    root = tmp_path / "bids"
+    root.mkdir()
+    (root / "participants.tsv").write_bytes("participant_id\tsite\nsub-s1\tOxford\n".encode("utf-8-sig"))
+    images = [record("s1", SCANNERS["ge"]), record("s2", SCANNERS["ge"])]
+    got = {a.image.subject: (a.site, a.provenance) for a in assign_sites(images, "scanner", overrides=load_overrides(root, images))}
+    assert got["s1"] == ("Oxford", "participants.tsv")
+    assert got["s2"][1] == "inferred"

@@ -36,4 +36,4 @@ def test_realmix_goes_through_participant_preprocessing(realmix, tmp_path):
         np.testing.assert_allclose(preproc.affine, raw.affine, atol=1e-4)
         mask = nb.load(folder / f"{stem}_desc-brain_mask.nii.gz").get_fdata()
         assert 0.02 < mask.mean() < 0.8  # a brain, not nothing and not everything
-        assert (folder / f"{stem}_space-MNI152NLin2009cSym_desc-preproc_T1w.nii.gz").is_file()
+        assert (folder / f"{stem}_space-MNI152NLin2009cSym_res-2_desc-preproc_T1w.nii.gz").is_file()

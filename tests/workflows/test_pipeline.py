@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from bids_harmonize.cli.run import main
+from helpers import bids_validator_errors
 
 COMMON = ["--template-resolution", "2", "--contrasts", "T1w", "--nprocs", "2"]
 TEMPLATE = "MNI152NLin2009cSym"
@@ -31,8 +32,9 @@ def flow(tmp_path_factory):
     codes["train"] = main([bids, str(out), "group", *args, "--iterations", str(ITERATIONS), "--batch-size", "4"])
     n4_result = next(work.rglob("preproc_sub_01_T1w/n4/result_n4.pklz"))
     mtime_before = n4_result.stat().st_mtime_ns
-    codes["harmonize"] = main([bids, str(out), "participant", *args])
-    return {"dataset": dataset, "out": out, "work": work, "codes": codes,
+    export = root / "export"
+    codes["harmonize"] = main([bids, str(out), "participant", *args, "--export-bids", str(export)])
+    return {"dataset": dataset, "out": out, "work": work, "codes": codes, "export": export,
             "n4_reused": n4_result.stat().st_mtime_ns == mtime_before}
 
 
@@ -60,7 +62,7 @@ def test_harmonized_native_output_has_the_input_grid(flow):
             img = nb.load(anat(flow["out"], subject, name))
             assert img.shape == raw.shape, name
             np.testing.assert_allclose(img.affine, raw.affine, atol=1e-5)
-        harmonized = nb.load(anat(flow["out"], subject, f"space-{TEMPLATE}_desc-harmonized_T1w.nii.gz"))
+        harmonized = nb.load(anat(flow["out"], subject, f"space-{TEMPLATE}_res-2_desc-harmonized_T1w.nii.gz"))
         assert harmonized.shape == (96, 114, 96)
         assert np.isfinite(harmonized.get_fdata()).all()
 
@@ -72,11 +74,48 @@ def test_sidecars_carry_provenance(flow):
     assert sidecar["Sources"] == ["bids:raw:sub-01/anat/sub-01_T1w.nii.gz"]
     assert sidecar["SkullStripped"] is False
     assert sidecar["ModelBundle"]["SHA256"] == bundle_sha
+    from bids_harmonize.model.bundle import sha256_of
+
+    assert sidecar["ModelBundle"]["CardSHA256"] == sha256_of(out / "models" / "T1w" / "model.json")
     assert sidecar["TargetSite"] in sidecar["ModelBundle"]["Sites"]
     assert sidecar["SourceSite"] and "DeviceSerialNumber" in sidecar["SourceSiteEvidence"]
-    assert {"CommandLine", "StartTime", "EndTime", "SoftwareVersions", "GeneratedBy"} <= set(sidecar)
+    assert {"CommandLine", "StartTime", "EndTime", "PackageVersions", "GeneratedBy"} <= set(sidecar)
     preproc = json.loads(anat(out, "01", "desc-preproc_T1w.json").read_text())
     assert preproc["RepetitionTime"] > 0 and "TargetSite" not in preproc  # raw fields that stay valid
+
+
+def test_the_card_records_the_input_contract(flow):
+    card = json.loads((flow["out"] / "models" / "T1w" / "model.json").read_text())
+    contract = card["input"]
+    assert (contract["contrast"], contract["template"], contract["resolution"]) == ("T1w", TEMPLATE, 2)
+    assert contract["grid_shape"] == [96, 114, 96] and contract["image_size"] == card["network"]["image_size"]
+    assert contract["intensity"]["convention"] == "robust_scale"
+
+
+def test_derivatives_and_raw_pass_the_bids_validator(flow):
+    assert bids_validator_errors(flow["out"]) == []
+    assert bids_validator_errors(flow["dataset"].bids_root) == []
+
+
+def test_export_is_a_valid_raw_dataset_with_harmonized_images_in_place(flow):
+    from bids import BIDSLayout
+
+    export, bids_root = flow["export"], flow["dataset"].bids_root
+    assert bids_validator_errors(export) == []
+    raw_images = {f.relpath for f in BIDSLayout(bids_root).get(suffix="T1w", extension=".nii.gz")}
+    exported = {f.relpath for f in BIDSLayout(export).get(suffix="T1w", extension=".nii.gz")}
+    assert exported == raw_images
+    description = json.loads((export / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "raw" and description["GeneratedBy"][0]["Name"] == "bids_harmonize"
+    for subject in flow["dataset"].subjects:
+        placed = nb.load(export / f"sub-{subject}/anat/sub-{subject}_T1w.nii.gz")
+        harmonized = nb.load(anat(flow["out"], subject, "desc-harmonized_T1w.nii.gz"))
+        np.testing.assert_array_equal(placed.get_fdata(), harmonized.get_fdata())
+        np.testing.assert_allclose(placed.affine, harmonized.affine)
+        sidecar = json.loads((export / f"sub-{subject}/anat/sub-{subject}_T1w.json").read_text())
+        raw_sidecar = json.loads((bids_root / f"sub-{subject}/anat/sub-{subject}_T1w.json").read_text())
+        assert {k: v for k, v in sidecar.items() if k != "Harmonization"} == raw_sidecar
+        assert sidecar["Harmonization"]["TargetSite"] and sidecar["Harmonization"]["ModelBundle"]["SHA256"]
 
 
 def test_second_run_reuses_the_work_dir(flow):
@@ -98,8 +137,8 @@ def test_harmonizing_to_the_own_site_stays_close_to_the_input(flow, tmp_path):
                  "--participant-label", subject, "--model", str(out / "models"), "--target-site", rows["sub-01"]])
     assert code == 0
     mask = np.asarray(nb.load(get_template(TEMPLATE, 2, "mask", "brain")).dataobj) > 0
-    before = nb.load(anat(own, subject, f"space-{TEMPLATE}_desc-preproc_T1w.nii.gz")).get_fdata()
-    after = nb.load(anat(own, subject, f"space-{TEMPLATE}_desc-harmonized_T1w.nii.gz")).get_fdata()
+    before = nb.load(anat(own, subject, f"space-{TEMPLATE}_res-2_desc-preproc_T1w.nii.gz")).get_fdata()
+    after = nb.load(anat(own, subject, f"space-{TEMPLATE}_res-2_desc-harmonized_T1w.nii.gz")).get_fdata()
     ssim = similarity(after, before, mask).ssim
     print(f"own-site harmonization: SSIM to the input {ssim:.4f}")
     assert ssim >= 0.97

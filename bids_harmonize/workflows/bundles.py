@@ -1,0 +1,154 @@
+"""Which model bundle harmonizes which contrast, and the input contract a participant run follows.
+
+``--model`` is either one bundle (a folder holding model.json + model.safetensors, or that
+model.json) or a folder of ``<contrast>/`` bundles; without it, OUT/models/<contrast>/ are used
+when present. A ``--model`` that yields no usable bundle is an error, never a silent fallback
+to preprocessing only. The bundles' cards fix the template, resolution and intensity convention
+of the run: an explicit ``--template``/``--template-resolution`` that differs is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bids_harmonize.config import DEFAULT_RESOLUTION, DEFAULT_TEMPLATE, RunConfig
+from bids_harmonize.model.bundle import CARD_NAME, BundleError, ContractMismatch, ModelBundle
+from bids_harmonize.preproc.operations import intensity_convention
+from bids_harmonize.workflows.participant import HarmonizationPlan
+
+_RETRAIN = "Fix: retrain at group level (`bids_harmonize BIDS OUT group`) with this version of bids_harmonize"
+
+
+@dataclass(frozen=True)
+class TemplateChoice:
+    name: str
+    resolution: int
+
+
+def find_bundles(config: RunConfig, contrasts: list[str]) -> dict[str, Path]:
+    """contrast -> bundle folder, for the contrasts among ``contrasts`` that have one."""
+    if config.model is None:
+        found = {c: config.output_dir / "models" / c for c in contrasts}
+        return {c: path for c, path in found.items() if (path / CARD_NAME).is_file()}
+    model = Path(config.model)
+    if model.is_file():
+        if model.name != CARD_NAME:
+            raise BundleError(
+                f"--model {model} is a file, not a model bundle. Fix: give the bundle folder (holding "
+                f"{CARD_NAME} and model.safetensors, e.g. OUT/models/T1w), its {CARD_NAME}, or a folder of "
+                "<contrast>/ bundles."
+            )
+        model = model.parent
+    if (model / CARD_NAME).is_file():
+        contrast = _card_contrast(model / CARD_NAME)
+        if contrast not in contrasts:
+            raise BundleError(
+                f"--model {model} is a {contrast} model, but the selected images are {'/'.join(contrasts)}. Fix: pass "
+                "the bundle of their contrast, or select its images with --contrasts."
+            )
+        return {contrast: model}
+    found = {c: model / c for c in contrasts if (model / c / CARD_NAME).is_file()}
+    if not found:
+        present = sorted(p.parent.name for p in model.glob(f"*/{CARD_NAME}"))
+        raise BundleError(
+            f"--model {model} holds no model bundle for {'/'.join(contrasts)}: no {CARD_NAME} in it"
+            + (f", and bundles only for {', '.join(present)}" if present else "")
+            + ". Fix: pass the bundle folder itself (e.g. OUT/models/T1w) or a folder with <contrast>/ bundles "
+            "for the selected contrasts, or leave --model out to preprocess only."
+        )
+    return found
+
+
+def _card_contrast(card_path: Path) -> str:
+    try:
+        contract = json.loads(card_path.read_text(encoding="utf-8")).get("input") or {}
+    except (OSError, ValueError, AttributeError) as err:
+        raise BundleError(f"{card_path}: invalid model card ({err}). Fix: re-copy the bundle.") from err
+    if "contrast" not in contract:
+        raise BundleError(f"{card_path} records no input contract (contrast, template, resolution). {_RETRAIN}.")
+    return str(contract["contrast"])
+
+
+def check_contract(bundle: ModelBundle, contrast: str, config: RunConfig) -> dict[str, Any]:
+    """The bundle's input contract, refused where it cannot fit this run."""
+    card = bundle.directory / CARD_NAME
+    contract = bundle.input_contract
+    if contract is None:
+        raise BundleError(f"{card} records no input contract (contrast, template, resolution). {_RETRAIN}.")
+    if contract["contrast"] != contrast:
+        raise ContractMismatch(
+            f"{card} is a {contract['contrast']} model, not {contrast}. Fix: pass the {contrast} bundle "
+            f"(e.g. OUT/models/{contrast}) or a folder of <contrast>/ bundles as --model."
+        )
+    if contract["intensity"] != intensity_convention():
+        raise ContractMismatch(
+            f"{card} was trained on intensities scaled as {contract['intensity']}; this version scales as "
+            f"{intensity_convention()}. {_RETRAIN}."
+        )
+    for option, key in (("--template", "template"), ("--template-resolution", "resolution")):
+        asked = getattr(config, "template" if key == "template" else "template_resolution")
+        if asked is not None and asked != contract[key]:
+            raise ContractMismatch(
+                f"{option} {asked} contradicts the model {card}, trained on {contract['template']} at "
+                f"{contract['resolution']} mm. Fix: leave {option} out (the model's is used), or retrain with it."
+            )
+    return contract
+
+
+def choose_template(config: RunConfig, contracts: dict[str, dict[str, Any]]) -> TemplateChoice:
+    """The model's template and resolution (all bundles of a run must agree), else the options."""
+    choices = {(c["template"], c["resolution"]) for c in contracts.values()}
+    if len(choices) > 1:
+        listing = ", ".join(f"{k}: {c['template']} {c['resolution']} mm" for k, c in sorted(contracts.items()))
+        raise ContractMismatch(
+            f"the model bundles of this run were trained on different grids ({listing}). Fix: retrain them at "
+            "one resolution, or run each contrast separately with --contrasts."
+        )
+    if choices:
+        name, resolution = choices.pop()
+        return TemplateChoice(name, resolution)
+    return TemplateChoice(config.template or DEFAULT_TEMPLATE, config.template_resolution or DEFAULT_RESOLUTION)
+
+
+def check_grid(contract: dict[str, Any], card: Path, template_mask: str) -> None:
+    """The template file at hand must be the grid the model was trained on (same TemplateFlow data)."""
+    import nibabel as nb
+
+    shape = list(nb.load(template_mask).shape[:3])
+    if shape != list(contract["grid_shape"]):
+        raise ContractMismatch(
+            f"{card} was trained on a {contract['template']} grid of shape {contract['grid_shape']}, but "
+            f"{template_mask} has shape {shape}. Fix: use the same TemplateFlow template files as training."
+        )
+
+
+def default_target(bundle: ModelBundle) -> str:
+    """The site with the most training images (ties: first by name): the best-estimated style."""
+    counts = {s["name"]: (s.get("signature") or {}).get("n_images", 0) for s in bundle.card["sites"]}
+    return sorted(counts, key=lambda name: (-counts[name], name))[0]
+
+
+def harmonization_plans(
+    config: RunConfig, contrasts: list[str]
+) -> tuple[dict[str, HarmonizationPlan], dict[str, dict[str, Any]]]:
+    """Per contrast with a bundle: the plan, and the bundle's input contract."""
+    from bids_harmonize.model import load_bundle
+
+    plans, contracts = {}, {}
+    for contrast, path in find_bundles(config, contrasts).items():
+        bundle = load_bundle(path, device="cpu")
+        contracts[contrast] = check_contract(bundle, contrast, config)
+        target = config.target_site or default_target(bundle)
+        index = bundle.site_index(target)  # UnknownSiteError lists the known sites
+        scale = (bundle.card["sites"][index].get("signature") or {}).get("intensity_scale")
+        style, _, argument = config.target_style.partition(":")
+        plans[contrast] = HarmonizationPlan(
+            bundle_dir=str(path.resolve()), bundle_sha256=bundle.sha256, bundle_sites=tuple(bundle.sites),
+            target_site=target, target_scale=(scale["lo"], scale["hi"]) if scale else (-1.0, 1.0),
+            style=style, seed=int(argument) if style == "random" else config.seed,
+            reference_image=argument if style == "reference" else None, card_sha256=bundle.card_sha256,
+        )
+    return plans, contracts
