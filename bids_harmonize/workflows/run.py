@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from bids_harmonize.bids import derivatives
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.config import RunConfig
 from bids_harmonize.preproc.operations import median_scale, robust_scale
+from bids_harmonize.reports.metrics import training_histogram
 from bids_harmonize.sites import UNKNOWN_SITE, SiteAssignment
 from bids_harmonize.sites.overrides import read_tsv
 from bids_harmonize.templates import get_template
@@ -152,9 +154,14 @@ def run_participant(config: RunConfig, images: list[ImageRecord], site_inventory
     )
     for message in not_harmonized:
         LOGGER.warning(message)
-    execute(workflow, config)
+    started = time.time()
+    try:
+        execute(workflow, config)
+    finally:  # a failed run still documents itself: every participant gets a report saying what failed
+        reports = write_reports(config, assignments, plans, not_harmonized, started)
     harmonized = len(assignments) - len(not_harmonized) if plans else 0
     print(f"Preprocessed {len(assignments)} image(s), harmonized {harmonized}; outputs in {config.output_dir}")
+    print("Reports: " + ", ".join(str(p) for p in reports))
     return 0
 
 
@@ -173,7 +180,32 @@ def run_group(config: RunConfig, images: list[ImageRecord], site_inventory: Site
         execute(workflow, config)
     trained = [train_contrast(config, contrast, assignments, template, device) for contrast in config.contrasts]
     print("\n".join(line for line in trained if line))
+    print("Report: " + ", ".join(str(p) for p in write_reports(config)))
     return 0
+
+
+# ----------------------------------------------------------------------------- reports
+def write_reports(
+    config: RunConfig, assignments: list[SiteAssignment] | None = None, plans: dict[str, HarmonizationPlan] | None = None,
+    not_harmonized: list[str] | None = None, since: float | None = None,
+) -> list[Path]:
+    """Methods text, then participant reports (participant level) and the group report (group
+    level, and participant runs that harmonize). Never raises."""
+    from bids_harmonize.reports import MethodsFacts, ModelUse, skip_reasons, write_reports as build
+
+    bundles = {c: path for c in config.contrasts if (path := find_bundle(config, c))}
+    plans = plans or {}
+    models = tuple(
+        ModelUse(c, Path(plans[c].bundle_dir), plans[c].target_site, plans[c].style) if c in plans else ModelUse(c, path)
+        for c, path in bundles.items() if config.analysis_level == "group" or c in plans
+    )
+    facts = MethodsFacts(tuple(config.contrasts), config.template, config.template_resolution, config.site_granularity,
+                         models, dict(derivatives.software_versions()))
+    hint = f"--model {config.model}" if config.model else f"none in {config.output_dir / 'models'}"
+    reasons = skip_reasons(assignments or [], set(plans), not_harmonized or [], hint)
+    return build(out_dir=config.output_dir, template=template_files(config), facts=facts, bundles=bundles,
+                 assignments=assignments or [], reasons=reasons, since=since,
+                 group=config.analysis_level == "group" or bool(plans))
 
 
 def template_preproc_path(config: RunConfig, image: ImageRecord) -> Path:
@@ -215,6 +247,7 @@ def train_contrast(
         site: {
             "n_images": counts[site],
             "intensity_scale": median_scale(scales[site]).as_dict(),
+            "brain_histogram": training_histogram([v for v, a in zip(volumes, usable) if a.site == site], mask),
             "evidence": next(a.evidence for a in usable if a.site == site),
         }
         for site in sites
