@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bids_harmonize.reports.citation import MethodsFacts, write_citation
-from bids_harmonize.reports.collect import ImageOutputs, crash_files, derivative_files
+from bids_harmonize.reports.collect import ImageOutputs, Template, crash_files, derivative_files
 from bids_harmonize.reports.group import group_report
 from bids_harmonize.reports.participant import participant_report
 
@@ -53,7 +53,7 @@ def _timed(what: str, build: Any) -> Any:
 def write_reports(
     *,
     out_dir: Path,
-    template: Any,
+    template: Template,
     facts: MethodsFacts,
     bundles: dict[str, Path],
     assignments: Sequence[Any] = (),
@@ -69,7 +69,7 @@ def write_reports(
     by_subject: dict[str, list[ImageOutputs]] = {}
     for a in assignments:
         item = ImageOutputs(
-            record=a.image, files=derivative_files(out_dir, a.image, template.name),
+            record=a.image, out_dir=out_dir, files=derivative_files(out_dir, a.image, template.name),
             site={"site": a.site, "provenance": a.provenance, "evidence": a.evidence, "warnings": list(a.warnings)},
             skip_reason=(reasons or {}).get(a.image.relpath), crashes=crash_files(out_dir, a.image.relpath, since),
         )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from bids_harmonize import CODE_URL
 from bids_harmonize.bids import derivatives

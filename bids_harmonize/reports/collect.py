@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bids_harmonize.bids import derivatives
 from bids_harmonize.bids.records import ImageRecord
@@ -24,6 +24,14 @@ _FILES = {
     "native_harmonized": ({"description": "harmonized"}, None, ".nii.gz"),
     "template_harmonized": ({"space": "TEMPLATE", "description": "harmonized"}, None, ".nii.gz"),
 }
+class Template(Protocol):
+    """What reports need of the template (workflows.participant.TemplateFiles fits)."""
+
+    name: str
+    images: dict[str, str]  # contrast -> template image path
+    mask: str  # brain mask path
+
+
 _SHORT_TO_ENTITY = {short: name for name, short in derivatives.ENTITY_ORDER}
 
 
@@ -32,6 +40,7 @@ class ImageOutputs:
     """One raw image and what the pipeline wrote for it."""
 
     record: ImageRecord
+    out_dir: Path
     files: dict[str, Path]  # name in _FILES -> path (only those that exist)
     site: dict[str, str]  # site, provenance, evidence (+ warnings when known)
     skip_reason: str | None = None  # why it was not harmonized, when the run knows

@@ -68,7 +68,7 @@ def registration_mosaic(native: nb.Nifti1Image, mask: nb.Nifti1Image) -> str:
             ax.set_title(f"{_NAMES[axis]} {index}", color="white", fontsize=7)
             ax.set_axis_off()
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.95, wspace=0.03, hspace=0.12)
-    return png_uri(fig)
+    return png_uri(fig, dpi=100)
 
 
 def _slices(shape: Sequence[int], mask: NDArray[np.bool_] | None, count: int = SLICES) -> dict[int, list[int]]:
@@ -125,7 +125,7 @@ def before_after_mosaic(before: nb.Nifti1Image, after: nb.Nifti1Image, mask: nb.
             bar = fig.colorbar(shown, ax=axes[2, :], fraction=0.02, pad=0.01)
             bar.ax.tick_params(colors="white", labelsize=7)
     fig.suptitle(f"shared window {vmin:.4g} .. {vmax:.4g}; difference window +/-{limit:.3g}", color="white", fontsize=8)
-    return png_uri(fig)
+    return png_uri(fig, dpi=85)
 
 
 def _aspect(zooms: Sequence[float], axis: int) -> float:

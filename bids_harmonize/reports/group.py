@@ -19,7 +19,7 @@ import numpy as np
 
 from bids_harmonize.qc import between_site_wasserstein, site_classifier_accuracy
 from bids_harmonize.reports import group_figures, html
-from bids_harmonize.reports.collect import ImageOutputs, derivative_files, read_sites_table, record_from_relpath
+from bids_harmonize.reports.collect import ImageOutputs, Template, derivative_files, read_sites_table, record_from_relpath
 from bids_harmonize.utils import atomic_write_text
 
 LOGGER = logging.getLogger("bids_harmonize.reports")
@@ -71,14 +71,14 @@ def training_section(out_dir: Path, bundles: dict[str, Path]) -> str:
     return "".join(parts) or html.box("note", "No model bundle yet: `bids_harmonize BIDS OUT group` trains one.")
 
 
-def _harmonized_items(out_dir: Path, rows: list[dict[str, str]], contrast: str, template: Any, sha: str) -> tuple[list[ImageOutputs], int]:
+def _harmonized_items(out_dir: Path, rows: list[dict[str, str]], contrast: str, template: Template, sha: str) -> tuple[list[ImageOutputs], int]:
     """Images of ``contrast`` harmonized with the bundle ``sha`` (and how many used another)."""
     chosen, other = [], 0
     for row in rows:
         if row["contrast"] != contrast:
             continue
         record = record_from_relpath(out_dir, row["path"])
-        item = ImageOutputs(record, derivative_files(out_dir, record, template.name), {"site": row["site"]})
+        item = ImageOutputs(record, out_dir, derivative_files(out_dir, record, template.name), {"site": row["site"]})
         if not (item.harmonized and "template_preproc" in item.files):
             continue
         if (item.sidecar("native_harmonized").get("ModelBundle") or {}).get("SHA256") == sha:
@@ -88,7 +88,7 @@ def _harmonized_items(out_dir: Path, rows: list[dict[str, str]], contrast: str, 
     return chosen, other
 
 
-def site_effect_section(out_dir: Path, rows: list[dict[str, str]], template: Any, bundles: dict[str, Path]) -> str:
+def site_effect_section(out_dir: Path, rows: list[dict[str, str]], template: Template, bundles: dict[str, Path]) -> str:
     parts = []
     mask = _load(Path(template.mask)) > 0
     for contrast, bundle in sorted(bundles.items()):
@@ -145,7 +145,7 @@ def _guarded(title: str, build: Any) -> str:
         return html.box("fail", f"Could not build this section: {type(err).__name__}: {err}")
 
 
-def group_report(out_dir: Path, template: Any, bundles: dict[str, Path], methods: str | None = None) -> Path:
+def group_report(out_dir: Path, template: Template, bundles: dict[str, Path], methods: str | None = None) -> Path:
     """Write OUT/group.html from what OUT_DIR holds now."""
     out_dir = Path(out_dir)
     rows = read_sites_table(out_dir)

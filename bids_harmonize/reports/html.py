@@ -17,7 +17,7 @@ header{background:#263238;color:#fff;padding:12px 24px}
 header h1{margin:0;font-size:22px} header p{margin:4px 0 0;font-size:13px;color:#cfd8dc}
 nav{position:sticky;top:0;background:#eceff1;padding:6px 24px;font-size:13px;border-bottom:1px solid #cfd8dc;z-index:2}
 nav a{margin-right:14px;color:#1565c0;text-decoration:none}
-main{padding:8px 24px 40px;max-width:1200px}
+main{padding:8px 24px 40px;max-width:1200px} p{font-size:14px}
 section{background:#fff;border:1px solid #e0e0e0;border-radius:4px;padding:8px 16px 16px;margin:16px 0}
 h2{font-size:19px;border-bottom:1px solid #e0e0e0;padding-bottom:4px} h3{font-size:15px;margin:14px 0 6px}
 table{border-collapse:collapse;font-size:12.5px;margin:6px 0} td,th{border:1px solid #ddd;padding:3px 7px;text-align:left;vertical-align:top}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import nibabel as nb
 import numpy as np
 
 from bids_harmonize.reports import figures, html, metrics
-from bids_harmonize.reports.collect import ImageOutputs, crash_summary
+from bids_harmonize.reports.collect import ImageOutputs, Template, crash_summary
 from bids_harmonize.utils import atomic_write_text
 
 LOGGER = logging.getLogger("bids_harmonize.reports")
@@ -30,7 +29,7 @@ def _load(path: Path) -> np.ndarray:
 class _ImageSection:
     """Builds the HTML of one image; collects its warnings as it goes."""
 
-    def __init__(self, item: ImageOutputs, template: Any):
+    def __init__(self, item: ImageOutputs, template: Template):
         self.item, self.template = item, template
         self.warnings: list[str] = []
         self.agreement: float | None = None
@@ -118,7 +117,8 @@ class _ImageSection:
             "version); only source and harmonized are shown.", "note")
         png = figures.distributions_plot(curves, "intensity (scanner units; harmonized and target in the target "
                                                  "site's units)")
-        return note + html.figure(png, "Intensities inside the template brain mask, template grid.")
+        names = "; ".join(label for label, _, _ in curves)
+        return note + html.figure(png, f"Intensities inside the template brain mask, template grid: {names}.")
 
     def skip_reason(self) -> str:
         if self.item.skip_reason:
@@ -135,7 +135,8 @@ class _ImageSection:
         return "".join(parts) or html.box("ok", "No warnings.")
 
     def provenance(self) -> str:
-        sidecar = self.item.sidecar("native_harmonized") or self.item.sidecar("native_preproc")
+        sidecar = self.item.sidecar("native_harmonized") or self.item.sidecar("native_preproc") or _run_config(
+            self.item.out_dir)
         bundle = sidecar.get("ModelBundle") or {}
         rows = [("raw image", self.item.record.relpath)]
         rows += [(k, sidecar[k]) for k in ("TargetSite", "TargetStyle") if k in sidecar]
@@ -163,6 +164,15 @@ class _ImageSection:
         return "".join(parts)
 
 
+def _run_config(out_dir: Path) -> dict[str, Any]:
+    """When no sidecar was written (a failed image): the newest run configuration in OUT/logs."""
+    configs = sorted(Path(out_dir).glob("logs/config-*.json"))
+    if not configs:
+        return {}
+    config = json.loads(configs[-1].read_text())
+    return {"CommandLine": " ".join(config.get("command_line", []))}
+
+
 def _target_histogram(harmonization: dict[str, Any]) -> dict[str, Any] | None:
     """The target site's training distribution from the bundle card, in its scanner units."""
     bundle = harmonization.get("ModelBundle") or {}
@@ -185,7 +195,7 @@ def _status(item: ImageOutputs) -> str:
     return html.badge("failed", "bad")
 
 
-def participant_report(out_dir: Path, subject: str, items: list[ImageOutputs], template: Any,
+def participant_report(out_dir: Path, subject: str, items: list[ImageOutputs], template: Template,
                        methods: str | None = None) -> Path:
     """Write OUT/sub-<subject>.html for ``items`` (the images of that participant)."""
     sections, summary = [], []
@@ -205,9 +215,3 @@ def participant_report(out_dir: Path, subject: str, items: list[ImageOutputs], t
     text = html.page(f"bids_harmonize: sub-{subject}", f"{len(items)} image(s); output folder {out_dir}", all_sections)
     return atomic_write_text(Path(out_dir) / f"sub-{subject}.html", text)
 
-
-def participant_reports(out_dir: Path, items: list[ImageOutputs], template: Any, methods: str | None = None) -> list[Path]:
-    by_subject: dict[str, list[ImageOutputs]] = defaultdict(list)
-    for item in items:
-        by_subject[item.record.subject].append(item)
-    return [participant_report(out_dir, subject, group, template, methods) for subject, group in sorted(by_subject.items())]
