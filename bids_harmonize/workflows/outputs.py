@@ -62,7 +62,7 @@ class DerivativesSink(SimpleInterface):
         for name, spec in OUTPUTS.items():
             path = getattr(self.inputs, name)
             if isdefined(path) and (harmonization or not spec.get("harmonized")):
-                writer.write(Path(path), spec, harmonization)
+                writer.write(Path(path), name, harmonization)
         self._results["out_files"] = [str(p) for p in writer.written]
         return runtime
 
@@ -81,6 +81,18 @@ OUTPUTS: dict[str, dict[str, Any]] = {
 }
 
 
+def output_path(out_dir: Path, record: ImageRecord, name: str, template: str, resolution: int) -> Path:
+    """Where the output `name` (a key of OUTPUTS) of `record` lies: the one naming rule, used by
+    the sink that writes and by the reports that read."""
+    spec = OUTPUTS[name]
+    values = {"TEMPLATE": template, "SUFFIX": record.suffix, "RES": str(resolution),
+              "NATIVE": None if record.suffix == "T1w" else record.suffix}
+    return derivatives.derivative_path(
+        out_dir, record, suffix=spec.get("suffix"), extension=spec.get("extension", ".nii.gz"),
+        **{key: values.get(value, value) for key, value in spec["entities"].items()},
+    )
+
+
 class _Writer:
     def __init__(self, out_dir: Path, record: ImageRecord, provenance: derivatives.Provenance, template: str, site: dict):
         self.out_dir, self.record, self.provenance, self.template, self.site = out_dir, record, provenance, template, site
@@ -88,16 +100,9 @@ class _Writer:
         self.resolution = 1
         self._raw: nb.Nifti1Image | None = None
 
-    def _entities(self, spec: dict[str, Any]) -> dict[str, str | None]:
-        names = {"TEMPLATE": self.template, "SUFFIX": self.record.suffix, "RES": str(self.resolution),
-                 "NATIVE": None if self.record.suffix == "T1w" else self.record.suffix}
-        return {k: names.get(v, v) for k, v in spec["entities"].items()}
-
-    def write(self, path: Path, spec: dict[str, Any], harmonization: dict | None) -> None:
-        target = derivatives.derivative_path(
-            self.out_dir, self.record, suffix=spec.get("suffix"), extension=spec.get("extension", ".nii.gz"),
-            **self._entities(spec),
-        )
+    def write(self, path: Path, name: str, harmonization: dict | None) -> None:
+        spec = OUTPUTS[name]
+        target = output_path(self.out_dir, self.record, name, self.template, self.resolution)
         if spec.get("extension") == ".txt":
             derivatives.atomic_copy(path, target)
             self.written.append(target)

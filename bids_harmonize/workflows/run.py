@@ -7,6 +7,7 @@ explicit arguments.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -18,12 +19,21 @@ import numpy as np
 from bids_harmonize.bids import derivatives
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.config import MULTIPROC_DEFAULTS, RunConfig, read_plugin_file
+from bids_harmonize.model.bundle import BundleError
 from bids_harmonize.preproc.operations import intensity_convention, median_scale, robust_scale
+from bids_harmonize.reports.metrics import training_histogram
 from bids_harmonize.sites import UNKNOWN_SITE, SiteAssignment
 from bids_harmonize.sites.overrides import read_tsv
 from bids_harmonize.templates import get_template
-from bids_harmonize.workflows.bundles import TemplateChoice, check_grid, choose_template, default_target, harmonization_plans
-from bids_harmonize.workflows.participant import TemplateFiles, init_participant_wf
+from bids_harmonize.workflows.bundles import (
+    TemplateChoice,
+    check_grid,
+    choose_template,
+    default_target,
+    find_bundles,
+    harmonization_plans,
+)
+from bids_harmonize.workflows.participant import HarmonizationPlan, TemplateFiles, init_participant_wf
 
 __all__ = ["default_target", "run_group", "run_participant"]
 
@@ -127,9 +137,14 @@ def run_participant(config: RunConfig, images: list[ImageRecord], site_inventory
     )
     for message in not_harmonized:
         LOGGER.warning(message)
-    execute(workflow, config)
+    started = time.time()
+    try:
+        execute(workflow, config)
+    finally:  # a failed run still documents itself: every participant gets a report saying what failed
+        reports = write_reports(config, template, assignments, plans, not_harmonized, started)
     harmonized = sum(a.image.suffix in plans for a in assignments) - len(not_harmonized)
     print(f"Preprocessed {len(assignments)} image(s), harmonized {harmonized}; outputs in {config.output_dir}")
+    print("Reports: " + ", ".join(str(p) for p in reports))
     if config.export_bids:
         from bids_harmonize.bids.export import export_bids
 
@@ -153,7 +168,36 @@ def run_group(config: RunConfig, images: list[ImageRecord], site_inventory: Site
         execute(workflow, config)
     trained = [train_contrast(config, contrast, assignments, template, device) for contrast in config.contrasts]
     print("\n".join(line for line in trained if line))
+    print("Report: " + ", ".join(str(p) for p in write_reports(config, template)))
     return 0
+
+
+# ----------------------------------------------------------------------------- reports
+def write_reports(
+    config: RunConfig, template: TemplateFiles, assignments: list[SiteAssignment] | None = None,
+    plans: dict[str, HarmonizationPlan] | None = None, not_harmonized: list[str] | None = None,
+    since: float | None = None,
+) -> list[Path]:
+    """Methods text, then participant reports (participant level) and the group report (group
+    level, and participant runs that harmonize). Never raises."""
+    from bids_harmonize.reports import MethodsFacts, ModelUse, skip_reasons, write_reports as build
+
+    try:
+        bundles = find_bundles(config, list(config.contrasts))
+    except BundleError:  # already reported by the level; the reports then show no model
+        bundles = {}
+    plans = plans or {}
+    models = tuple(
+        ModelUse(c, Path(plans[c].bundle_dir), plans[c].target_site, plans[c].style) if c in plans else ModelUse(c, path)
+        for c, path in bundles.items() if config.analysis_level == "group" or c in plans
+    )
+    facts = MethodsFacts(tuple(config.contrasts), template.name, template.resolution, config.site_granularity,
+                         models, dict(derivatives.software_versions()))
+    hint = f"--model {config.model}" if config.model else f"none in {config.output_dir / 'models'}"
+    reasons = skip_reasons(assignments or [], set(plans), not_harmonized or [], hint)
+    return build(out_dir=config.output_dir, template=template, facts=facts, bundles=bundles,
+                 assignments=assignments or [], reasons=reasons, since=since,
+                 group=config.analysis_level == "group" or bool(plans))
 
 
 def template_preproc_path(config: RunConfig, template: TemplateFiles, image: ImageRecord) -> Path:
@@ -201,6 +245,7 @@ def train_contrast(
         site: {
             "n_images": counts[site],
             "intensity_scale": median_scale(scales[site]).as_dict(),
+            "brain_histogram": training_histogram([v for v, a in zip(volumes, usable) if a.site == site], mask),
             "evidence": next(a.evidence for a in usable if a.site == site),
         }
         for site in sites

@@ -29,13 +29,14 @@ def flow(tmp_path_factory):
     bids, out, work = str(dataset.bids_root), root / "out", root / "work"
     args = [*COMMON, "-w", str(work)]
     codes = {"preprocess": main([bids, str(out), "participant", *args])}
+    report_before_model = (out / "sub-01.html").read_text()
     codes["train"] = main([bids, str(out), "group", *args, "--iterations", str(ITERATIONS), "--batch-size", "4"])
     n4_result = next(work.rglob("preproc_sub_01_T1w/n4/result_n4.pklz"))
     mtime_before = n4_result.stat().st_mtime_ns
     export = root / "export"
     codes["harmonize"] = main([bids, str(out), "participant", *args, "--export-bids", str(export)])
     return {"dataset": dataset, "out": out, "work": work, "codes": codes, "export": export,
-            "n4_reused": n4_result.stat().st_mtime_ns == mtime_before}
+            "n4_reused": n4_result.stat().st_mtime_ns == mtime_before, "report_before_model": report_before_model}
 
 
 def anat(out: Path, subject: str, name: str) -> Path:
@@ -149,3 +150,70 @@ def test_unknown_target_site_lists_the_known_ones(flow, tmp_path, capsys):
                  "--participant-label", "01", "--model", str(flow["out"] / "models"), "--target-site", "Nowhere"])
     assert code == 64
     assert "Nowhere" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- reports
+def visible_text(html_text: str) -> str:
+    import re
+
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<style>.*?</style>", "", html_text, flags=re.S)))
+
+
+def test_every_participant_has_a_report_holding_each_section(flow):
+    out = flow["out"]
+    bundle_sha = json.loads((out / "models" / "T1w" / "model.json").read_text())["weights"]["sha256"]
+    for subject in flow["dataset"].subjects:
+        html_text = (out / f"sub-{subject}.html").read_text()
+        text = visible_text(html_text)
+        for section in ("Site", "provenance inferred", "Registration and brain mask", "template agreement",
+                        "Before / after", "share one grey window", "Intensity distributions in the brain",
+                        "(training)", "Warnings", "Provenance", bundle_sha, "Methods", "harmonized"):
+            assert section in text, (subject, section)
+        # registration mosaic, before/after mosaic, distributions: embedded, nothing fetched
+        assert html_text.count('src="data:image/png;base64,') == 3
+        assert "http://" not in html_text and "src=\"http" not in html_text
+
+
+def test_a_report_written_before_any_model_says_why_nothing_was_harmonized(flow):
+    text = visible_text(flow["report_before_model"])
+    assert "preprocessed only" in text
+    assert "Not harmonized: no T1w model bundle was found" in text and "group" in text
+
+
+def test_the_group_report_shows_inventory_training_and_site_effect(flow):
+    out = flow["out"]
+    text = visible_text((out / "group.html").read_text())
+    sites = {r["site"] for r in csv.DictReader(open(out / "sites.tsv"), delimiter="\t")}
+    assert all(site in text for site in sites)
+    log = next((out / "logs").glob("training-T1w-*.jsonl")).name
+    assert f"Loss terms against iteration, from {log}" in text
+    assert "between-site Wasserstein distance" in text
+    # one image per site in this fixture: the classifier row says why it has no number
+    assert "site-classifier accuracy not computed: need at least two sites with at least two images each" in text
+
+
+def test_methods_text_records_the_actual_run(flow):
+    out = flow["out"]
+    text = (out / "logs" / "CITATION.md").read_text()
+    target = json.loads(anat(out, "01", "desc-harmonized_T1w.json").read_text())["TargetSite"]
+    assert f"{ITERATIONS} iterations" in text and f"style of site {target}" in text and "at 2 mm" in text
+    assert "@murd" in text and "@article{murd," in (out / "logs" / "CITATION.bib").read_text()
+
+
+def test_a_failed_harmonization_still_gets_a_report_that_says_so(flow, tmp_path):
+    from bids_harmonize.reports.collect import ImageOutputs, derivative_files, record_from_relpath
+    from bids_harmonize.reports.participant import participant_report
+    from bids_harmonize.templates import get_template
+    from bids_harmonize.workflows.participant import TemplateFiles
+
+    out = flow["out"]
+    record = record_from_relpath(flow["dataset"].bids_root, "sub-01/anat/sub-01_T1w.nii.gz")
+    template = TemplateFiles(TEMPLATE, 2, {"T1w": str(get_template(TEMPLATE, 2, "T1w"))},
+                             str(get_template(TEMPLATE, 2, "mask", "brain")))
+    files = {k: v for k, v in derivative_files(out, record, template).items() if "harmonized" not in k}
+    crash = tmp_path / "crash-20260101-000000-root-murd-x.txt"
+    crash.write_text("Node: bids_harmonize_wf.harmonize_sub_01_T1w.murd\nTraceback:\nRuntimeError: out of memory\n")
+    item = ImageOutputs(record, out, files, {"site": "SiteA", "provenance": "inferred", "evidence": "e"}, crashes=[crash])
+    text = visible_text(participant_report(tmp_path, "01", [item], template).read_text())
+    assert "preprocessed only" in text and "Not harmonized: a step of the workflow failed" in text
+    assert "RuntimeError: out of memory" in text and "harmonize_sub_01_T1w.murd" in text

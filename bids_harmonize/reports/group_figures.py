@@ -1,0 +1,85 @@
+"""Figures of the group report: training curves, per-site densities, per-site mosaics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from bids_harmonize.qc.intensity import robust_rescale
+from bids_harmonize.reports.figures import png_uri, plt
+
+# Keys of a training-log line that are bookkeeping, not loss terms.
+NOT_LOSSES = {"step", "lr", "lr_mapping", "elapsed_s", "samples_per_s"}
+
+
+def read_training_log(path: Path) -> list[dict[str, Any]]:
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in lines]
+
+
+def training_curves(records: list[dict[str, Any]]) -> str:
+    """One small panel per loss term (whatever terms the log holds) against iteration."""
+    terms = sorted({k for r in records for k, v in r.items() if k not in NOT_LOSSES and isinstance(v, (int, float))})
+    columns = 4
+    rows = max(1, -(-len(terms) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(11, 2.1 * rows), squeeze=False)
+    steps = [r["step"] for r in records]
+    for ax, term in zip(axes.ravel(), terms):
+        ax.plot(steps, [r.get(term, np.nan) for r in records], lw=1.2, color="#37474f")
+        ax.set_title(term, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.spines[["top", "right"]].set_visible(False)
+    for ax in axes.ravel()[len(terms):]:
+        ax.set_axis_off()
+    for ax in axes[-1]:
+        ax.set_xlabel("iteration", fontsize=8)
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.12 / rows, top=1 - 0.12 / rows, wspace=0.3, hspace=0.6)
+    return png_uri(fig)
+
+
+def site_densities(images: dict[str, list[NDArray]], mask: NDArray[np.bool_], title: str, ax: Any) -> None:
+    """Per-site pooled densities of the robustly rescaled brain intensities (as the QC metrics see them)."""
+    for site, volumes in sorted(images.items()):
+        values = np.concatenate([robust_rescale(v, mask)[mask] for v in volumes])
+        density, edges = np.histogram(values, bins=80, range=(-0.2, 1.2), density=True)
+        ax.plot((edges[:-1] + edges[1:]) / 2, density, lw=1.3, label=f"{site} (n={len(volumes)})")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("brain intensity, robustly rescaled (1st/99th percentile -> 0/1)", fontsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+
+
+def densities_before_after(before: dict[str, list[NDArray]], after: dict[str, list[NDArray]], mask: NDArray) -> str:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.2), sharey=True)
+    site_densities(before, mask, "before (preprocessed)", axes[0])
+    site_densities(after, mask, "after (harmonized)", axes[1])
+    axes[0].set_ylabel("density")
+    axes[1].legend(fontsize=7, frameon=False)
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.2, top=0.88, wspace=0.08)
+    return png_uri(fig, dpi=80)
+
+
+def site_mosaic(rows: Sequence[tuple[str, NDArray, NDArray]], mask: NDArray[np.bool_]) -> str:
+    """One row per site: an axial, coronal and sagittal slice before | after (template grid),
+    each image in its own robust window so that contrast, not scale, is compared."""
+    centre = [int(np.mean(np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))))) for axis in range(3)]
+    fig, axes = plt.subplots(len(rows), 6, figsize=(11, 1.9 * len(rows)), squeeze=False, facecolor="black")
+    for r, (label, before, after) in enumerate(rows):
+        for half, volume in enumerate((before, after)):
+            lo, hi = np.percentile(volume[mask], [0.5, 99.5])
+            for k, axis in enumerate((2, 1, 0)):
+                ax = axes[r, 3 * half + k]
+                plane = np.rot90(np.take(volume, centre[axis], axis=axis))
+                ax.imshow(plane, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+                ax.set_axis_off()
+                if r == 0:
+                    ax.set_title(("before" if half == 0 else "after") + f" ({('sagittal', 'coronal', 'axial')[axis]})",
+                                 color="white", fontsize=8)
+        axes[r, 0].text(-0.05, 0.5, label, color="white", fontsize=7, rotation=90, va="center", ha="right",
+                        transform=axes[r, 0].transAxes)
+    fig.subplots_adjust(left=0.03, right=0.99, bottom=0.01, top=1 - 0.1 / len(rows), wspace=0.02, hspace=0.05)
+    return png_uri(fig)

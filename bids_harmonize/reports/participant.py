@@ -1,0 +1,217 @@
+"""OUT/sub-<label>.html: one section per image (site, registration and mask check, before/after,
+intensity distributions, warnings, provenance) and the methods text.
+
+Every section is built defensively: a missing or unreadable file turns into a message in the
+report, never into a missing report. A failed image still gets its section, saying what failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import nibabel as nb
+import numpy as np
+
+from bids_harmonize.reports import figures, html, metrics
+from bids_harmonize.reports.collect import ImageOutputs, Template, crash_summary
+from bids_harmonize.utils import atomic_write_text
+
+LOGGER = logging.getLogger("bids_harmonize.reports")
+
+
+def _load(path: Path) -> np.ndarray:
+    return np.asarray(nb.load(path).dataobj, np.float32)
+
+
+class _ImageSection:
+    """Builds the HTML of one image; collects its warnings as it goes."""
+
+    def __init__(self, item: ImageOutputs, template: Template):
+        self.item, self.template = item, template
+        self.warnings: list[str] = []
+        self.agreement: float | None = None
+        self._template_mask: np.ndarray | None = None
+
+    @property
+    def template_mask(self) -> np.ndarray:
+        if self._template_mask is None:
+            self._template_mask = _load(Path(self.template.mask)) > 0
+        return self._template_mask
+
+    def guarded(self, title: str, build: Any) -> str:
+        try:
+            return build()
+        except Exception as err:  # a report must survive any broken input
+            LOGGER.warning("report section %r of %s failed: %s", title, self.item.label, err)
+            self.warnings.append(f"The {title} section could not be drawn: {type(err).__name__}: {err}")
+            return html.box("fail", f"Could not draw this section: {type(err).__name__}: {err}")
+
+    def site(self) -> str:
+        site = self.item.site
+        rows = [("site", site.get("site", "n/a")), ("provenance", site.get("provenance", "n/a")),
+                ("evidence", site.get("evidence", "n/a"))]
+        self.warnings += list(site.get("warnings", ()))
+        return html.key_values(rows)
+
+    def registration(self) -> str:
+        files = self.item.files
+        image = _load(files["template_preproc"])
+        reference = _load(Path(self.template.images[self.item.record.suffix]))
+        self.agreement = metrics.template_agreement(image, reference, self.template_mask)
+        poor = not np.isfinite(self.agreement) or self.agreement < metrics.POOR_AGREEMENT
+        verdict = html.badge(f"template agreement {self.agreement:.2f}", "bad" if poor else "good")
+        parts = [f"<p>Agreement of the registered image with the {html.esc(self.template.name)} template: "
+                 f"Spearman correlation inside the template brain mask {verdict} (flagged below "
+                 f"{metrics.POOR_AGREEMENT}).</p>"]
+        if poor:
+            message = (f"Registration quality is poor (template agreement {self.agreement:.2f} < "
+                       f"{metrics.POOR_AGREEMENT}): check that the red outline follows the brain; brain "
+                       "outside it is missing from the brain mask and from what the model saw.")
+            self.warnings.append(message)
+            parts.append(html.box("warn", message))
+        if "transform" in files:
+            scales = metrics.transform_scales(files["transform"])
+            if metrics.fell_back_to_rigid(files["transform"]):
+                message = ("Registration fell back to rigid: the affine step left the plausible range, so the "
+                           "head was not scaled to the template.")
+                self.warnings.append(message)
+                parts.append(html.box("warn", message))
+            parts.append(html.paragraph("Scales of the affine (1 = no scaling): "
+                                        + ", ".join(f"{s:.3f}" for s in scales), "note"))
+        mosaic = figures.registration_mosaic(nb.load(files["native_preproc"]), nb.load(files["native_mask"]))
+        parts.append(html.figure(mosaic, "Red: the template brain outline carried back to the native grid "
+                                         "(the brain mask), over the bias-corrected image; cuts span the head."))
+        return "".join(parts)
+
+    def before_after(self) -> str:
+        if not self.item.harmonized:
+            return html.box("note", "Not harmonized: " + self.skip_reason())
+        files = self.item.files
+        png = figures.before_after_mosaic(nb.load(files["native_preproc"]), nb.load(files["native_harmonized"]),
+                                          nb.load(files["native_mask"]))
+        return html.figure(png, "Native grid. Preprocessed (source site) and harmonized (target site) share one "
+                                "grey window; difference = harmonized - preprocessed.")
+
+    def distributions(self) -> str:
+        files = self.item.files
+        mask = self.template_mask
+        source = _load(files["template_preproc"])[mask]
+        curves = []
+        harmonization = self.item.sidecar("native_harmonized")
+        if self.item.harmonized:
+            after = _load(files["template_harmonized"])[mask]
+            lo, hi = np.percentile(np.concatenate([source, after]), [0.1, 99.9])
+            curves += [("source (preprocessed)", metrics.histogram(source, (lo, hi)), "source"),
+                       ("harmonized", metrics.histogram(after, (lo, hi)), "harmonized")]
+            target = _target_histogram(harmonization)
+            if target:
+                curves.append((f"target site {harmonization.get('TargetSite')} (training)", target, "target"))
+        else:
+            lo, hi = np.percentile(source, [0.1, 99.9])
+            curves.append(("source (preprocessed)", metrics.histogram(source, (lo, hi)), "source"))
+        note = "" if len(curves) == 3 or not self.item.harmonized else html.paragraph(
+            "The model bundle records no training distribution for the target site (trained by an older "
+            "version); only source and harmonized are shown.", "note")
+        png = figures.distributions_plot(curves, "intensity (scanner units; harmonized and target in the target "
+                                                 "site's units)")
+        names = "; ".join(label for label, _, _ in curves)
+        return note + html.figure(png, f"Intensities inside the template brain mask, template grid: {names}.")
+
+    def skip_reason(self) -> str:
+        if self.item.skip_reason:
+            return self.item.skip_reason
+        if self.item.crashes:
+            return "a step of the workflow failed (see the crash report under Warnings)."
+        return "no harmonized output was found for this image."
+
+    def warnings_html(self) -> str:
+        if not self.item.harmonized and self.item.preprocessed:
+            self.warnings.append("Not harmonized: " + self.skip_reason())
+        parts = [html.boxes("warn", self.warnings)]
+        parts += [html.pre(crash_summary(path)) for path in self.item.crashes]
+        return "".join(parts) or html.box("ok", "No warnings.")
+
+    def provenance(self) -> str:
+        sidecar = self.item.sidecar("native_harmonized") or self.item.sidecar("native_preproc") or _run_config(
+            self.item.out_dir)
+        bundle = sidecar.get("ModelBundle") or {}
+        rows = [("raw image", self.item.record.relpath)]
+        rows += [(k, sidecar[k]) for k in ("TargetSite", "TargetStyle") if k in sidecar]
+        if bundle:
+            rows += [("model bundle", bundle.get("Path", "")), ("bundle SHA-256", bundle.get("SHA256", ""))]
+        rows += [(k, sidecar.get(k, "n/a")) for k in ("CommandLine", "StartTime", "EndTime")]
+        versions = sidecar.get("SoftwareVersions") or {}
+        rows.append(("software", ", ".join(f"{k} {v}" for k, v in versions.items()) or "n/a"))
+        return html.key_values(rows)
+
+    def build(self) -> str:
+        item = self.item
+        parts = [html.paragraph(f"{item.record.relpath} ({item.record.suffix})", "note"),
+                 "<h3>Site</h3>", self.guarded("site", self.site)]
+        if item.preprocessed:
+            parts += ["<h3>Registration and brain mask</h3>", self.guarded("registration", self.registration),
+                      "<h3>Before / after</h3>", self.guarded("before/after", self.before_after),
+                      "<h3>Intensity distributions in the brain</h3>", self.guarded("distributions", self.distributions)]
+        else:
+            message = "Preprocessing did not finish for this image: no preprocessed output was written."
+            self.warnings.insert(0, message)
+            parts.append(html.box("fail", message))
+        parts += ["<h3>Warnings</h3>", self.warnings_html(), "<h3>Provenance</h3>",
+                  self.guarded("provenance", self.provenance)]
+        return "".join(parts)
+
+
+def _run_config(out_dir: Path) -> dict[str, Any]:
+    """When no sidecar was written (a failed image): the newest run configuration in OUT/logs."""
+    configs = sorted(Path(out_dir).glob("logs/config-*.json"))
+    if not configs:
+        return {}
+    config = json.loads(configs[-1].read_text())
+    return {"CommandLine": " ".join(config.get("command_line", []))}
+
+
+def _target_histogram(harmonization: dict[str, Any]) -> dict[str, Any] | None:
+    """The target site's training distribution from the bundle card, in its scanner units."""
+    bundle = harmonization.get("ModelBundle") or {}
+    card_path = Path(bundle.get("Path", "")) / "model.json"
+    if not card_path.is_file():
+        return None
+    card = json.loads(card_path.read_text())
+    site = next((s for s in card.get("sites", []) if s.get("name") == harmonization.get("TargetSite")), None)
+    signature = (site or {}).get("signature") or {}
+    if "brain_histogram" not in signature or "intensity_scale" not in signature:
+        return None
+    return metrics.to_scanner_units(signature["brain_histogram"], signature["intensity_scale"])
+
+
+def _status(item: ImageOutputs) -> str:
+    if item.harmonized:
+        return html.badge("harmonized", "good")
+    if item.preprocessed:
+        return html.badge("preprocessed only")
+    return html.badge("failed", "bad")
+
+
+def participant_report(out_dir: Path, subject: str, items: list[ImageOutputs], template: Template,
+                       methods: str | None = None) -> Path:
+    """Write OUT/sub-<subject>.html for ``items`` (the images of that participant)."""
+    sections, summary = [], []
+    for item in items:
+        section = _ImageSection(item, template)
+        body = section.build()
+        sections.append((item.label, item.label, body))
+        agreement = f"{section.agreement:.2f}" if section.agreement is not None else "n/a"
+        summary.append(f"<tr><td><a href=\"#{html.esc(item.label)}\">{html.esc(item.label)}</a></td>"
+                       f"<td>{_status(item)}</td><td>{html.esc(item.site.get('site', 'n/a'))}</td>"
+                       f"<td class=\"num\">{agreement}</td><td class=\"num\">{len(section.warnings)}</td></tr>")
+    overview = ("<table><tr><th>image</th><th>status</th><th>site</th><th>template agreement</th>"
+                f"<th>warnings</th></tr>{''.join(summary)}</table>")
+    all_sections = [("summary", "Summary", overview), *sections]
+    if methods:
+        all_sections.append(("methods", "Methods", html.pre(methods)))
+    text = html.page(f"bids_harmonize: sub-{subject}", f"{len(items)} image(s); output folder {out_dir}", all_sections)
+    return atomic_write_text(Path(out_dir) / f"sub-{subject}.html", text)
+
