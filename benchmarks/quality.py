@@ -188,6 +188,7 @@ class MurdRun:
     iterations: int | None = None  # None: the recipe's
     snapshot_minutes: Sequence[float] = ()
     seconds: float = 0.0  # training time, snapshot scoring excluded
+    load: float = 0.0  # 5-minute load average when training ended
     snapshots: list[dict[str, float]] = field(default_factory=list)
 
     def label(self) -> str:
@@ -229,6 +230,7 @@ def murd_factory(run: MurdRun, work_dir: Path, test: Sequence[Scan] = ()) -> Har
         bundle_dir = train(volumes, [sites.index(s.site) for s in train_scans], sites, config, options,
                            work_dir / "murd", work_dir=work_dir / "murd_training", progress=False, on_step=snapshot)
         run.seconds = time.perf_counter() - started - sum(s["scoring_s"] for s in run.snapshots)
+        run.load = os.getloadavg()[1]
         return harmonizer(load_bundle(bundle_dir))
 
     return build
@@ -352,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         f"train/test = first/second half of each site's subjects; target site {args.target_site}.  \n"
         f"Time: simulation {simulated:.0f} s, total {total:.0f} s. Metrics: docs/qc.md.  \n"
         + (f"MURD: recipe {run.recipe!r}{f', {run.iterations} iterations' if run.iterations else ''}, trained in "
-           f"{run.seconds / 60:.1f} min on {_device()}." if factories else "MURD: not run.")
+           f"{run.seconds / 60:.1f} min on {_device()}, 5-minute load average {run.load:.1f} when it ended."
+           if factories else "MURD: not run.")
     )
     print(f"{header}\n\n{table}")
     save_results(scores, table, "quality_quick" if args.quick else "quality", header)
