@@ -34,7 +34,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bids_harmonize.cli.run import main as cli
-from bids_harmonize.qc import baseline_harmonizers, between_site_wasserstein, similarity, site_classifier_accuracy
+from bids_harmonize.qc import between_site_wasserstein, similarity, site_classifier_accuracy
+from bids_harmonize.qc.baselines import baseline_harmonizers
 from bids_harmonize.simulate import SimulatedDataset, add_rician_noise, noise_sigma
 from bids_harmonize.simulate.dataset import RESCAN_STREAM
 from quality import CONTRAST, SEED, _device, _machine, format_table, save_results, simulated_phantom

@@ -40,13 +40,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bids_harmonize.qc import (
-    Harmonizer,
     anatomy_preservation,
-    baseline_harmonizers,
     between_site_wasserstein,
     similarity,
     site_classifier_accuracy,
 )
+from bids_harmonize.qc.baselines import Harmonizer, baseline_harmonizers
 from bids_harmonize.simulate import SimulatedDataset, simulate_dataset
 from bids_harmonize.simulate.dataset import GROUND_TRUTH_DIR, RESCAN_STREAM, SCAN_STREAM
 from bids_harmonize.simulate.sites import choose_sites

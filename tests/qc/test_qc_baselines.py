@@ -5,7 +5,8 @@ import nibabel as nb
 import numpy as np
 import pytest
 
-from bids_harmonize.qc import baseline_harmonizers, between_site_wasserstein
+from bids_harmonize.qc import between_site_wasserstein
+from bids_harmonize.qc.baselines import baseline_harmonizers
 from bids_harmonize.qc.baselines import fit_nyul, match_histogram, nyul, whitestripe, zscore
 from bids_harmonize.simulate import add_rician_noise, noise_sigma, simulate_dataset
 

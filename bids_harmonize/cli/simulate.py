@@ -2,6 +2,7 @@
 
 The product (participant/group levels, the container image) does not need the simulator's
 dependencies; without them this says how to install them instead of an ImportError traceback.
+It lives outside bids_harmonize.simulate because importing that package already needs them.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-EXTRA_MODULES = ("nilearn", "matplotlib")
+EXTRA_MODULES = ("nilearn",)
 
 
 def main(argv: list[str] | None = None) -> int:
