@@ -143,7 +143,7 @@ class _ImageSection:
         if bundle:
             rows += [("model bundle", bundle.get("Path", "")), ("bundle SHA-256", bundle.get("SHA256", ""))]
         rows += [(k, sidecar.get(k, "n/a")) for k in ("CommandLine", "StartTime", "EndTime")]
-        versions = sidecar.get("SoftwareVersions") or {}
+        versions = sidecar.get("PackageVersions") or {}
         rows.append(("software", ", ".join(f"{k} {v}" for k, v in versions.items()) or "n/a"))
         return html.key_values(rows)
 

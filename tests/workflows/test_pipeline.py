@@ -11,6 +11,7 @@ import nibabel as nb
 import numpy as np
 import pytest
 
+import bids_harmonize
 from bids_harmonize.cli.run import main
 from helpers import bids_validator_errors
 
@@ -167,7 +168,8 @@ def test_every_participant_has_a_report_holding_each_section(flow):
         text = visible_text(html_text)
         for section in ("Site", "provenance inferred", "Registration and brain mask", "template agreement",
                         "Before / after", "share one grey window", "Intensity distributions in the brain",
-                        "(training)", "Warnings", "Provenance", bundle_sha, "Methods", "harmonized"):
+                        "(training)", "Warnings", "Provenance", bundle_sha, "Methods", "harmonized",
+                        f"bids_harmonize {bids_harmonize.__version__}"):  # the package versions of the sidecar
             assert section in text, (subject, section)
         # registration mosaic, before/after mosaic, distributions: embedded, nothing fetched
         assert html_text.count('src="data:image/png;base64,') == 3
