@@ -1,3 +1,3 @@
-from bids_harmonize.simulate.entry import main
+from bids_harmonize.simulate.cli import main
 
 raise SystemExit(main())

@@ -2,6 +2,7 @@
 
 The product (participant/group levels, the container image) does not need the simulator's
 dependencies; without them this says how to install them instead of an ImportError traceback.
+It lives outside bids_harmonize.simulate, whose package import already needs nilearn.
 """
 
 from __future__ import annotations
