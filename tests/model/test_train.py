@@ -18,6 +18,7 @@ from toy_data import anatomy, site_a, site_b, tissue_labels, tissue_means, two_s
 from bids_harmonize.model import TrainConfig, Trainer, load_bundle, train
 from bids_harmonize.model.bundle import CARD_NAME, WEIGHTS_NAME
 from bids_harmonize.model.data import SliceSampler, stack_volumes
+from bids_harmonize.model.recipes import RECIPES
 from bids_harmonize.model.train import CHECKPOINT_NAME, LOG_NAME, lr_factor
 
 SITES = ["siteA", "siteB"]
@@ -31,14 +32,18 @@ def read_log(bundle_dir: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_training_learns_to_translate_between_the_toy_sites(tmp_path, tiny_config):
+    """The CPU recipe's optimisation on the toy sites (whole 32 px slices: the toy volumes are
+    smaller than its crops). The style-aware layout starts at the identity, so the cycle error
+    starts near 0 and must stay small while the translation moves toward site B."""
     volumes, labels = two_site_volumes(per_site=4, seed=0)
-    config = TrainConfig(iterations=200, batch_size=4, lr=5e-4, log_every=50, checkpoint_every=200, style_slices_per_site=64)
+    config = RECIPES["cpu"].train_config(
+        iterations=200, batch_size=4, log_every=50, checkpoint_every=200, style_slices_per_site=64, crop_size=None
+    )
     bundle = load_bundle(train(volumes, labels, SITES, tiny_config, config, tmp_path, progress=False))
     log = read_log(tmp_path)
-    assert log[-1]["g_cycle"] < 0.6 * log[0]["g_cycle"]
-    assert log[-1]["g_identity"] < 0.6 * log[0]["g_identity"]
+    assert log[-1]["g_cycle"] < 0.05 and log[-1]["g_identity"] == 0.0
     # An unseen site-A head translated to site B: its tissue intensities should move toward
-    # those of a site-B head (training seeds 0-6 gave ratios of 0.47-0.67).
+    # those of a site-B head (measured: mean tissue-intensity distance 0.325 -> 0.120).
     rng = np.random.default_rng(123)
     tissue_a, tissue_b = anatomy(rng), anatomy(rng)
     image_a, labels_a = site_a(tissue_a), tissue_labels(tissue_a)
@@ -48,6 +53,7 @@ def test_training_learns_to_translate_between_the_toy_sites(tmp_path, tiny_confi
         return float(np.abs(tissue_means(image, labels_a) - target).mean())
 
     translated = bundle.harmonize(image_a, target_site="siteB", source_site="siteA")
+    print(f"distance to site B: {distance_to_site_b(image_a):.3f} -> {distance_to_site_b(translated):.3f}")
     assert distance_to_site_b(translated) < 0.8 * distance_to_site_b(image_a)
 
 

@@ -4,18 +4,12 @@ from pathlib import Path
 
 from bids_harmonize.bids import derivatives
 from bids_harmonize.bids.records import ImageRecord
-from bids_harmonize.workflows.outputs import OUTPUTS, _Writer
+from bids_harmonize.workflows.outputs import OUTPUTS, _Writer, output_path
 
 
 def names(relpath: str, suffix: str) -> set[str]:
     record = ImageRecord(Path("/raw") / relpath, relpath, "01", "1", suffix)
-    writer = _Writer(Path("/out"), record, derivatives.Provenance(), "MNI152NLin2009cSym", {})
-    writer.resolution = 2
-    return {
-        derivatives.derivative_path(Path("/out"), record, suffix=spec.get("suffix"),
-                                    extension=spec.get("extension", ".nii.gz"), **writer._entities(spec)).name
-        for spec in OUTPUTS.values()
-    }
+    return {output_path(Path("/out"), record, name, "MNI152NLin2009cSym", 2).name for name in OUTPUTS}
 
 
 def test_t1w_and_t2w_of_one_session_never_share_an_output_name():
