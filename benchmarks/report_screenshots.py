@@ -45,7 +45,7 @@ def items_of(out: Path, subject: str) -> list[ImageOutputs]:
     for row in rows:
         record: ImageRecord = record_from_relpath(out, row["path"])
         site = {k: row[k] for k in ("site", "provenance", "evidence")}
-        item = ImageOutputs(record, out, derivative_files(out, record, TEMPLATE), site)
+        item = ImageOutputs(record, out, derivative_files(out, record, template()), site)
         sidecar = item.sidecar("native_preproc")
         if site["site"] == "n/a" and sidecar:
             item.site = {"site": sidecar.get("SourceSite", "n/a"), "provenance": sidecar.get("SourceSiteProvenance", "n/a"),
