@@ -28,7 +28,6 @@ from torch import Tensor
 
 import bids_harmonize
 from bids_harmonize.model.common import resolve_device
-from bids_harmonize.model.curves import compose_lookup
 from bids_harmonize.model.infer import harmonize_volume, random_style, reference_style
 from bids_harmonize.model.networks import MURDConfig, Translator
 from bids_harmonize.utils import atomic_write, atomic_write_json
@@ -339,13 +338,13 @@ class ModelBundle:
         layout has no voxel-wise part, so its table is the identity.
         """
         if source_style is None:
-            grid = np.linspace(-1.0, 1.0, 1025, dtype=np.float32)
-            return grid, grid.copy()
+            ends = np.array([-1.0, 1.0], dtype=np.float32)  # extended beyond its ends by apply_lookup
+            return ends, ends.copy()
         generator = self.translator.generator
         with torch.inference_mode():
             curves = generator.curve(torch.stack([source_style, target_style]).float().to(self.device))
-            inputs, outputs = compose_lookup(curves[0], curves[1])
-        return inputs.cpu().numpy(), outputs.cpu().numpy()
+        # Both curves share their knot positions: the composite's table is the two knot vectors.
+        return curves[0].cpu().numpy(), curves[1].cpu().numpy()
 
     @property
     def device(self) -> torch.device:

@@ -68,19 +68,12 @@ def invert_curve(images: Tensor, values: Tensor) -> Tensor:
     return (knots[index] + fraction * (2.0 / num_steps)).reshape(images.shape)
 
 
-def compose_lookup(source: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    """The composite map target(inverse(source)(x)) as a lookup table (inputs, outputs).
-
-    Both curves have their knots at the same canonical positions, so the composite is exactly
-    piecewise linear with knots at the source curve's values, mapped to the target curve's
-    values: the table is the pair of knot vectors (curves of shape (K + 1,)). It carries the
-    voxel-wise change to any grid, e.g. the native scan (`apply_lookup`).
-    """
-    return source.float(), target.float()
-
-
 def apply_lookup(values: np.ndarray, inputs: np.ndarray, outputs: np.ndarray) -> np.ndarray:
     """np.interp through a lookup table, with its end segments extended (no clipping).
+
+    The composite map target(inverse(source)(x)) is exactly such a table: both curves have their
+    knots at the same canonical positions, so it is piecewise linear with knots at the source
+    curve's values (inputs) mapped to the target curve's values (outputs).
 
     Used to carry the model's voxel-wise change to another grid: values beyond the model range
     (bright vessels above the scaling's high percentile, say) keep their distance from the end.
