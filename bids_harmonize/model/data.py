@@ -1,7 +1,9 @@
-"""Training data: volumes in one tensor, and a sampler that draws 2.5D batches by tensor indexing.
+"""Training data: a set of volumes, and a sampler that draws site-balanced 2.5D batches from it.
 
-The sampler never loops over samples in Python and writes no image files: a batch is one gather
-from the stacked volumes, so a GPU is not starved by the data path.
+A volume set is either every volume in one tensor (`TensorVolumes`: small studies, tests, and
+on a GPU whenever the volumes fit there; a batch is then one gather) or some rows of an on-disk
+store (store.StoredVolumes: consortium-scale group training, one read per sample). The sampler
+draws the same indices from either, so both give the same batches.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
+from typing import Protocol
 
 import nibabel as nib
 import numpy as np
@@ -70,10 +73,15 @@ def stack_volumes(sources: Sequence[VolumeSource], slice_axis: int = 2) -> tuple
                 f"volume's {tuple(stacked.shape[1:])}; training volumes must share one template grid"
             )
         stacked[index] = torch.from_numpy(np.clip(volume, -1.0, 1.0))
-        digest = hashlib.sha256(str(tuple(volume.shape)).encode())
-        digest.update(stacked[index].numpy().tobytes())
-        hashes.append(digest.hexdigest())
+        hashes.append(volume_digest(stacked[index].numpy()))
     return stacked, hashes
+
+
+def volume_digest(values: np.ndarray) -> str:
+    """SHA-256 of a float16 volume's shape and values: what the model trains on."""
+    digest = hashlib.sha256(str(tuple(values.shape)).encode())
+    digest.update(np.ascontiguousarray(values, "<f2").tobytes())
+    return digest.hexdigest()
 
 
 def data_fingerprint(volume_hashes: Sequence[str], site_labels: Sequence[int], site_names: Sequence[str]) -> str:
@@ -92,6 +100,32 @@ def seeded_generator(seed: int, rank: int, device: torch.device) -> torch.Genera
     return torch.Generator(device=device).manual_seed(int(state))
 
 
+class VolumeSet(Protocol):
+    """What the sampler reads: V volumes of one grid, slices first."""
+
+    shape: tuple[int, ...]  # (V, D, H, W)
+
+    def foreground(self) -> Tensor:
+        """(V, D) fraction of foreground voxels of every slice."""
+
+    def gather(self, volume_index: Tensor, centres: Tensor, in_channels: int) -> Tensor:
+        """(B, in_channels, H, W) float16 2.5D stacks around the given centre slices."""
+
+
+class TensorVolumes:
+    """Volumes stacked in one float16 tensor (V, D, H, W), in RAM or on the training device."""
+
+    def __init__(self, volumes: Tensor) -> None:
+        self.volumes, self.shape = volumes, tuple(volumes.shape)
+
+    def foreground(self) -> Tensor:
+        return torch.stack([foreground_fraction(volume.float()) for volume in self.volumes]).cpu()
+
+    def gather(self, volume_index: Tensor, centres: Tensor, in_channels: int) -> Tensor:
+        where = self.volumes.device
+        return gather_stacks(self.volumes, volume_index.to(where), centres.to(where), in_channels)
+
+
 class SliceSampler:
     """Random 2.5D training batches from stacked volumes.
 
@@ -106,7 +140,7 @@ class SliceSampler:
 
     def __init__(
         self,
-        volumes: Tensor,
+        volumes: Tensor | VolumeSet,
         site_labels: Sequence[int],
         config: MURDConfig,
         *,
@@ -135,7 +169,7 @@ class SliceSampler:
 
     def _index_slices(self, min_foreground: float) -> None:
         """List the usable (volume, centre) pairs grouped by site, and where each site starts."""
-        usable = torch.stack([foreground_fraction(volume.float()) >= min_foreground for volume in self.volumes])
+        usable = self.volumes.foreground() >= min_foreground
         volume_index, centre = (index.to(self.device) for index in usable.nonzero(as_tuple=True))
         order = torch.argsort(self.site_labels[volume_index], stable=True)
         self.slice_volume, self.slice_centre = volume_index[order], centre[order]
@@ -156,8 +190,7 @@ class SliceSampler:
 
     def stacks(self, volume_index: Tensor, centre: Tensor) -> Tensor:
         """The model inputs (B, C, S, S) float32 on the training device for the given pairs."""
-        where = self.volumes.device
-        stacks = gather_stacks(self.volumes, volume_index.to(where), centre.to(where), self.config.in_channels)
+        stacks = self.volumes.gather(volume_index, centre, self.config.in_channels)
         return fit_in_plane(stacks.to(self.device, torch.float32), self.config.image_size, fill=BACKGROUND)
 
     def site_positions(self, site: int) -> tuple[Tensor, Tensor]:
@@ -213,10 +246,11 @@ class SliceSampler:
         self.generator.set_state(state["generator"])
 
 
-def _place_volumes(volumes: Tensor, device: torch.device) -> Tensor:
-    """On the GPU when they fit comfortably (gathers then never leave the device), else in RAM."""
+def _place_volumes(volumes: Tensor | VolumeSet, device: torch.device) -> VolumeSet:
+    """On the GPU when they fit comfortably (gathers then never leave the device), else where
+    they are (RAM, or the on-disk store)."""
     if device.type == "cuda":
         free_bytes, _ = torch.cuda.mem_get_info(device)
-        if volumes.numel() * volumes.element_size() <= DEVICE_MEMORY_SHARE * free_bytes:
-            return volumes.to(device)
-    return volumes
+        if np.prod(volumes.shape) * 2 <= DEVICE_MEMORY_SHARE * free_bytes:
+            return TensorVolumes(volumes.to(device))
+    return TensorVolumes(volumes) if isinstance(volumes, Tensor) else volumes

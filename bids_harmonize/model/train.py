@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -17,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -26,7 +24,9 @@ from tqdm import tqdm
 
 from bids_harmonize.model.bundle import save_bundle
 from bids_harmonize.model.common import autocast_for, dataclass_from_dict, resolve_device
-from bids_harmonize.model.data import SliceSampler, VolumeSource, data_fingerprint, stack_volumes
+from bids_harmonize.model.checkpoint import CHECKPOINT_NAME, global_rng_state, load_if_resumable, set_global_rng_state
+from bids_harmonize.model.data import SliceSampler, VolumeSet, VolumeSource, data_fingerprint, stack_volumes
+from bids_harmonize.model.distributed import DistributedContext, init_distributed
 from bids_harmonize.model.infer import mean_style
 from bids_harmonize.model.losses import (
     LossWeights,
@@ -45,10 +45,9 @@ from bids_harmonize.model.networks import (
     build_translator,
 )
 from bids_harmonize.model.slices import MIN_FOREGROUND
+from bids_harmonize.model.training_log import LOG_NAME, LossWindow, TrainingLog
 from bids_harmonize.utils import atomic_write
 
-CHECKPOINT_NAME = "checkpoint.pt"
-LOG_NAME = "train_log.jsonl"
 # Loss terms shown in the progress bar (all terms go to the log).
 PROGRESS_TERMS = ("d_real", "d_fake", "g_adversarial", "g_cycle", "g_identity", "g_style")
 
@@ -108,36 +107,6 @@ def lr_factor(step: int, *, iterations: int, decay_start: int) -> float:
     if step < decay_start:
         return 1.0
     return max(0.0, (iterations - step) / max(1, iterations - decay_start))
-
-
-@dataclass(frozen=True)
-class DistributedContext:
-    """Where this process stands in a torchrun job (rank 0 of 1 when run alone)."""
-
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: torch.device) -> tuple[DistributedContext, torch.device, bool]:
-    """Join the torchrun job described by WORLD_SIZE/RANK/LOCAL_RANK, if any.
-
-    Returns the context, this process's device (cuda:LOCAL_RANK under torchrun on GPUs) and
-    whether this call created the process group (and so should destroy it).
-    """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return DistributedContext(), device, False
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    created = not dist.is_initialized()
-    if created:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistributedContext(dist.get_rank(), dist.get_world_size()), device, created
 
 
 class GeneratorStep(nn.Module):
@@ -268,7 +237,7 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything an exact resume needs; rank-local random states are gathered from all ranks."""
-        local = {"sampler": self.sampler.state_dict(), "rng": _global_rng_state()}
+        local = {"sampler": self.sampler.state_dict(), "rng": global_rng_state()}
         per_rank = [local]
         if self.context.world_size > 1:
             per_rank = [None] * self.context.world_size
@@ -287,13 +256,6 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["model_config"] != self.config.to_dict() or state["train_config"] != self.train_config.to_dict():
-            raise ValueError("it was written with another model or training configuration")
-        if len(state["per_rank"]) != self.context.world_size:
-            raise ValueError(
-                f"it was written by {len(state['per_rank'])} processes and this run has "
-                f"{self.context.world_size}; an exact resume needs the same number"
-            )
         self.step = state["step"]
         self.translator.load_state_dict(state["translator"])
         self.ema.load_state_dict(state["ema"])
@@ -304,100 +266,31 @@ class Trainer:
             scheduler.load_state_dict(scheduler_state)
         local = state["per_rank"][self.context.rank]
         self.sampler.load_state_dict(local["sampler"])
-        _set_global_rng_state(local["rng"])
+        set_global_rng_state(local["rng"])
+
+    def run_facts(self, data_hash: str) -> dict[str, Any]:
+        """What a checkpoint must match to be continued by this run (see checkpoint.py)."""
+        return {"data_hash": data_hash, "n_volumes": self.sampler.volumes.shape[0],
+                "model_config": self.config.to_dict(), "train_config": self.train_config.to_dict(),
+                "world_size": self.context.world_size}
 
     def save_checkpoint(self, path: Path, data_hash: str) -> None:
         """Write atomically (temp file, then rename) so a crash never leaves half a checkpoint."""
         state = self.state_dict()  # collective under DDP: every rank must call this
         if self.context.is_main:
-            state["data_hash"] = data_hash
+            state.update(data_hash=data_hash, n_volumes=self.sampler.volumes.shape[0])
             atomic_write(path, lambda tmp: torch.save(state, tmp))
 
-    def load_checkpoint(self, path: Path, data_hash: str) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        try:
-            if state.get("data_hash") != data_hash:
-                raise ValueError("it was written for other training data")
+    def resume_if_possible(self, path: Path, data_hash: str) -> None:
+        """Continue from the checkpoint at `path` when it was written for this data and these
+        settings; otherwise start afresh and say why (checkpoint.load_if_resumable)."""
+        state = load_if_resumable(path, self.run_facts(data_hash), self.context.is_main, self.context.world_size)
+        if state is not None:
             self.load_state_dict(state)
-        except ValueError as error:
-            raise ValueError(
-                f"cannot resume from {path}: {error}; rerun with the original settings, or start over "
-                "with resume=False or another work_dir"
-            ) from error
 
 
 def _prefixed(prefix: str, terms: dict[str, Tensor]) -> dict[str, Tensor]:
     return {prefix + name: value.detach().float() for name, value in terms.items()}
-
-
-def _global_rng_state() -> dict[str, Any]:
-    """Global torch (CPU and CUDA) and numpy RNG states, in types torch.load(weights_only) accepts."""
-    numpy_state = np.random.get_state(legacy=False)
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy_key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-        "numpy_pos": numpy_state["state"]["pos"],
-        "numpy_has_gauss": numpy_state["has_gauss"],
-        "numpy_gauss": numpy_state["gauss"],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_global_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(
-        {
-            "bit_generator": "MT19937",
-            "state": {"key": state["numpy_key"].numpy().astype(np.uint32), "pos": state["numpy_pos"]},
-            "has_gauss": state["numpy_has_gauss"],
-            "gauss": state["numpy_gauss"],
-        }
-    )
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class LossWindow:
-    """Sums loss terms on the device between log points, so logging syncs once per window."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, Tensor] = {}
-        self.count = 0
-
-    def add(self, terms: dict[str, Tensor]) -> None:
-        for name, value in terms.items():
-            self.sums[name] = self.sums[name] + value if name in self.sums else value
-        self.count += 1
-
-    def flush(self, context: DistributedContext) -> dict[str, float]:
-        """Window means, averaged over all ranks; then start a new window."""
-        names = sorted(self.sums)
-        means = torch.stack([self.sums[name] for name in names]) / self.count
-        if context.world_size > 1:
-            dist.all_reduce(means)
-            means /= context.world_size
-        self.sums, self.count = {}, 0
-        return dict(zip(names, means.tolist()))
-
-
-class TrainingLog:
-    """JSON lines, one per log window. On resume, lines past the checkpoint are dropped, since
-    those steps are trained again."""
-
-    def __init__(self, path: Path, resume_step: int) -> None:
-        self.path = path
-        kept = []
-        if resume_step > 0 and path.exists():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
-        path.write_text("".join(line + "\n" for line in kept))
-        self.last: dict[str, Any] = json.loads(kept[-1]) if kept else {}
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.last = record
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
 
 
 def compute_site_styles(translator: Translator, sampler: SliceSampler, slices_per_site: int, batch_size: int) -> Tensor:
@@ -416,7 +309,7 @@ def compute_site_styles(translator: Translator, sampler: SliceSampler, slices_pe
 
 
 def train(
-    volumes: Sequence[VolumeSource],
+    volumes: Sequence[VolumeSource] | VolumeSet,
     site_labels: Sequence[int],
     site_names: Sequence[str],
     config: MURDConfig,
@@ -451,10 +344,10 @@ def train(
         out_dir = Path(out_dir)
         work_dir = Path(work_dir) if work_dir is not None else out_dir / "training"
         work_dir.mkdir(parents=True, exist_ok=True)
-        stacked, volume_hashes = stack_volumes(volumes, slice_axis)
+        training_set, volume_hashes = _volume_set(volumes, slice_axis)
         data_hash = data_hash or data_fingerprint(volume_hashes, site_labels, site_names)
         sampler = SliceSampler(
-            stacked,
+            training_set,
             site_labels,
             config,
             batch_size=train_config.batch_size,
@@ -469,7 +362,7 @@ def train(
         trainer = Trainer(config, train_config, sampler, device, context)
         checkpoint = work_dir / CHECKPOINT_NAME
         if resume and checkpoint.exists():
-            trainer.load_checkpoint(checkpoint, data_hash)
+            trainer.resume_if_possible(checkpoint, data_hash)
         metrics = run_training(trainer, checkpoint, work_dir / LOG_NAME, data_hash, progress, on_step)
         if context.is_main:
             styles = compute_site_styles(
@@ -492,6 +385,14 @@ def train(
         if created_group:
             dist.destroy_process_group()
     return out_dir
+
+
+def _volume_set(volumes: Sequence[VolumeSource] | VolumeSet, slice_axis: int) -> tuple[Any, list[str]]:
+    """The sampler's volumes and the SHA-256 of each: a store's rows as they are, arrays or
+    NIfTI paths stacked in RAM."""
+    if hasattr(volumes, "gather"):
+        return volumes, list(volumes.hashes)
+    return stack_volumes(volumes, slice_axis)
 
 
 def _check_sites(site_labels: Sequence[int], site_names: Sequence[str], config: MURDConfig) -> None:

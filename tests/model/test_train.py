@@ -89,15 +89,27 @@ def test_interrupted_training_resumes_on_the_uninterrupted_trajectory(tmp_path, 
     assert cards[0]["sites"] == cards[1]["sites"]
 
 
-def test_resuming_with_another_configuration_is_refused(tmp_path, toy_data, tiny_config, quick_train_config):
+def test_changed_settings_or_data_start_afresh_and_say_why(tmp_path, toy_data, tiny_config, quick_train_config, caplog):
+    volumes, labels = toy_data
+    train(volumes, labels, SITES, tiny_config, quick_train_config, tmp_path / "run", progress=False)
+    changed = TrainConfig.from_dict({**quick_train_config.to_dict(), "lr": 3e-4})
+    afresh = train(volumes, labels, SITES, tiny_config, changed, tmp_path / "run", progress=False)
+    assert "training setting lr: 0.0001 -> 0.0003" in caplog.text and "Starting training afresh" in caplog.text
+    assert (afresh / "training" / "checkpoint.previous.pt").is_file()
+    fresh = train(volumes, labels, SITES, tiny_config, changed, tmp_path / "fresh", progress=False)
+    assert (afresh / WEIGHTS_NAME).read_bytes() == (fresh / WEIGHTS_NAME).read_bytes()
+
+    caplog.clear()
+    train(volumes[:-1], labels[:-1], SITES, tiny_config, changed, tmp_path / "run", progress=False)
+    assert f"other training data ({len(volumes)} volumes then, {len(volumes) - 1} now)" in caplog.text
+
+
+def test_an_unchanged_run_resumes_and_says_so(tmp_path, toy_data, tiny_config, quick_train_config, caplog):
     volumes, labels = toy_data
     train(volumes, labels, SITES, tiny_config, quick_train_config, tmp_path, progress=False)
-    changed = TrainConfig.from_dict({**quick_train_config.to_dict(), "lr": 3e-4})
-    with pytest.raises(ValueError, match="configuration"):
-        train(volumes, labels, SITES, tiny_config, changed, tmp_path, progress=False)
-    with pytest.raises(ValueError, match="other training data"):
-        train(volumes[::-1], labels, SITES, tiny_config, quick_train_config, tmp_path, progress=False)
-    train(volumes, labels, SITES, tiny_config, changed, tmp_path, resume=False, progress=False)
+    train(volumes, labels, SITES, tiny_config, quick_train_config, tmp_path, progress=False)
+    iterations = quick_train_config.iterations
+    assert f"resuming training at step {iterations} of {iterations}" in caplog.text
 
 
 def test_learning_rate_is_constant_then_decays_linearly_to_zero():
