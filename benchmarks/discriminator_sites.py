@@ -29,7 +29,7 @@ from bids_harmonize.model.data import SliceSampler, stack_volumes
 from bids_harmonize.model.networks import build_discriminator
 from bids_harmonize.preproc.operations import robust_scale
 from bids_harmonize.qc import site_features
-from bids_harmonize.workflows.run import model_image_size
+from bids_harmonize.workflows.training import model_image_size
 from quality import RESULTS, _machine, load_scans, simulated_phantom, split_train_test
 
 LAYOUTS = {"paper (instance norm)": "paper-tiny", "modulated (histogram + texture)": "cpu"}

@@ -204,7 +204,7 @@ def murd_factory(run: MurdRun, work_dir: Path, test: Sequence[Scan] = ()) -> Har
         from bids_harmonize.model import load_bundle, preset_config, train
         from bids_harmonize.model.recipes import RECIPES
         from bids_harmonize.preproc.operations import median_scale, robust_scale
-        from bids_harmonize.workflows.run import model_image_size
+        from bids_harmonize.workflows.training import model_image_size
 
         recipe = RECIPES[run.recipe]
         sites = sorted({scan.site for scan in train_scans})

@@ -65,6 +65,7 @@ class TrainingOptions:
     preset: str | None = None
     iterations: int | None = None
     batch_size: int | None = None
+    processes: int = 1  # DistributedDataParallel processes under torchrun (one per GPU)
 
 
 @dataclass
@@ -132,7 +133,8 @@ class RunConfig:
             template_resolution=opts.template_resolution,
             export_bids=opts.export_bids.resolve() if opts.export_bids else None,
             training=TrainingOptions(
-                recipe=opts.recipe, preset=opts.preset, iterations=opts.iterations, batch_size=opts.batch_size
+                recipe=opts.recipe, preset=opts.preset, iterations=opts.iterations, batch_size=opts.batch_size,
+                processes=opts.train_processes,
             ),
             device=opts.device,
             nprocs=opts.nprocs,

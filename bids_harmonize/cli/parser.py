@@ -122,7 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--preset", choices=NETWORK_PRESETS, help="network layout and size (default: the recipe's)")
     train.add_argument("--iterations", type=_positive_int, help="training iterations (default: the recipe's)")
-    train.add_argument("--batch-size", type=_positive_int, help="slices per step (default: the recipe's)")
+    train.add_argument("--batch-size", type=_positive_int, help="slices per step and process (default: the recipe's)")
+    train.add_argument(
+        "--train-processes", type=_positive_int, default=1, metavar="N",
+        help="train with N DistributedDataParallel processes under torchrun: one per GPU (N GPUs), or N CPU "
+        "processes with gloo; the batch size is per process",
+    )
 
     run = parser.add_argument_group("execution")
     run.add_argument("-w", "--work-dir", type=Path, help="intermediate files and caches (default: OUT/.work)")
@@ -170,6 +175,7 @@ def validate(opts: argparse.Namespace) -> argparse.Namespace:
         except PluginFileError as err:
             raise CLIError(str(err)) from err
     _check_export(opts, bids_dir, output_dir)
+    _check_training(opts)
     ensure_writable(output_dir, "output_dir")
     ensure_writable((opts.work_dir or output_dir / ".work").resolve(), "-w/--work-dir")
     if opts.nprocs < 0 or opts.omp_nthreads < 0:
@@ -195,6 +201,17 @@ def _target_style(style: str) -> str:
     if not reference.name.endswith((".nii", ".nii.gz")):
         raise CLIError(f"--target-style reference image {reference} is not a NIfTI file (.nii or .nii.gz).")
     return f"reference:{reference.resolve()}"
+
+
+def _check_training(opts: argparse.Namespace) -> None:
+    """Training options only act where the group level trains: refuse them elsewhere."""
+    given = [flag for flag, value, default in (
+        ("--recipe", opts.recipe, "auto"), ("--preset", opts.preset, None), ("--iterations", opts.iterations, None),
+        ("--batch-size", opts.batch_size, None), ("--train-processes", opts.train_processes, 1),
+    ) if value != default]
+    if given and (opts.analysis_level != "group" or opts.sites_only):
+        raise CLIError(f"{', '.join(given)} set(s) how the group level trains MURD; this run trains nothing. "
+                       "Fix: drop it, or pass it to `bids_harmonize BIDS OUT group`.")
 
 
 def _check_export(opts: argparse.Namespace, bids_dir: Path, output_dir: Path) -> None:

@@ -139,6 +139,7 @@ def _known_failures() -> tuple[tuple[type[BaseException], ExitCode], ...]:
     """Failures with a message that names the fix: no traceback, just the exit code."""
     from bids_harmonize.model import BundleError, UnknownSiteError
     from bids_harmonize.model.common import DeviceUnavailable
+    from bids_harmonize.model.launch import TrainingFailed
     from bids_harmonize.templates import TemplateNotAvailable
 
     return _EXIT_CODES + (
@@ -146,6 +147,7 @@ def _known_failures() -> tuple[tuple[type[BaseException], ExitCode], ...]:
         (BundleError, ExitCode.INPUT_MISSING),
         (TemplateNotAvailable, ExitCode.INPUT_MISSING),
         (DeviceUnavailable, ExitCode.FAILURE),
+        (TrainingFailed, ExitCode.FAILURE),
     )
 
 

@@ -59,12 +59,19 @@ def histogram(values: NDArray, value_range: tuple[float, float], bins: int = HIS
     return {"edges": [float(e) for e in edges], "density": [float(d) for d in np.nan_to_num(density)]}
 
 
-def training_histogram(volumes: list[NDArray], mask: NDArray[np.bool_]) -> dict[str, Any]:
+def brain_counts(volume: NDArray, mask: NDArray[np.bool_]) -> NDArray[np.int64]:
+    """Histogram counts of one model-range volume's brain voxels (the group level stores them
+    with each training volume, so a site's histogram needs no second pass over its images)."""
+    return np.histogram(np.asarray(volume)[np.asarray(mask, bool)], bins=HISTOGRAM_BINS, range=MODEL_RANGE)[0]
+
+
+def training_histogram(counts: list[NDArray]) -> dict[str, Any]:
     """The brain intensity distribution of a site's training volumes, in the model range
-    [-1, 1] (what the group level stores in the model card, per site)."""
-    mask = np.asarray(mask, bool)
-    pooled = np.concatenate([np.asarray(v)[mask] for v in volumes])
-    return {"space": "model range [-1, 1]", **histogram(pooled, MODEL_RANGE)}
+    [-1, 1], from their `brain_counts` (what the group level stores in the model card, per site)."""
+    total = np.sum(counts, axis=0).astype(np.float64)
+    edges = np.linspace(*MODEL_RANGE, HISTOGRAM_BINS + 1)
+    density = total / max(total.sum(), 1.0) / np.diff(edges)
+    return {"space": "model range [-1, 1]", "edges": edges.tolist(), "density": density.tolist()}
 
 
 def to_scanner_units(hist: dict[str, Any], scale: dict[str, float]) -> dict[str, list[float]]:

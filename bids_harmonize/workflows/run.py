@@ -8,21 +8,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import nibabel as nb
-import numpy as np
 
 from bids_harmonize.bids import derivatives
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.config import MULTIPROC_DEFAULTS, RunConfig, read_plugin_file
 from bids_harmonize.model.bundle import BundleError
-from bids_harmonize.preproc.operations import intensity_convention, median_scale, robust_scale
-from bids_harmonize.reports.metrics import training_histogram
-from bids_harmonize.sites import UNKNOWN_SITE, SiteAssignment
+from bids_harmonize.sites import SiteAssignment
 from bids_harmonize.sites.overrides import read_tsv
 from bids_harmonize.templates import get_template
 from bids_harmonize.workflows.bundles import (
@@ -34,6 +29,7 @@ from bids_harmonize.workflows.bundles import (
     harmonization_plans,
 )
 from bids_harmonize.workflows.participant import HarmonizationPlan, TemplateFiles, init_participant_wf
+from bids_harmonize.workflows.training import train_contrast
 
 __all__ = ["default_target", "run_group", "run_participant"]
 
@@ -166,7 +162,12 @@ def run_group(config: RunConfig, images: list[ImageRecord], site_inventory: Site
             name="group_preproc_wf",
         )
         execute(workflow, config)
-    trained = [train_contrast(config, contrast, assignments, template, device) for contrast in config.contrasts]
+    threads = omp_threads(config)
+    trained = [
+        train_contrast(config, contrast, assignments, template, lambda image: template_preproc_path(config, template, image),
+                       device, threads)
+        for contrast in config.contrasts
+    ]
     print("\n".join(line for line in trained if line))
     print("Report: " + ", ".join(str(p) for p in write_reports(config, template)))
     return 0
@@ -204,73 +205,3 @@ def template_preproc_path(config: RunConfig, template: TemplateFiles, image: Ima
     return derivatives.derivative_path(
         config.output_dir, image, space=template.name, resolution=template.resolution, description="preproc"
     )
-
-
-def model_image_size(brain_mask: np.ndarray, margin_voxels: int = 4, multiple: int = 16) -> int:
-    """The smallest square (a multiple of 16, as the encoders downsample) centred on the grid
-    that holds every axial slice of the brain plus a margin. Cropping the template's air
-    around the head makes CPU training ~2x cheaper than padding to the next power of two."""
-    extents = []
-    for axis in (0, 1):
-        index = np.nonzero(brain_mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
-        centre = (brain_mask.shape[axis] - 1) / 2
-        extents.append(2 * max(centre - index.min(), index.max() - centre) + 1 + 2 * margin_voxels)
-    return int(np.ceil(max(extents) / multiple) * multiple)
-
-
-def train_contrast(
-    config: RunConfig, contrast: str, assignments: list[SiteAssignment], template: TemplateFiles, device: str
-) -> str:
-    import torch
-
-    from bids_harmonize.model import preset_config, train
-    from bids_harmonize.model.bundle import record_input_contract
-    from bids_harmonize.model.recipes import RECIPES, recipe_for
-
-    usable = [a for a in assignments if a.image.suffix == contrast and a.site != UNKNOWN_SITE]
-    sites = sorted({a.site for a in usable})
-    if len(sites) < 2:
-        LOGGER.warning("%s: %d site(s) with images; harmonization needs at least 2. Not training.", contrast, len(sites))
-        return ""
-    mask = np.asarray(nb.load(template.mask).dataobj) > 0
-    volumes, labels, scales = [], [], defaultdict(list)  # scales: site -> IntensityScale of each image
-    for a in usable:
-        data = np.asarray(nb.load(template_preproc_path(config, template, a.image)).dataobj, np.float32)
-        scale = robust_scale(data, mask)
-        volumes.append(scale.to_model(data))
-        labels.append(sites.index(a.site))
-        scales[a.site].append(scale)
-    counts = Counter(a.site for a in usable)
-    signatures = {
-        site: {
-            "n_images": counts[site],
-            "intensity_scale": median_scale(scales[site]).as_dict(),
-            "brain_histogram": training_histogram([v for v, a in zip(volumes, usable) if a.site == site], mask),
-            "evidence": next(a.evidence for a in usable if a.site == site),
-        }
-        for site in sites
-    }
-    training = config.training
-    recipe = RECIPES[training.recipe] if training.recipe != "auto" else recipe_for(torch.device(device).type)
-    network = preset_config(training.preset or recipe.preset, len(sites), image_size=model_image_size(mask))
-    iterations = training.iterations or recipe.iterations
-    options = recipe.train_config(
-        iterations=iterations, batch_size=training.batch_size or recipe.batch_size, seed=config.seed,
-        checkpoint_every=max(1, iterations // 10 // 10) * 10, log_every=10,
-    )
-    out = config.output_dir / "models" / contrast
-    work = config.work_dir / "training" / contrast
-    torch.set_num_threads(omp_threads(config))  # containers set OMP_NUM_THREADS=1 for Nipype's workers
-    LOGGER.info("training MURD for %s on %d images of %d sites (preset %s, %d iterations, %s)",
-                contrast, len(volumes), len(sites), network.preset, options.iterations, device)
-    bundle_dir = train(volumes, labels, sites, network, options, out, device=device, work_dir=work,
-                       site_signatures=signatures, progress=config.verbosity > 0)
-    record_input_contract(bundle_dir, {
-        "contrast": contrast, "template": template.name, "resolution": template.resolution,
-        "grid_shape": list(mask.shape), "image_size": network.image_size, "slice_axis": 2,
-        "intensity": intensity_convention(),
-    })
-    log = work / "train_log.jsonl"
-    if log.is_file():
-        derivatives.atomic_copy(log, derivatives.logs_dir(config.output_dir) / f"training-{contrast}-{config.run_id}.jsonl")
-    return f"{contrast}: model bundle for sites {', '.join(sites)} in {bundle_dir}"

@@ -58,6 +58,8 @@ def test_vendor_granularity_and_site_table(multisite_bids, tmp_path):
         ("bids", ["--site-table", "MISSING"], 66, "--site-table"),
         ("bids", ["--device", "tpu"], 64, "not auto, cpu, cuda"),
         ("bids", ["--target-style", "weird"], 64, "random:SEED"),
+        ("bids", ["--train-processes", "2"], 64, "--train-processes set(s) how the group level trains"),
+        ("bids", ["--train-processes", "0"], 64, "--train-processes"),
     ],
 )
 def test_bad_inputs_exit_with_bids_app_codes(tmp_path, multisite_bids, capsys, make_input, extra, code, message):

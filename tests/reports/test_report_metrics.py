@@ -46,7 +46,8 @@ def test_rigid_fallback_is_recognised_from_the_written_transform(tmp_path):
 def test_model_range_histogram_maps_onto_scanner_units_as_a_density():
     image, mask = _phantom()
     model = np.clip(image - 1.0, -1, 1)
-    hist = metrics.training_histogram([model, model], mask)
+    hist = metrics.training_histogram([metrics.brain_counts(model, mask)] * 2)
+    assert hist["density"] == pytest.approx(metrics.histogram(model[mask], metrics.MODEL_RANGE)["density"])
     assert hist["space"].startswith("model range")
     scanner = metrics.to_scanner_units(hist, {"lo": 100.0, "hi": 900.0})
     edges, density = np.asarray(scanner["edges"]), np.asarray(scanner["density"])

@@ -1,0 +1,136 @@
+"""Group-level training of one contrast: template-space images into the volume store, then MURD.
+
+Each preprocessed template-space image is scaled to the model range and written once into the
+contrast's store in the work dir (model/store.py), with its intensity scale and brain histogram
+counts; a later group run appends only the images it has not stored yet. Training then reads
+batches from the store, in this process or in `--train-processes` torchrun processes, and
+continues from the last checkpoint when the same command runs again (model/checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+
+from bids_harmonize.bids import derivatives
+from bids_harmonize.bids.records import ImageRecord
+from bids_harmonize.config import RunConfig
+from bids_harmonize.model.store import VolumeStore
+from bids_harmonize.preproc.operations import IntensityScale, intensity_convention, median_scale, robust_scale
+from bids_harmonize.reports.metrics import brain_counts, training_histogram
+from bids_harmonize.sites import UNKNOWN_SITE, SiteAssignment
+from bids_harmonize.workflows.participant import TemplateFiles
+
+LOGGER = logging.getLogger("bids_harmonize")
+SLICE_AXIS = 2  # axial slices of the template grid
+
+
+def model_image_size(brain_mask: np.ndarray, margin_voxels: int = 4, multiple: int = 16) -> int:
+    """The smallest square (a multiple of 16, as the encoders downsample) centred on the grid
+    that holds every axial slice of the brain plus a margin. Cropping the template's air
+    around the head makes CPU training ~2x cheaper than padding to the next power of two."""
+    extents = []
+    for axis in (0, 1):
+        index = np.nonzero(brain_mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+        centre = (brain_mask.shape[axis] - 1) / 2
+        extents.append(2 * max(centre - index.min(), index.max() - centre) + 1 + 2 * margin_voxels)
+    return int(np.ceil(max(extents) / multiple) * multiple)
+
+
+def store_image(store: VolumeStore, path: Path, key: str, mask: np.ndarray) -> int:
+    """The store row of one template-space image, scaling and appending it if not stored yet
+    (or if the file changed since: the stamp is its size and modification time)."""
+    stat = path.stat()
+    stamp = f"{stat.st_size}-{stat.st_mtime_ns}"
+    row = store.find(key, stamp)
+    if row is None:
+        data = np.asarray(nb.load(path).dataobj, np.float32)
+        scale = robust_scale(data, mask)
+        volume = scale.to_model(data)
+        extra = {"scale": scale.as_dict(), "brain_counts": brain_counts(volume, mask).tolist()}
+        row = store.append(key, stamp, np.moveaxis(volume, SLICE_AXIS, 0), extra)
+    return row
+
+
+def site_signatures(store: VolumeStore, rows: list[int], usable: list[SiteAssignment]) -> dict[str, dict]:
+    """Per site, what the model card keeps: image count, typical scale, brain histogram, evidence."""
+    scales: dict[str, list[IntensityScale]] = defaultdict(list)
+    counts: dict[str, list[np.ndarray]] = defaultdict(list)
+    for row, assignment in zip(rows, usable):
+        extra = store.entries[row].extra
+        scales[assignment.site].append(IntensityScale(**extra["scale"]))
+        counts[assignment.site].append(np.asarray(extra["brain_counts"]))
+    images = Counter(a.site for a in usable)
+    return {
+        site: {
+            "n_images": images[site],
+            "intensity_scale": median_scale(scales[site]).as_dict(),
+            "brain_histogram": training_histogram(counts[site]),
+            "evidence": next(a.evidence for a in usable if a.site == site),
+        }
+        for site in sorted(images)
+    }
+
+
+def train_contrast(
+    config: RunConfig, contrast: str, assignments: list[SiteAssignment], template: TemplateFiles,
+    preproc_path: Callable[[ImageRecord], Path], device: str, threads: int,
+) -> str:
+    """Train the contrast's bundle into OUT/models/<contrast> from each image's template-space
+    preprocessed file (`preproc_path`); returns a line for the user."""
+    import torch
+
+    from bids_harmonize.model import preset_config
+    from bids_harmonize.model.bundle import record_input_contract
+    from bids_harmonize.model.launch import TrainingJob, launch
+    from bids_harmonize.model.recipes import RECIPES, recipe_for
+
+    usable = [a for a in assignments if a.image.suffix == contrast and a.site != UNKNOWN_SITE]
+    sites = sorted({a.site for a in usable})
+    if len(sites) < 2:
+        LOGGER.warning("%s: %d site(s) with images; harmonization needs at least 2. Not training.", contrast, len(sites))
+        return ""
+    mask = np.asarray(nb.load(template.mask).dataobj) > 0
+    work = config.work_dir / "training" / contrast
+    store = VolumeStore.open(work / "store", np.moveaxis(mask, SLICE_AXIS, 0).shape)
+    before = len(store)
+    rows = []
+    for a in usable:
+        path = preproc_path(a.image)
+        rows.append(store_image(store, path, str(path.relative_to(config.output_dir)), mask))
+    LOGGER.info("%s: volume store %s holds %d volumes (%d added now, %.2f GB)", contrast, store.folder,
+                len(store), len(store) - before, store.nbytes / 1e9)
+
+    training = config.training
+    recipe = RECIPES[training.recipe] if training.recipe != "auto" else recipe_for(torch.device(device).type)
+    network = preset_config(training.preset or recipe.preset, len(sites), image_size=model_image_size(mask))
+    iterations = training.iterations or recipe.iterations
+    options = recipe.train_config(
+        iterations=iterations, batch_size=training.batch_size or recipe.batch_size, seed=config.seed,
+        checkpoint_every=max(1, iterations // 10 // 10) * 10, log_every=10,
+    )
+    processes = training.processes
+    out = config.output_dir / "models" / contrast
+    job = TrainingJob(
+        store=str(store.folder), rows=rows, site_labels=[sites.index(a.site) for a in usable], site_names=sites,
+        model_config=network.to_dict(), train_config=options.to_dict(), out_dir=str(out), work_dir=str(work),
+        device=device, threads=max(1, threads // processes),
+        site_signatures=site_signatures(store, rows, usable), progress=config.verbosity > 0,
+    )
+    LOGGER.info("training MURD for %s on %d images of %d sites (preset %s, %d iterations, %d process(es), %s)",
+                contrast, len(rows), len(sites), network.preset, options.iterations, processes, device)
+    bundle_dir = launch(job.write(work / "job.json"), processes)
+    record_input_contract(bundle_dir, {
+        "contrast": contrast, "template": template.name, "resolution": template.resolution,
+        "grid_shape": list(mask.shape), "image_size": network.image_size, "slice_axis": SLICE_AXIS,
+        "intensity": intensity_convention(),
+    })
+    log = work / "train_log.jsonl"
+    if log.is_file():
+        derivatives.atomic_copy(log, derivatives.logs_dir(config.output_dir) / f"training-{contrast}-{config.run_id}.jsonl")
+    return f"{contrast}: model bundle for sites {', '.join(sites)} in {bundle_dir}"
