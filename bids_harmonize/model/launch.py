@@ -64,14 +64,19 @@ def run_job(job: TrainingJob) -> Path:
     )
 
 
-def launch(job_path: Path, processes: int) -> Path:
-    """Run the job in `job_path` with `processes` training processes (torchrun when > 1)."""
-    job = TrainingJob.read(job_path)
-    if job.device.startswith("cuda") and processes > torch.cuda.device_count():
+def check_processes(device: str, processes: int) -> None:
+    """Refuse more GPU processes than GPUs (before any work, where the caller can)."""
+    if device.startswith("cuda") and processes > torch.cuda.device_count():
         raise TrainingFailed(
             f"{processes} training processes need as many GPUs; this machine has {torch.cuda.device_count()}. "
             "Fix: --train-processes at most the GPU count (or --device cpu for gloo processes on the CPU)."
         )
+
+
+def launch(job_path: Path, processes: int) -> Path:
+    """Run the job in `job_path` with `processes` training processes (torchrun when > 1)."""
+    job = TrainingJob.read(job_path)
+    check_processes(job.device, processes)
     if processes == 1:
         return run_job(job)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",

@@ -150,7 +150,10 @@ def run_participant(config: RunConfig, images: list[ImageRecord], site_inventory
 
 
 def run_group(config: RunConfig, images: list[ImageRecord], site_inventory: SiteInventory) -> int:
+    from bids_harmonize.model.launch import check_processes
+
     device = resolve_device(config)
+    check_processes(device, config.training.processes)
     assignments = site_inventory(config, images)
     template = template_files(config, choose_template(config, {}))
     missing = [a for a in assignments if not template_preproc_path(config, template, a.image).is_file()]
