@@ -13,7 +13,8 @@ from bids_harmonize.model.common import DeviceUnavailable, resolve_device
 from bids_harmonize.model.infer import auto_batch_size, harmonize_volume, random_style, reference_style
 from bids_harmonize.model.losses import LossWeights
 from bids_harmonize.model.networks import PRESETS, MURDConfig, Translator, build_translator, preset_config
-from bids_harmonize.model.train import TrainConfig, Trainer, train
+from bids_harmonize.model.train import Trainer, train
+from bids_harmonize.model.train_config import TrainConfig
 
 __all__ = [
     "PRESETS",

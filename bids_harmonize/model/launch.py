@@ -22,7 +22,8 @@ import torch
 
 from bids_harmonize.model.networks import MURDConfig
 from bids_harmonize.model.store import StoredVolumes, VolumeStore
-from bids_harmonize.model.train import TrainConfig, train
+from bids_harmonize.model.train import train
+from bids_harmonize.model.train_config import TrainConfig
 from bids_harmonize.utils import atomic_write_json
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bids_harmonize.model.losses import LossWeights
-from bids_harmonize.model.train import TrainConfig
+from bids_harmonize.model.train_config import TrainConfig
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,12 @@ from bids_harmonize.bids import derivatives
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.config import RunConfig
 from bids_harmonize.model.store import VolumeStore
-from bids_harmonize.preproc.operations import IntensityScale, intensity_convention, median_scale, robust_scale
+from bids_harmonize.preproc.operations import (
+    IntensityScale,
+    intensity_convention,
+    median_scale,
+    robust_scale,
+)
 from bids_harmonize.reports.metrics import brain_counts, training_histogram
 from bids_harmonize.sites import UNKNOWN_SITE, SiteAssignment
 from bids_harmonize.workflows.participant import TemplateFiles

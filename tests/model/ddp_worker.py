@@ -17,7 +17,7 @@ from toy_data import two_site_volumes  # noqa: E402
 
 from bids_harmonize.model import TrainConfig, Trainer, preset_config, train  # noqa: E402
 from bids_harmonize.model.data import SliceSampler, stack_volumes  # noqa: E402
-from bids_harmonize.model.train import init_distributed  # noqa: E402
+from bids_harmonize.model.distributed import init_distributed  # noqa: E402
 
 
 def main(out_dir: Path) -> None:

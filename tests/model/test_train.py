@@ -19,7 +19,9 @@ from bids_harmonize.model import TrainConfig, Trainer, load_bundle, train
 from bids_harmonize.model.bundle import CARD_NAME, WEIGHTS_NAME
 from bids_harmonize.model.data import SliceSampler, stack_volumes
 from bids_harmonize.model.recipes import RECIPES
-from bids_harmonize.model.train import CHECKPOINT_NAME, LOG_NAME, lr_factor
+from bids_harmonize.model.checkpoint import CHECKPOINT_NAME
+from bids_harmonize.model.train_config import lr_factor
+from bids_harmonize.model.training_log import LOG_NAME
 
 SITES = ["siteA", "siteB"]
 TIMING_FIELDS = {"elapsed_s", "samples_per_s"}
