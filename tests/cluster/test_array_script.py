@@ -1,5 +1,6 @@
 """scripts/slurm/participant-array.sbatch without Slurm: the script run by bash with the
-variables Slurm sets, and a stand-in launcher that records its command line."""
+variables Slurm sets, and a stand-in launcher that records its command line. The real
+scheduler run is tests/cluster/test_slurm.py (.ci/slurm.sh)."""
 
 from __future__ import annotations
 
@@ -30,9 +31,10 @@ def test_docs_show_the_script_as_it_is():
 
 
 def test_scripts_parse():
-    subprocess.run(["bash", "-n", str(SCRIPT)], check=True)
+    for script in (SCRIPT, ROOT / ".ci" / "slurm.sh"):
+        subprocess.run(["bash", "-n", str(script)], check=True)
     if shutil.which("shellcheck"):
-        subprocess.run(["shellcheck", str(SCRIPT)], check=True)
+        subprocess.run(["shellcheck", str(SCRIPT), str(ROOT / ".ci" / "slurm.sh")], check=True)
 
 
 def test_array_size_and_gpu_are_left_to_submission():
