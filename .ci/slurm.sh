@@ -38,13 +38,19 @@ JOB_LIMIT_S=1200
 
 START=$SECONDS
 TMP=""
+CHILD=""
 FAILURES=()
 export NIPYPE_NO_ET=1 PYTHONUNBUFFERED=1
 # Nipype's SLURM plugin names jobs after $LOGNAME and fails with KeyError where it is unset
 # (containers, cron, CI runners).
 export LOGNAME="${LOGNAME:-$(id -un)}"
 
-log() { printf '[slurm-ci %s %5ss] %s\n' "$(date +%H:%M:%S)" "$((SECONDS - START))" "$*"; }
+log() { # to the terminal and, for the report, to TMP/steps.log
+    local line
+    line="$(printf '[slurm-ci %s %5ss] %s' "$(date +%H:%M:%S)" "$((SECONDS - START))" "$*")"
+    echo "$line"
+    [[ -z "$TMP" ]] || echo "$line" >>"$TMP/steps.log"
+}
 fail() {
     FAILURES+=("$*")
     log "CHECK FAILED: $*"
@@ -136,18 +142,30 @@ EOF
     export SLURM_CONF="$TMP/slurm.conf"
 }
 
-start_slurm() {
-    slurmctld -f "$SLURM_CONF" >"$TMP/log/slurmctld.start" 2>&1 ||
-        skip "slurmctld did not start: $(tail -n 3 "$TMP/log/slurmctld.start" "$TMP/log/slurmctld.log" 2>/dev/null | tr '\n' ' ')"
-    slurmd -f "$SLURM_CONF" -N "$(hostname -s)" >"$TMP/log/slurmd.start" 2>&1 ||
-        skip "slurmd did not start: $(tail -n 3 "$TMP/log/slurmd.start" "$TMP/log/slurmd.log" 2>/dev/null | tr '\n' ' ')"
-    local deadline=$((SECONDS + 60)) state=""
-    while ((SECONDS < deadline)); do
-        state="$(sinfo -h -N -o '%T' 2>/dev/null || true)"
-        [[ "$state" == idle ]] && return 0
+last_errors() { # the daemons' fatal lines, or else their last errors
+    { grep -h 'fatal' "$@" || grep -h -i 'error' "$@"; } 2>/dev/null | tail -n 3 | tr '\n' ' '
+}
+
+wait_for() { # wait_for SECONDS COMMAND...: until COMMAND succeeds
+    local deadline=$((SECONDS + $1))
+    shift
+    until "$@" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || return 1
         sleep 1
     done
-    skip "the node is not idle after 60 s (sinfo: '${state:-no answer}'): $(grep -h -i error "$TMP/log/slurmctld.log" "$TMP/log/slurmd.log" 2>/dev/null | tail -n 3 | tr '\n' ' ')"
+}
+
+node_idle() { [[ "$(sinfo -h -N -o '%T')" == idle ]]; }
+
+start_slurm() {
+    slurmctld -f "$SLURM_CONF" >"$TMP/log/slurmctld.start" 2>&1 ||
+        skip "slurmctld did not start: $(tail -n 3 "$TMP/log/slurmctld.start" | tr '\n' ' ')"
+    wait_for 30 scontrol ping ||
+        skip "slurmctld does not answer after 30 s: $(last_errors "$TMP/log/slurmctld.start" "$TMP/log/slurmctld.log")"
+    slurmd -f "$SLURM_CONF" -N "$(hostname -s)" >"$TMP/log/slurmd.start" 2>&1 ||
+        skip "slurmd did not start: $(tail -n 3 "$TMP/log/slurmd.start" | tr '\n' ' ')"
+    wait_for 60 node_idle ||
+        skip "the node is not idle after 60 s (sinfo: '$(sinfo -h -N -o '%T %E' 2>&1 | head -n 1)'): $(last_errors "$TMP/log/slurmd.start" "$TMP/log/slurmd.log")"
 }
 
 pid_of() { [[ -s "$1" ]] && cat "$1"; }
@@ -165,22 +183,27 @@ stop_cluster() {
         done
         scontrol shutdown >/dev/null 2>&1 || true
     fi
+    # Whatever the shutdown left (or a daemon whose partner never came up): TERM, then KILL.
     for pidfile in "$TMP/slurmctld.pid" "$TMP/slurmd.pid" "$TMP/munge/munged.pid"; do
         local pid
         pid="$(pid_of "$pidfile" || true)"
         [[ -n "$pid" ]] || continue
+        kill "$pid" 2>/dev/null || continue
         for _ in $(seq 20); do
             kill -0 "$pid" 2>/dev/null || break
-            [[ "$pidfile" == */munged.pid ]] && kill "$pid" 2>/dev/null
             sleep 0.5
         done
-        kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
+        kill -9 "$pid" 2>/dev/null || true
     done
     return 0
 }
 
 cleanup() {
     local status=$?
+    if [[ -n "$CHILD" ]]; then
+        kill "$CHILD" 2>/dev/null || true
+        wait "$CHILD" 2>/dev/null || true
+    fi
     stop_cluster
     if [[ -n "$TMP" ]]; then
         if [[ "$KEEP_TMP" == 1 ]]; then
@@ -193,6 +216,16 @@ cleanup() {
 }
 
 # ----------------------------------------------------------------------------- the runs
+# The long steps run in the background: bash runs a trap only after its foreground command ends,
+# and a TERM would otherwise wait for sbatch --wait or the whole plugin run.
+wait_child() {
+    CHILD=$1
+    local status=0
+    wait "$CHILD" || status=$?
+    CHILD=""
+    return "$status"
+}
+
 simulate() {
     log "simulating 3 participants at 3 sites (2 mm)"
     "$VENV/bin/bids_harmonize-simulate" "$TMP/bids" --sites 3 --subjects 3 --seed 0 >"$TMP/simulate.log" 2>&1 ||
@@ -203,19 +236,24 @@ simulate() {
 
 run_array() {
     log "sbatch --wait --array=1-${#LABELS[@]} scripts/slurm/participant-array.sbatch"
-    mkdir -p "$TMP/logs"
+    mkdir -p "$TMP/logs" "$TMP/scratch"
     local status=0
     # The script's 8 CPUs and 16 GB are overridden to fit any machine; --time bounds a hang.
-    ARRAY_JOB="$(cd "$TMP" && BIDS_HARMONIZE_BIDS="$TMP/bids" BIDS_HARMONIZE_OUT="$TMP/out-array" \
+    # TMPDIR: where the tasks put their work directories (and must remove them).
+    (cd "$TMP" && TMPDIR="$TMP/scratch" BIDS_HARMONIZE_BIDS="$TMP/bids" BIDS_HARMONIZE_OUT="$TMP/out-array" \
         BIDS_HARMONIZE_CMD="$VENV/bin/bids_harmonize" BIDS_HARMONIZE_ARGS="${RESOLUTION_ARGS[*]}" \
-        sbatch --parsable --wait --array="1-${#LABELS[@]}" --cpus-per-task=1 --mem=3G \
-        --time="$((JOB_LIMIT_S / 60))" "$ARRAY_SCRIPT")" || status=$?
-    ARRAY_JOB="${ARRAY_JOB%%;*}"
+        exec sbatch --parsable --wait --array="1-${#LABELS[@]}" --cpus-per-task=1 --mem=3G \
+        --time="$((JOB_LIMIT_S / 60))" "$ARRAY_SCRIPT") >"$TMP/array.jobid" &
+    wait_child $! || status=$?
+    ARRAY_JOB="$(cut -d';' -f1 "$TMP/array.jobid")"
     log "array job ${ARRAY_JOB:-?} finished, sbatch exit $status"
     if ((status != 0)); then
         tail -n 15 "$TMP"/logs/*.out 2>/dev/null || true
         fail "array job: sbatch --wait exit $status (the highest exit of its tasks; logs in $TMP/logs)"
     fi
+    local left
+    left="$(find "$TMP/scratch" -mindepth 1 -maxdepth 1)"
+    [[ -z "$left" ]] || fail "array tasks left their work directories: $left"
 }
 
 run_plugin() {
@@ -231,7 +269,8 @@ EOF
     # --omp-nthreads: the jobs' CPUs; the default follows the cores of the submitting machine.
     timeout "$JOB_LIMIT_S" "$VENV/bin/bids_harmonize" "$TMP/bids" "$TMP/out-plugin" participant \
         --participant-label "${LABELS[@]}" -w "$TMP/work-plugin" --use-plugin "$TMP/slurm-plugin.yml" \
-        --omp-nthreads 1 "${RESOLUTION_ARGS[@]}" >"$TMP/logs/plugin-run.log" 2>&1 || status=$?
+        --omp-nthreads 1 "${RESOLUTION_ARGS[@]}" >"$TMP/logs/plugin-run.log" 2>&1 &
+    wait_child $! || status=$?
     log "plugin run finished, exit $status"
     if ((status != 0)); then
         tail -n 30 "$TMP/logs/plugin-run.log"
@@ -263,7 +302,7 @@ check_outputs() { # check_outputs OUT: preprocessed images for every participant
         [[ -s "$out/sub-$label.html" ]] || fail "$(basename "$out"): missing the report sub-$label.html"
     done
     local crashes
-    crashes="$(find "$out/logs" -name 'crash-*' 2>/dev/null)"
+    crashes="$(find "$out/logs" -name 'crash-*' 2>/dev/null || true)"
     [[ -z "$crashes" ]] || fail "$(basename "$out"): crash files: $crashes"
 }
 
@@ -309,32 +348,42 @@ listing() {
     echo "Array run, \`find out-array -name '*.nii.gz'\`:"
     echo
     echo '```'
-    (cd "$TMP" && find out-array -name '*.nii.gz' | sort)
+    (cd "$TMP" && find out-array -name '*.nii.gz' 2>/dev/null | sort) || true
     echo '```'
     echo
     echo "Nipype SLURM plugin run ($N_PLUGIN_JOBS sbatch jobs), \`find out-plugin -name '*.nii.gz'\`:"
     echo
     echo '```'
-    (cd "$TMP" && find out-plugin -name '*.nii.gz' | sort)
+    (cd "$TMP" && find out-plugin -name '*.nii.gz' 2>/dev/null | sort) || true
     echo '```'
 }
 
 write_report() {
-    local wall=$1
+    local wall=$1 verdict=$2
     {
         echo "# A real Slurm run (\`bash .ci/slurm.sh\`)"
+        echo
+        echo "Command: \`SLURM_CI_REPORT=${REPORT#"$REPO"/} bash .ci/slurm.sh\`, as root, from the repository root."
         echo
         echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC'). Machine: $(uname -m), $(nproc) cores, $(free -g | awk '/^Mem:/ { print $2 }') GiB,"
         # shellcheck source=/dev/null
         echo "$(. /etc/os-release && echo "$PRETTY_NAME"), $(slurmctld -V), munge $(munged -V | awk '{ print $1 }' | sed 's/munge-//'),"
         echo "Python $("$VENV/bin/python" -c 'import platform; print(platform.python_version())'), Nipype $("$VENV/bin/python" -c 'import nipype; print(nipype.__version__)')."
-        echo "One-node cluster started by the script (no cgroups, no slurmdbd). Wall time $wall s end to end"
-        echo "(load average before: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg))."
+        echo "One-node cluster started by the script (no cgroups, no slurmdbd). Wall time $wall s from the"
+        echo "start to the end of the checks (load average before: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg))."
+        echo
+        echo "Result: $verdict."
         echo
         echo "1. \`sbatch --wait --array=1-${#LABELS[@]} --cpus-per-task=1 --mem=3G scripts/slurm/participant-array.sbatch\`"
         echo "   with \`BIDS_HARMONIZE_CMD=.venv/bin/bids_harmonize BIDS_HARMONIZE_ARGS='${RESOLUTION_ARGS[*]}'\`: array job $ARRAY_JOB."
         echo "2. \`bids_harmonize bids out-plugin participant --participant-label ${LABELS[*]} -w work-plugin --omp-nthreads 1 ${RESOLUTION_ARGS[*]} --use-plugin slurm-plugin.yml\`"
         echo "   with \`{plugin: SLURM, plugin_args: {sbatch_args: --cpus-per-task=1 --mem=2G --time=$((JOB_LIMIT_S / 60))}}\`: jobs $FIRST_PLUGIN_JOB and later."
+        echo
+        echo "Steps:"
+        echo
+        echo '```'
+        cat "$TMP/steps.log"
+        echo '```'
         echo
         listing
     } >"$REPORT"
@@ -367,13 +416,15 @@ main() {
     check_jobs
 
     listing
-    [[ -z "$REPORT" ]] || write_report "$((SECONDS - START))"
+    local verdict="PASSED: ${#LABELS[@]}-task array and Nipype SLURM plugin run ($N_PLUGIN_JOBS jobs)"
+    ((${#FAILURES[@]} == 0)) || verdict="FAILED: $(printf '%s; ' "${FAILURES[@]}")"
+    [[ -z "$REPORT" ]] || write_report "$((SECONDS - START))" "$verdict"
     if ((${#FAILURES[@]})); then
         log "FAILED (${#FAILURES[@]}):"
         printf '  - %s\n' "${FAILURES[@]}"
         exit 1
     fi
-    log "PASSED: ${#LABELS[@]}-task array and Nipype SLURM plugin run ($N_PLUGIN_JOBS jobs) in $((SECONDS - START)) s"
+    log "$verdict in $((SECONDS - START)) s"
 }
 
 main "$@"
