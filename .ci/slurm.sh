@@ -161,7 +161,7 @@ start_slurm() {
     slurmctld -f "$SLURM_CONF" >"$TMP/log/slurmctld.start" 2>&1 ||
         skip "slurmctld did not start: $(tail -n 3 "$TMP/log/slurmctld.start" | tr '\n' ' ')"
     wait_for 30 scontrol ping ||
-        skip "slurmctld does not answer after 30 s: $(last_errors "$TMP/log/slurmctld.start" "$TMP/log/slurmctld.log")"
+        skip "slurmctld (port $CTLD_PORT, SLURM_CI_PORT) does not answer after 30 s: $(last_errors "$TMP/log/slurmctld.start" "$TMP/log/slurmctld.log")"
     slurmd -f "$SLURM_CONF" -N "$(hostname -s)" >"$TMP/log/slurmd.start" 2>&1 ||
         skip "slurmd did not start: $(tail -n 3 "$TMP/log/slurmd.start" | tr '\n' ' ')"
     wait_for 60 node_idle ||
