@@ -41,9 +41,6 @@ TMP=""
 CHILD=""
 FAILURES=()
 export NIPYPE_NO_ET=1 PYTHONUNBUFFERED=1
-# Nipype's SLURM plugin names jobs after $LOGNAME and fails with KeyError where it is unset
-# (containers, cron, CI runners).
-export LOGNAME="${LOGNAME:-$(id -un)}"
 
 log() { # to the terminal and, for the report, to TMP/steps.log
     local line
@@ -266,10 +263,11 @@ EOF
     FIRST_PLUGIN_JOB="$(jobcomp_records | awk '$1 > max { max = $1 } END { print max + 1 }')"
     local status=0
     # The work directory must be shared by the submitting process and the jobs; here one disk.
-    # --omp-nthreads: the jobs' CPUs; the default follows the cores of the submitting machine.
-    timeout "$JOB_LIMIT_S" "$VENV/bin/bids_harmonize" "$TMP/bids" "$TMP/out-plugin" participant \
+    # Without LOGNAME (unset in many containers and CI runners) bids_harmonize must set it for
+    # Nipype's plugin; node threads follow the jobs' --cpus-per-task.
+    env -u LOGNAME timeout "$JOB_LIMIT_S" "$VENV/bin/bids_harmonize" "$TMP/bids" "$TMP/out-plugin" participant \
         --participant-label "${LABELS[@]}" -w "$TMP/work-plugin" --use-plugin "$TMP/slurm-plugin.yml" \
-        --omp-nthreads 1 "${RESOLUTION_ARGS[@]}" >"$TMP/logs/plugin-run.log" 2>&1 &
+        "${RESOLUTION_ARGS[@]}" >"$TMP/logs/plugin-run.log" 2>&1 &
     wait_child $! || status=$?
     log "plugin run finished, exit $status"
     if ((status != 0)); then
@@ -376,7 +374,7 @@ write_report() {
         echo
         echo "1. \`sbatch --wait --array=1-${#LABELS[@]} --cpus-per-task=1 --mem=3G scripts/slurm/participant-array.sbatch\`"
         echo "   with \`BIDS_HARMONIZE_CMD=.venv/bin/bids_harmonize BIDS_HARMONIZE_ARGS='${RESOLUTION_ARGS[*]}'\`: array job $ARRAY_JOB."
-        echo "2. \`bids_harmonize bids out-plugin participant --participant-label ${LABELS[*]} -w work-plugin --omp-nthreads 1 ${RESOLUTION_ARGS[*]} --use-plugin slurm-plugin.yml\`"
+        echo "2. \`bids_harmonize bids out-plugin participant --participant-label ${LABELS[*]} -w work-plugin ${RESOLUTION_ARGS[*]} --use-plugin slurm-plugin.yml\`"
         echo "   with \`{plugin: SLURM, plugin_args: {sbatch_args: --cpus-per-task=1 --mem=2G --time=$((JOB_LIMIT_S / 60))}}\`: jobs $FIRST_PLUGIN_JOB and later."
         echo
         echo "Steps:"

@@ -152,11 +152,20 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace, out_dir:
             f"| {row['layout']} | {row['sessions']} | {row['build_s']} | {row['data_gb']} | {row['peak_rss_build_gb']} | "
             f"{row['peak_rss_gb']} | {row['samples_per_s']} | {' / '.join(map(str, row['load_average']))} |"
         )
-    lines += ["", *verdict(rows)]
+    lines += ["", *verdict(rows), "", *LEGEND]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "group_scale.md").write_text("\n".join(lines) + "\n")
     (out_dir / "group_scale.json").write_text(json.dumps({"command": command, "machine": machine, "rows": rows}, indent=2) + "\n")
     print("\n".join(lines))
+
+
+LEGEND = [
+    "Columns: *data GB* is the store file (store) or the float32 list plus the float16 stack the old",
+    "group level held (ram); *peak RSS after build* is ru_maxrss once the volumes are written or",
+    "loaded, *peak RSS* at the end of training; *train samples/s* is the steady rate after the first",
+    "log window. The store's pages sit in the kernel's page cache, which is not RSS and which the",
+    "kernel reclaims under memory pressure.",
+]
 
 
 def verdict(rows: list[dict[str, Any]]) -> list[str]:

@@ -6,7 +6,10 @@ explicit arguments.
 
 from __future__ import annotations
 
+import getpass
 import logging
+import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -62,7 +65,31 @@ def provenance(config: RunConfig) -> dict[str, Any]:
 
 
 def omp_threads(config: RunConfig) -> int:
+    """Threads of each node's own steps (ITK, N4, inference). Under a scheduler plugin the nodes
+    run as jobs elsewhere, so the default is the CPUs each job asks for (`-c`/`--cpus-per-task`
+    in sbatch_args, else 1), never the cores of the machine that submits them."""
+    if config.omp_nthreads:
+        return config.omp_nthreads
+    plugin, plugin_args = plugin_settings(config)
+    if plugin != "MultiProc":
+        cpus = re.search(r"(?:--cpus-per-task[= ]|-c\s*)(\d+)", str(plugin_args.get("sbatch_args", "")))
+        return int(cpus[1]) if cpus else 1
+    return training_threads(config)
+
+
+def training_threads(config: RunConfig) -> int:
+    """Torch threads of group training, which runs in this process whatever the plugin."""
     return config.omp_nthreads or max(1, min(8, config.nprocs))
+
+
+def scheduler_environment(plugin: str) -> None:
+    """Nipype's scheduler plugins (SLURM, SGE, PBS, ...) name jobs after $LOGNAME and fail with
+    KeyError where it is unset (containers, cron, CI runners)."""
+    if plugin not in ("MultiProc", "Linear") and "LOGNAME" not in os.environ:
+        try:
+            os.environ["LOGNAME"] = getpass.getuser()
+        except (KeyError, OSError):  # a uid without a passwd entry
+            os.environ["LOGNAME"] = str(os.getuid())
 
 
 def execute(workflow: Any, config: RunConfig) -> None:
@@ -73,6 +100,7 @@ def execute(workflow: Any, config: RunConfig) -> None:
          "stop_on_first_crash": False, "remove_unnecessary_outputs": False}
     )
     plugin, plugin_args = plugin_settings(config)
+    scheduler_environment(plugin)
     before = set(derivatives.logs_dir(config.output_dir).glob("crash-*"))
     try:
         workflow.run(plugin=plugin, plugin_args=plugin_args)
@@ -165,7 +193,7 @@ def run_group(config: RunConfig, images: list[ImageRecord], site_inventory: Site
             name="group_preproc_wf",
         )
         execute(workflow, config)
-    threads = omp_threads(config)
+    threads = training_threads(config)
     trained = [
         train_contrast(config, contrast, assignments, template, lambda image: template_preproc_path(config, template, image),
                        device, threads)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 import nibabel as nb
@@ -191,3 +192,23 @@ def test_a_multiproc_plugin_file_keeps_the_forkserver(tmp_path):
                                                      "mp_context": "forkserver"})
     plugin.write_text("plugin: SLURM\nplugin_args: {sbatch_args: '--time=1:00:00'}\n")
     assert plugin_settings(config) == ("SLURM", {"sbatch_args": "--time=1:00:00"})
+
+
+def test_scheduler_plugins_get_logname_and_size_node_threads_by_the_job(tmp_path, monkeypatch):
+    from bids_harmonize.config import RunConfig
+    from bids_harmonize.workflows.run import omp_threads, scheduler_environment, training_threads
+
+    plugin = tmp_path / "plugin.yml"
+    plugin.write_text("plugin: SLURM\nplugin_args: {sbatch_args: '--mem=4G --cpus-per-task=3'}\n")
+    config = RunConfig(bids_dir=tmp_path, output_dir=tmp_path, analysis_level="participant", work_dir=tmp_path,
+                       nprocs=64, use_plugin=plugin)
+    assert (omp_threads(config), training_threads(config)) == (3, 8)
+    plugin.write_text("plugin: SLURM\nplugin_args: {sbatch_args: '--mem=4G'}\n")
+    assert omp_threads(config) == 1
+    config.omp_nthreads = 2
+    assert omp_threads(config) == 2
+    monkeypatch.delenv("LOGNAME", raising=False)
+    scheduler_environment("MultiProc")
+    assert "LOGNAME" not in os.environ
+    scheduler_environment("SLURM")
+    assert os.environ["LOGNAME"]
