@@ -278,10 +278,12 @@ def train(
 ) -> Path:
     """Train MURD on template-space volumes and write a model bundle into `out_dir`.
 
-    volumes: arrays or NIfTI paths on one grid, scaled to [-1, 1] with background at -1;
+    volumes: arrays or NIfTI paths on one grid, scaled to [-1, 1] with background at -1 (stacked
+    in RAM), or rows of an on-disk store (store.StoredVolumes, read as batches need them);
     site_labels[i] indexes site_names. `work_dir` (default `out_dir/training`) receives
     checkpoint.pt and train_log.jsonl (the bundle itself is model.json + model.safetensors; a
-    workflow may put work_dir elsewhere); with `resume`, a checkpoint there is continued exactly.
+    workflow may put work_dir elsewhere); with `resume`, a checkpoint there written for the same
+    data and settings is continued exactly, and any other is set aside with a warning.
     `data_hash` defaults to a SHA-256 over the volumes' values and their site names.
     Under torchrun (WORLD_SIZE > 1) every process runs this; rank 0 writes the files.
     `on_step(trainer)` runs after every iteration (e.g. to snapshot the EMA weights).
