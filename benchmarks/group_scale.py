@@ -93,7 +93,7 @@ def measure(layout: str, sessions: int, steps: int, threads: int, scratch: Path)
         for index in range(sessions):
             volume = session_volume(base, head, index)
             extra = {"scale": {"lo": 0.0, "hi": 1.0}, "brain_counts": brain_counts(volume, mask).tolist()}
-            store.append(f"session-{index}", "synthetic", np.moveaxis(volume, 2, 0), extra)
+            store.add(f"session-{index}", "synthetic", np.moveaxis(volume, 2, 0), extra)
         volumes: Any = StoredVolumes(store, range(sessions))
         size_gb = store.nbytes / 1e9
     else:

@@ -10,19 +10,21 @@ A store is a folder:
   store.json    the grid (slices first) every volume shares, and the format version
   volumes.f16   raw float16 volumes, one after another, C order; written once, never rewritten
   index.jsonl   one line per volume: its key (e.g. the source file), a stamp of the source
-                (size and mtime), the SHA-256 training fingerprints, per-slice foreground
+                (size and mtime), the SHA-256 training fingerprint, per-slice foreground
                 fractions, and free-form `extra` data (the group level keeps intensity scales
-                and brain histograms there)
+                and brain histograms there); a later line with the same row gives it a new stamp
 
 Adding sessions appends rows. A volume's bytes are written and synced before its index line,
 so a crash leaves at most unindexed bytes at the end of volumes.f16, which the next open cuts
-off. A changed source file gets a new row (found by key and stamp); its old row stays unused.
+off. A source file whose values changed gets a new row; its old row stays, unused (remove the
+folder to reclaim the space). One rewritten with the same values only takes a new stamp.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import json
 import logging
 import os
@@ -76,7 +78,10 @@ class VolumeStore:
     def __init__(self, folder: Path, shape: tuple[int, int, int], entries: list[StoreEntry]) -> None:
         self.folder, self.shape, self.entries = folder, shape, entries
         self.volume_bytes = int(np.prod(shape)) * DTYPE.itemsize
-        self._rows_by_source = {(e.key, e.stamp): e.row for e in entries}
+        self._rows_by_source: dict[tuple[str, str], int] = {}
+        self._rows_by_content: dict[tuple[str, str], int] = {}
+        for entry in entries:
+            self._remember(entry)
         self._file: Any = None
 
     @classmethod
@@ -119,14 +124,21 @@ class VolumeStore:
         """The row holding `key` as it was at `stamp`, if stored."""
         return self._rows_by_source.get((key, stamp))
 
-    def append(self, key: str, stamp: str, volume: np.ndarray, extra: dict[str, Any] | None = None) -> int:
-        """Store a volume (slices first, in [-1, 1]) and return its row."""
+    def add(self, key: str, stamp: str, volume: np.ndarray, extra: dict[str, Any] | None = None) -> int:
+        """Store a volume (slices first, in [-1, 1]) and return its row. A volume already stored
+        under `key` with the same values keeps its row and takes the new stamp (a rewritten but
+        unchanged file, e.g. after the participant level ran again, is not stored twice)."""
         volume = np.asarray(volume)
         if volume.shape != self.shape:
             raise ValueError(f"{key}: shape {volume.shape} (slices first) differs from the store's {self.shape} "
                              f"({self.folder}); training volumes must share one template grid")
         check_intensity_range(volume, key)
         values = np.clip(volume, -1.0, 1.0).astype(DTYPE)
+        digest = volume_digest(values)
+        row = self._rows_by_content.get((key, digest))
+        if row is not None:
+            self._record(dataclasses.replace(self.entries[row], stamp=stamp))
+            return row
         row = len(self.entries)
         with open(self.folder / DATA_NAME, "r+b") as handle:
             handle.seek(row * self.volume_bytes)
@@ -134,13 +146,23 @@ class VolumeStore:
             handle.flush()
             os.fsync(handle.fileno())
         fractions = foreground_fraction(torch.from_numpy(values).float()).numpy()
-        entry = StoreEntry(row, key, stamp, volume_digest(values), fractions, extra or {})
-        with open(self.folder / INDEX_NAME, "a") as handle:
-            handle.write(entry.to_json() + "\n")
-        self.entries.append(entry)
-        self._rows_by_source[(key, stamp)] = row
+        self._record(StoreEntry(row, key, stamp, digest, fractions, extra or {}))
         _return_freed_memory()
         return row
+
+    def _record(self, entry: StoreEntry) -> None:
+        """Append the entry's index line: a new row, or a new stamp of an existing one."""
+        with open(self.folder / INDEX_NAME, "a") as handle:
+            handle.write(entry.to_json() + "\n")
+        if entry.row == len(self.entries):
+            self.entries.append(entry)
+        else:
+            self.entries[entry.row] = entry
+        self._remember(entry)
+
+    def _remember(self, entry: StoreEntry) -> None:
+        self._rows_by_source[(entry.key, entry.stamp)] = entry.row
+        self._rows_by_content[(entry.key, entry.sha256)] = entry.row
 
     def read_slices(self, row: int, first: int, count: int) -> np.ndarray:
         """Slices first .. first + count - 1 of one volume, (count, height, width) float16."""
@@ -175,7 +197,14 @@ def _read_index(folder: Path, shape: tuple[int, ...], repair: bool) -> list[Stor
             if not line.endswith("\n"):
                 cut_short = True  # by a crash: its volume is written again by the next append
                 break
-            entries.append(StoreEntry.from_json(line))
+            entry = StoreEntry.from_json(line)
+            if entry.row == len(entries):
+                entries.append(entry)
+            elif entry.row < len(entries):
+                entries[entry.row] = entry  # a later stamp of a stored volume
+            else:
+                raise ValueError(f"{folder / INDEX_NAME}: row {entry.row} follows row {len(entries) - 1}; "
+                                 f"remove {folder} to rebuild the store")
     data_size = len(entries) * int(np.prod(shape)) * DTYPE.itemsize
     if (folder / DATA_NAME).stat().st_size < data_size:
         raise ValueError(f"{folder / DATA_NAME} is shorter than its index says; remove {folder} to rebuild it")

@@ -58,7 +58,7 @@ def store_image(store: VolumeStore, path: Path, key: str, mask: np.ndarray) -> i
         scale = robust_scale(data, mask)
         volume = scale.to_model(data)
         extra = {"scale": scale.as_dict(), "brain_counts": brain_counts(volume, mask).tolist()}
-        row = store.append(key, stamp, np.moveaxis(volume, SLICE_AXIS, 0), extra)
+        row = store.add(key, stamp, np.moveaxis(volume, SLICE_AXIS, 0), extra)
     return row
 
 

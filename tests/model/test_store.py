@@ -22,7 +22,7 @@ def slices_first(volume: np.ndarray) -> np.ndarray:
 def filled_store(folder, volumes) -> VolumeStore:
     store = VolumeStore.open(folder, slices_first(volumes[0]).shape)
     for index, volume in enumerate(volumes):
-        store.append(f"vol{index}", "stamp", slices_first(volume), extra={"index": index})
+        store.add(f"vol{index}", "stamp", slices_first(volume), extra={"index": index})
     return store
 
 
@@ -42,8 +42,19 @@ def test_reopening_keeps_the_rows_and_appends_after_them(tmp_path, toy_data):
     store = VolumeStore.open(tmp_path / "store", slices_first(volumes[0]).shape)
     assert len(store) == 2 and store.find("vol1", "stamp") == 1 and store.find("vol1", "changed") is None
     assert store.entries[1].extra == {"index": 1}
-    assert store.append("vol2", "stamp", slices_first(volumes[2])) == 2
+    assert store.add("vol2", "stamp", slices_first(volumes[2])) == 2
     assert np.array_equal(store.read_volume(2), stack_volumes(volumes[2:3])[0][0].numpy())
+
+
+def test_a_rewritten_file_with_the_same_values_keeps_its_row(tmp_path, toy_data):
+    volumes, _ = toy_data
+    store = filled_store(tmp_path / "store", volumes[:2])
+    assert store.add("vol1", "rewritten", slices_first(volumes[1])) == 1
+    assert store.add("vol1", "changed", slices_first(volumes[2])) == 2  # new values: a new row
+    reopened = VolumeStore.open(tmp_path / "store", slices_first(volumes[0]).shape)
+    assert len(reopened) == 3 and reopened.find("vol1", "rewritten") == 1
+    assert reopened.entries[1].stamp == "rewritten" and reopened.entries[1].extra == {"index": 1}
+    assert (tmp_path / "store" / DATA_NAME).stat().st_size == 3 * store.volume_bytes
 
 
 def test_a_crash_mid_append_loses_only_the_unfinished_volume(tmp_path, toy_data):
@@ -56,7 +67,7 @@ def test_a_crash_mid_append_loses_only_the_unfinished_volume(tmp_path, toy_data)
     store = VolumeStore.open(tmp_path / "store", slices_first(volumes[0]).shape)
     assert len(store) == 2
     assert (tmp_path / "store" / DATA_NAME).stat().st_size == 2 * store.volume_bytes
-    assert store.append("vol2", "stamp", slices_first(volumes[2])) == 2
+    assert store.add("vol2", "stamp", slices_first(volumes[2])) == 2
 
 
 def test_a_store_of_another_grid_is_replaced_with_a_warning(tmp_path, toy_data, caplog):
@@ -70,9 +81,9 @@ def test_bad_volumes_are_refused_naming_them(tmp_path, toy_data):
     volumes, _ = toy_data
     store = filled_store(tmp_path / "store", volumes[:1])
     with pytest.raises(ValueError, match="sub-01_T1w.nii.gz: shape"):
-        store.append("sub-01_T1w.nii.gz", "stamp", np.zeros((3, 3, 3)))
+        store.add("sub-01_T1w.nii.gz", "stamp", np.zeros((3, 3, 3)))
     with pytest.raises(ValueError, match=r"sub-02_T1w.nii.gz: intensities span .* scale each volume"):
-        store.append("sub-02_T1w.nii.gz", "stamp", slices_first(volumes[0]) * 300)
+        store.add("sub-02_T1w.nii.gz", "stamp", slices_first(volumes[0]) * 300)
     assert len(store) == 1
 
 
