@@ -81,12 +81,21 @@ def test_an_interrupted_group_run_resumes_to_the_same_bundle(preprocessed):
     assert "training setting seed: 0 -> 1" in changed.stderr and "Starting training afresh" in changed.stderr
 
 
-def test_group_training_under_torchrun_with_two_gloo_processes(preprocessed):
+def test_group_training_under_torchrun_with_two_gloo_processes(preprocessed, capsys):
     bids, out, root = preprocessed
     work = root / "ddp"
-    assert main([str(bids), str(out), "group", *COMMON, "-w", str(work), "--train-processes", "2"]) == 0
+    group = [str(bids), str(out), "group", *COMMON, "-w", str(work), "--train-processes", "2"]
+    assert main(group) == 0
     assert logged_steps(work)[-1] == ITERATIONS
     job = json.loads((work / "training" / "T1w" / "job.json").read_text())
     assert len(job["rows"]) == 4 and job["threads"] == 1
-    assert len((work / "training" / "T1w" / "store" / INDEX_NAME).read_text().splitlines()) == 4
     assert (out / "models" / "T1w" / WEIGHTS_NAME).is_file()
+
+    # Harmonizing rewrites the template-space outputs; the next group run stores nothing again.
+    assert main([str(bids), str(out), "participant", *COMMON[:8], "-w", str(root / "prep")]) == 0
+    capsys.readouterr()
+    assert main(group) == 0
+    assert "holds 4 volumes (0 added now" in capsys.readouterr().err
+    rows = (work / "training" / "T1w" / "store" / INDEX_NAME).read_text().splitlines()
+    assert len({json.loads(line)["row"] for line in rows}) == 4
+    assert len(rows) == 8  # each rewritten file took a new stamp (one more index line each)
