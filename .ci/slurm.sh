@@ -4,7 +4,8 @@
 #   1. submit scripts/slurm/participant-array.sbatch as a 3-task array (the launcher is the
 #      virtualenv's bids_harmonize instead of Singularity), and
 #   2. run one participant level with --use-plugin and Nipype's SLURM plugin (every node an
-#      sbatch job),
+#      sbatch job), and
+#   3. stop such a run with SIGTERM while its first job waits in the queue: it must cancel it,
 # check the outputs and the jobs' states, print the job table and the output listing, and stop
 # the daemons and remove everything it made (also on failure or Ctrl-C).
 #
@@ -278,6 +279,32 @@ EOF
 
 # ----------------------------------------------------------------------------- checks
 # One line per finished job, by job id: JOBID ARRAY_JOB ARRAY_TASK NAME STATE EXIT CPUS MEM START END
+tagged_jobs() { # ids of queued or running jobs that a bids_harmonize run tagged as its own
+    squeue -h -o '%i %k' | awk '$2 ~ /^bids_harmonize:/ { print $1 }'
+}
+has_tagged_jobs() { [[ -n "$(tagged_jobs)" ]]; }
+no_tagged_jobs() { [[ -z "$(tagged_jobs)" ]]; }
+
+run_plugin_stopped() { # a plugin run stopped with SIGTERM must cancel the jobs it submitted
+    log "bids_harmonize participant --use-plugin, stopped with SIGTERM while its first job waits"
+    # --begin keeps the submitted job pending, so the run is certain to have one when it stops.
+    sed 's/sbatch_args: /sbatch_args: --begin=now+3600 /' "$TMP/slurm-plugin.yml" >"$TMP/slurm-held.yml"
+    env -u LOGNAME "$VENV/bin/bids_harmonize" "$TMP/bids" "$TMP/out-stopped" participant \
+        --participant-label "${LABELS[0]}" -w "$TMP/work-stopped" --use-plugin "$TMP/slurm-held.yml" \
+        "${RESOLUTION_ARGS[@]}" >"$TMP/logs/stopped-run.log" 2>&1 &
+    local pid=$! status=0 held
+    CHILD=$pid
+    wait_for 120 has_tagged_jobs || fail "stopped run: no job of the run appeared in squeue within 120 s"
+    held="$(tagged_jobs | tr '\n' ' ')"
+    kill -TERM "$pid"
+    wait_child "$pid" || status=$?
+    ((status == 143)) || fail "stopped run: exit $status, expected 143 (stopped by SIGTERM)"
+    wait_for 30 no_tagged_jobs || fail "stopped run: its jobs $(tagged_jobs | tr '\n' ' ')are still queued"
+    grep -q "cancelled .* Slurm job" "$TMP/logs/stopped-run.log" ||
+        fail "stopped run: it did not say it cancelled its jobs (log: $TMP/logs/stopped-run.log)"
+    log "stopped run: exit $status; its pending job(s) ${held}cancelled"
+}
+
 jobcomp_records() {
     [[ -s "$TMP/log/jobcomp.txt" ]] || return 0
     awk '{
@@ -376,6 +403,8 @@ write_report() {
         echo "   with \`BIDS_HARMONIZE_CMD=.venv/bin/bids_harmonize BIDS_HARMONIZE_ARGS='${RESOLUTION_ARGS[*]}'\`: array job $ARRAY_JOB."
         echo "2. \`bids_harmonize bids out-plugin participant --participant-label ${LABELS[*]} -w work-plugin ${RESOLUTION_ARGS[*]} --use-plugin slurm-plugin.yml\`"
         echo "   with \`{plugin: SLURM, plugin_args: {sbatch_args: --cpus-per-task=1 --mem=2G --time=$((JOB_LIMIT_S / 60))}}\`: jobs $FIRST_PLUGIN_JOB and later."
+        echo "3. The same for participant ${LABELS[0]} with \`--begin=now+3600\` added (its first job stays pending),"
+        echo "   stopped with SIGTERM once that job is queued: the run must exit 143 and cancel it (CANCELLED below)."
         echo
         echo "Steps:"
         echo
@@ -412,9 +441,10 @@ main() {
     run_plugin
     check_outputs "$TMP/out-plugin"
     check_jobs
+    run_plugin_stopped
 
     listing
-    local verdict="PASSED: ${#LABELS[@]}-task array and Nipype SLURM plugin run ($N_PLUGIN_JOBS jobs)"
+    local verdict="PASSED: ${#LABELS[@]}-task array, Nipype SLURM plugin run ($N_PLUGIN_JOBS jobs), stopped run's jobs cancelled"
     ((${#FAILURES[@]} == 0)) || verdict="FAILED: $(printf '%s; ' "${FAILURES[@]}")"
     [[ -z "$REPORT" ]] || write_report "$((SECONDS - START))" "$verdict"
     if ((${#FAILURES[@]})); then

@@ -1,7 +1,8 @@
 """What keeps a run from leaving processes, half-written files or a raced work dir behind.
 
 - Signals: SIGTERM/SIGINT/SIGHUP (what SLURM, Docker and a terminal send) stop every process
-  this run started (the multiprocessing forkserver and Nipype's workers) before it exits.
+  this run started (the multiprocessing forkserver and Nipype's workers) before it exits, after
+  the registered stop actions (e.g. cancelling the Slurm jobs a scheduler plugin submitted).
   For SIGKILL, which no process can catch, each worker watches the main process and ends
   itself when it is gone; the forkserver then exits on its own.
 - Temporary files: every atomic write names its temporary after host and pid
@@ -22,7 +23,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -69,10 +70,28 @@ def stop_descendants(grace_s: float = 5.0) -> None:
             time.sleep(0.1)
 
 
+_STOP_ACTIONS: list[Callable[[], None]] = []
+
+
+@contextlib.contextmanager
+def stop_action(action: Callable[[], None]) -> Iterator[None]:
+    """Run `action` if a stop signal arrives while the block runs (e.g. cancel submitted jobs)."""
+    _STOP_ACTIONS.append(action)
+    try:
+        yield
+    finally:
+        _STOP_ACTIONS.remove(action)
+
+
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)  # one clean stop, however many signals arrive
     print(f"bids_harmonize: received {signal.Signals(signum).name}; stopping all worker processes", file=sys.stderr)
+    for action in list(_STOP_ACTIONS):
+        try:
+            action()
+        except Exception as err:  # a failed clean-up must not keep the run from stopping
+            print(f"bids_harmonize: while stopping: {err}", file=sys.stderr)
     stop_descendants()
     # Exit here rather than raise SystemExit: Nipype runs local nodes under a bare `except:` and
     # would swallow it and go on scheduling nodes. A temporary file this leaves is removed by the

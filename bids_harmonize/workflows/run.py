@@ -6,23 +6,22 @@ explicit arguments.
 
 from __future__ import annotations
 
-import getpass
 import logging
-import os
 import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
 from bids_harmonize.bids import derivatives
 from bids_harmonize.bids.records import ImageRecord
+from bids_harmonize.cli.guard import stop_action
 from bids_harmonize.config import MULTIPROC_DEFAULTS, RunConfig, read_plugin_file
 from bids_harmonize.model.bundle import BundleError
 from bids_harmonize.sites import SiteAssignment
 from bids_harmonize.sites.overrides import read_tsv
 from bids_harmonize.templates import get_template
+from bids_harmonize.workflows import scheduler
 from bids_harmonize.workflows.bundles import (
     TemplateChoice,
     check_grid,
@@ -82,16 +81,6 @@ def training_threads(config: RunConfig) -> int:
     return config.omp_nthreads or max(1, min(8, config.nprocs))
 
 
-def scheduler_environment(plugin: str) -> None:
-    """Nipype's scheduler plugins (SLURM, SGE, PBS, ...) name jobs after $LOGNAME and fail with
-    KeyError where it is unset (containers, cron, CI runners)."""
-    if plugin not in ("MultiProc", "Linear") and "LOGNAME" not in os.environ:
-        try:
-            os.environ["LOGNAME"] = getpass.getuser()
-        except (KeyError, OSError):  # a uid without a passwd entry
-            os.environ["LOGNAME"] = str(os.getuid())
-
-
 def execute(workflow: Any, config: RunConfig) -> None:
     """Run with MultiProc (or the --use-plugin settings); crashes go to OUT/logs as text."""
     workflow.base_dir = str(config.work_dir / "nipype")
@@ -100,10 +89,12 @@ def execute(workflow: Any, config: RunConfig) -> None:
          "stop_on_first_crash": False, "remove_unnecessary_outputs": False}
     )
     plugin, plugin_args = plugin_settings(config)
-    scheduler_environment(plugin)
+    scheduler.set_environment(plugin)
     before = set(derivatives.logs_dir(config.output_dir).glob("crash-*"))
+    on_stop = (lambda: scheduler.cancel_slurm_jobs(config.run_id)) if plugin == "SLURM" else (lambda: None)
     try:
-        workflow.run(plugin=plugin, plugin_args=plugin_args)
+        with stop_action(on_stop):
+            workflow.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as err:
         crashes = sorted(set(derivatives.logs_dir(config.output_dir).glob("crash-*")) - before)
         listing = "\n  ".join(str(c) for c in crashes) or "(no crash file written)"
@@ -112,8 +103,11 @@ def execute(workflow: Any, config: RunConfig) -> None:
 
 def plugin_settings(config: RunConfig) -> tuple[str, dict[str, Any]]:
     """The Nipype plugin and its arguments: a --use-plugin file's settings are laid over ours, so
-    a MultiProc file that sets only n_procs keeps the forkserver start method."""
+    a MultiProc file that sets only n_procs keeps the forkserver start method; SLURM jobs are
+    tagged with the run's id (workflows/scheduler.py)."""
     plugin, given = read_plugin_file(config.use_plugin) if config.use_plugin else ("MultiProc", {})
+    if plugin == "SLURM":
+        return plugin, scheduler.tag_slurm_jobs(given, config.run_id)
     if plugin != "MultiProc":
         return plugin, dict(given)
     args: dict[str, Any] = {"n_procs": config.nprocs, **MULTIPROC_DEFAULTS}

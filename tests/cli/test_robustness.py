@@ -191,12 +191,13 @@ def test_a_multiproc_plugin_file_keeps_the_forkserver(tmp_path):
     assert plugin_settings(config) == ("MultiProc", {"n_procs": 3, "memory_gb": 8, "raise_insufficient": False,
                                                      "mp_context": "forkserver"})
     plugin.write_text("plugin: SLURM\nplugin_args: {sbatch_args: '--time=1:00:00'}\n")
-    assert plugin_settings(config) == ("SLURM", {"sbatch_args": "--time=1:00:00"})
+    assert plugin_settings(config) == ("SLURM", {"sbatch_args": f"--time=1:00:00 --comment=bids_harmonize:{config.run_id}"})
 
 
 def test_scheduler_plugins_get_logname_and_size_node_threads_by_the_job(tmp_path, monkeypatch):
     from bids_harmonize.config import RunConfig
-    from bids_harmonize.workflows.run import omp_threads, scheduler_environment, training_threads
+    from bids_harmonize.workflows.run import omp_threads, training_threads
+    from bids_harmonize.workflows.scheduler import set_environment as scheduler_environment
 
     plugin = tmp_path / "plugin.yml"
     plugin.write_text("plugin: SLURM\nplugin_args: {sbatch_args: '--mem=4G --cpus-per-task=3'}\n")
@@ -212,3 +213,19 @@ def test_scheduler_plugins_get_logname_and_size_node_threads_by_the_job(tmp_path
     assert "LOGNAME" not in os.environ
     scheduler_environment("SLURM")
     assert os.environ["LOGNAME"]
+
+
+def test_a_stopped_run_cancels_the_slurm_jobs_it_submitted_and_only_those(tmp_path, monkeypatch):
+    from bids_harmonize.workflows.scheduler import cancel_slurm_jobs
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "squeue").write_text("#!/bin/sh\nprintf '11 bids_harmonize:run-a\\n12 (null)\\n13 bids_harmonize:run-b\\n"
+                                 "14 bids_harmonize:run-a\\n'\n")
+    (fake / "scancel").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'cancelled'}\n")
+    for tool in ("squeue", "scancel"):
+        (fake / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    assert cancel_slurm_jobs("run-a") == ["11", "14"]
+    assert (tmp_path / "cancelled").read_text().split() == ["11", "14"]
+    assert cancel_slurm_jobs("run-c") == []
