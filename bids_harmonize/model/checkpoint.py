@@ -39,12 +39,12 @@ def checkpoint_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     return changes
 
 
-def load_if_resumable(path: Path, current: dict[str, Any], is_main: bool, world_size: int) -> dict[str, Any] | None:
+def load_if_resumable(path: Path, current: dict[str, Any], is_main: bool) -> dict[str, Any] | None:
     """The checkpoint's state when this run can continue it; else None, after saying why and
     moving the old checkpoint to checkpoint.previous.pt (rank 0 only; all ranks must call)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     changes = checkpoint_changes(state, current)
-    if world_size > 1:
+    if current["world_size"] > 1:
         dist.barrier()  # every rank has read the file before rank 0 moves it
     if not changes:
         if is_main:

@@ -235,7 +235,7 @@ class Trainer:
     def resume_if_possible(self, path: Path, data_hash: str) -> None:
         """Continue from the checkpoint at `path` when it was written for this data and these
         settings; otherwise start afresh and say why (checkpoint.load_if_resumable)."""
-        state = load_if_resumable(path, self.run_facts(data_hash), self.context.is_main, self.context.world_size)
+        state = load_if_resumable(path, self.run_facts(data_hash), self.context.is_main)
         if state is not None:
             self.load_state_dict(state)
 

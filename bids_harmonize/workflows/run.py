@@ -7,7 +7,6 @@ explicit arguments.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -71,8 +70,7 @@ def omp_threads(config: RunConfig) -> int:
         return config.omp_nthreads
     plugin, plugin_args = plugin_settings(config)
     if plugin != "MultiProc":
-        cpus = re.search(r"(?:--cpus-per-task[= ]|-c\s*)(\d+)", str(plugin_args.get("sbatch_args", "")))
-        return int(cpus[1]) if cpus else 1
+        return scheduler.job_cpus(plugin_args)
     return training_threads(config)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import subprocess
 import sys
 from typing import Any
@@ -24,6 +25,12 @@ def set_environment(plugin: str) -> None:
             os.environ["LOGNAME"] = getpass.getuser()
         except (KeyError, OSError):  # a uid without a passwd entry
             os.environ["LOGNAME"] = str(os.getuid())
+
+
+def job_cpus(plugin_args: dict[str, Any]) -> int:
+    """The CPUs each submitted job asks for: `-c`/`--cpus-per-task` in sbatch_args, else 1."""
+    cpus = re.search(r"(?:--cpus-per-task[= ]|-c\s*)(\d+)", str(plugin_args.get("sbatch_args", "")))
+    return int(cpus[1]) if cpus else 1
 
 
 def tag_slurm_jobs(plugin_args: dict[str, Any], run_id: str) -> dict[str, Any]:

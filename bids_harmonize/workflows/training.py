@@ -48,8 +48,9 @@ def model_image_size(brain_mask: np.ndarray, margin_voxels: int = 4, multiple: i
 
 
 def store_image(store: VolumeStore, path: Path, key: str, mask: np.ndarray) -> int:
-    """The store row of one template-space image, scaling and appending it if not stored yet
-    (or if the file changed since: the stamp is its size and modification time)."""
+    """The store row of one template-space image. The stamp (size and modification time) finds
+    it without reading the file; otherwise the image is read and scaled, and the store either
+    appends it or, when the values under this key are unchanged, records the new stamp."""
     stat = path.stat()
     stamp = f"{stat.st_size}-{stat.st_mtime_ns}"
     row = store.find(key, stamp)
