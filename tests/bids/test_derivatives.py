@@ -94,7 +94,9 @@ def _hammer(args):
 
 def test_parallel_writers_never_leave_a_partial_file(tmp_path):
     target = tmp_path / "shared.json"
-    with multiprocessing.get_context("fork").Pool(2) as pool:
+    # spawn, not fork: a forked copy of a pytest worker that holds other threads' locks (torch,
+    # logging) can hang before it writes anything; one such run hung this suite.
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
         result = pool.map_async(_hammer, [(str(target), w) for w in range(4)])
         while not result.ready():
             if target.exists():
