@@ -30,7 +30,8 @@ from bids_harmonize.model.networks import build_discriminator
 from bids_harmonize.preproc.operations import robust_scale
 from bids_harmonize.qc import site_features
 from bids_harmonize.workflows.training import model_image_size
-from quality import RESULTS, _machine, load_scans, simulated_phantom, split_train_test
+from harness import machine
+from quality import RESULTS, load_scans, simulated_phantom, split_train_test
 
 LAYOUTS = {"paper (instance norm)": "paper-tiny", "modulated (histogram + texture)": "cpu"}
 
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "# Held-out site accuracy of the discriminators and of a feature classifier",
         "",
         f"Command: `{command.strip()}`  ",
-        f"Machine: {_machine()}; one thread.  ",
+        f"Machine: {machine()}; one thread.  ",
         f"Data: the quality benchmark's phantom (3 sites x 8 subjects, 2 mm, seed 0), trained on the first half "
         f"of each site's subjects, scored on every usable slice of the other half; chance 1/3. "
         f"Discriminators: {args.steps} steps, batch 8, Adam 5e-4, cross-entropy over the per-site heads.",

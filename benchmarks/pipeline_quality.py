@@ -38,7 +38,8 @@ from bids_harmonize.qc import between_site_wasserstein, similarity, site_classif
 from bids_harmonize.qc.baselines import baseline_harmonizers
 from bids_harmonize.simulate import SimulatedDataset, add_rician_noise, noise_sigma
 from bids_harmonize.simulate.dataset import RESCAN_STREAM
-from quality import CONTRAST, SEED, _device, _machine, format_table, save_results, simulated_phantom
+from harness import device_name, machine
+from quality import CONTRAST, SEED, format_table, save_results, simulated_phantom
 
 TEMPLATE = "MNI152NLin2009cSym"
 
@@ -161,7 +162,7 @@ def main(args: argparse.Namespace, command: str) -> int:
     times = ", ".join(f"{step} {seconds / 60:.1f} min" for step, seconds in timings.items())
     header = (
         "# Harmonization quality of the whole pipeline, on native grids\n\n"
-        f"Command: `{command}`  \nMachine: {_machine()}, MURD on {_device()}  \n"
+        f"Command: `{command}`  \nMachine: {machine()}, MURD on {device_name()}  \n"
         f"Data: {n_sites} sites x {per_site} subjects, {CONTRAST}, 2 mm, seed {SEED}; every subject scored; "
         f"target site {args.target_site}. Method: benchmarks/pipeline_quality.py; metrics: docs/qc.md.  \n"
         f"Time: {times}. Dice, volume error and s/image are not measured here (nan)."

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -49,6 +48,9 @@ from bids_harmonize.qc.baselines import Harmonizer, baseline_harmonizers
 from bids_harmonize.simulate import SimulatedDataset, simulate_dataset
 from bids_harmonize.simulate.dataset import GROUND_TRUTH_DIR, RESCAN_STREAM, SCAN_STREAM
 from bids_harmonize.simulate.sites import choose_sites
+
+sys.path.insert(0, str(Path(__file__).parent))
+from harness import MurdTraining, device_name, machine, prepare_murd  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 CONTRAST = "T1w"
@@ -195,42 +197,19 @@ class MurdRun:
 
 
 def murd_factory(run: MurdRun, work_dir: Path, test: Sequence[Scan] = ()) -> HarmonizerFactory:
-    """MURD as the pipeline runs it on the template grid: the same robust scaling, model input
-    size, recipe and target intensity scale (median of the target site's training scales).
+    """MURD as the pipeline runs it on the template grid (benchmarks/harness.py), seed SEED.
     With `run.snapshot_minutes`, the EMA weights are also scored on `test` after those minutes
     of training (scoring time is not counted as training time)."""
 
     def build(train_scans: Sequence[Scan], target_site: str, contrast: str) -> Harmonizer:
-        from bids_harmonize.model import load_bundle, preset_config, train
-        from bids_harmonize.model.recipes import RECIPES
-        from bids_harmonize.preproc.operations import median_scale, robust_scale
-        from bids_harmonize.workflows.training import model_image_size
-
-        recipe = RECIPES[run.recipe]
-        sites = sorted({scan.site for scan in train_scans})
-        scales = [robust_scale(scan.image, scan.mask) for scan in train_scans]
-        volumes = [scale.to_model(scan.image) for scan, scale in zip(train_scans, scales)]
-        target_scale = median_scale([scale for scan, scale in zip(train_scans, scales) if scan.site == target_site])
-        union = np.any([scan.mask for scan in train_scans], axis=0)
-        config = preset_config(recipe.preset, len(sites), image_size=model_image_size(union))
-        iterations = run.iterations or recipe.iterations
-        options = recipe.train_config(iterations=iterations, seed=SEED, checkpoint_every=iterations, log_every=10)
-
-        def harmonizer(bundle) -> Harmonizer:
-            def harmonize(image: NDArray, mask: NDArray, source_site: str) -> NDArray:
-                scale = robust_scale(image, mask)
-                output = bundle.harmonize(scale.to_model(image), target_site, source_site=source_site)
-                return target_scale.to_scanner(output)
-
-            return harmonize
-
-        snapshot = _snapshotter(run, sites, work_dir, lambda bundle: score_harmonizer(harmonizer(bundle), test, target_site, contrast))
-        started = time.perf_counter()
-        bundle_dir = train(volumes, [sites.index(s.site) for s in train_scans], sites, config, options,
-                           work_dir / "murd", work_dir=work_dir / "murd_training", progress=False, on_step=snapshot)
-        run.seconds = time.perf_counter() - started - sum(s["scoring_s"] for s in run.snapshots)
-        run.load = os.getloadavg()[1]
-        return harmonizer(load_bundle(bundle_dir))
+        training = MurdTraining(run.recipe, SEED, run.iterations)
+        setup = prepare_murd([s.image for s in train_scans], [s.mask for s in train_scans],
+                             [s.site for s in train_scans], target_site, training)
+        score = lambda bundle: score_harmonizer(setup.harmonizer(bundle), test, target_site, contrast)  # noqa: E731
+        harmonize = setup.train(training, work_dir, on_step=_snapshotter(run, setup.names, work_dir, score))
+        run.seconds = training.seconds - sum(s["scoring_s"] for s in run.snapshots)
+        run.load = training.load
+        return harmonize
 
     return build
 
@@ -262,12 +241,6 @@ def _snapshotter(run: MurdRun, sites: list[str], work_dir: Path, score: Callable
               f"site acc. {scores['site_accuracy']:.3f}", flush=True)
 
     return on_step
-
-
-def _machine() -> str:
-    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    system = f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, {memory_gib:.0f} GiB RAM, {system}"
 
 
 COLUMNS = {  # csv key -> Markdown header
@@ -348,23 +321,17 @@ def main(argv: list[str] | None = None) -> int:
         table += "\n\n" + _growth_table(run, chance)
     header = (
         f"# Harmonization quality on the simulated phantom\n\n"
-        f"Command: `{command.strip()}`  \nMachine: {_machine()}, load average {os.getloadavg()[0]:.1f} at the end  \n"
+        f"Command: `{command.strip()}`  \nMachine: {machine()}, load average {os.getloadavg()[0]:.1f} at the end  \n"
         f"Data: {n_sites} sites x {per_site} subjects, {CONTRAST}, 2 mm, seed {SEED}; "
         f"train/test = first/second half of each site's subjects; target site {args.target_site}.  \n"
         f"Time: simulation {simulated:.0f} s, total {total:.0f} s. Metrics: docs/qc.md.  \n"
         + (f"MURD: recipe {run.recipe!r}{f', {run.iterations} iterations' if run.iterations else ''}, trained in "
-           f"{run.seconds / 60:.1f} min on {_device()}, 5-minute load average {run.load:.1f} when it ended."
+           f"{run.seconds / 60:.1f} min on {device_name()}, 5-minute load average {run.load:.1f} when it ended."
            if factories else "MURD: not run.")
     )
     print(f"{header}\n\n{table}")
     save_results(scores, table, "quality_quick" if args.quick else "quality", header)
     return 0
-
-
-def _device() -> str:
-    import torch
-
-    return f"CUDA ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,233 @@
+"""Downstream benchmark: what harmonization does to the measures a multi-site study analyses.
+
+    python benchmarks/downstream.py [--seeds 0 1 2 3 4] [--work-dir DIR] [--reuse-dataset]
+                                    [--murd-recipe cpu] [--murd-iterations N] [--skip-murd]
+
+A simulated consortium (docs/simulator.md) of four sites: a 3 T MPRAGE (the target), a 3 T
+IR-FSPGR, a 1.5 T 2D IR-TSE with 4 mm slices (clinical protocol) and a low-SNR 1.5 T MPRAGE.
+- Study population: 12 subjects per site, each scanned once (unpaired), ages 20-80 with age
+  confounded with site (the target site youngest, the 1.5 T MPRAGE site oldest on average). Every
+  image-level method is fitted on these images (MURD trains on them) and harmonizes them.
+- Traveling subjects: 8 further subjects scanned at every site, each scan with its own noise;
+  held out from every fit.
+Images are on the 2 mm template grid with the true brain mask (as after perfect registration and
+skull stripping), so the benchmark measures harmonization alone. Every image is segmented by ANTs
+Atropos (bids_harmonize.qc.volumes); the measures and their definitions are in docs/qc.md
+("Downstream measures"). MURD is trained once per seed at the CLI's thread count.
+Results: benchmarks/results/downstream.{md,csv}, downstream_seeds.csv, downstream_volumes.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+from numpy.typing import NDArray
+
+from bids_harmonize.qc import between_site_wasserstein, similarity, site_classifier_accuracy
+from bids_harmonize.qc.baselines import Harmonizer, baseline_harmonizers
+from bids_harmonize.qc.volumes import TISSUES, tissue_volumes, true_volumes
+from bids_harmonize.simulate import SimulatedDataset, simulate_dataset
+from bids_harmonize.simulate.dataset import GROUND_TRUTH_DIR, RESCAN_STREAM, SCAN_STREAM
+from bids_harmonize.simulate.sites import choose_sites
+
+sys.path.insert(0, str(Path(__file__).parent))
+from downstream_report import summarise, write_results  # noqa: E402
+from harness import MurdTraining, cli_threads, machine, prepare_murd  # noqa: E402
+
+SITES = ("site1", "site2", "site3", "site4")
+TARGET = "site1"
+STUDY_PER_SITE, TRAVELING = 12, 8
+SEED = 0
+TRAVEL_STREAM = 300  # + site index: every traveling scan has its own noise
+RESOLUTION_MM = 2.0
+# Study subjects per site (rows, SITES order) in each age quartile (columns, youngest first):
+# every site spans the whole age range, but site1 leans young and site4 old.
+AGE_CONFOUND = ((5, 3, 2, 2), (3, 4, 3, 2), (2, 3, 4, 3), (2, 2, 3, 5))
+
+
+@dataclass(frozen=True)
+class Image:
+    subject: str
+    site: str
+    data: NDArray
+    mask: NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """The benchmark's images and what is true about them."""
+
+    study: list[Image]
+    traveling: list[Image]  # subject-major: each traveling subject at every site in SITES order
+    rescans: dict[str, NDArray]  # traveling subject -> independent scan at the target site
+    age: dict[str, float]
+    truth: dict[str, dict[str, float]]  # subject -> true tissue volumes (ml)
+    voxel_ml: float
+
+
+def _array(path: Path) -> NDArray:
+    return np.asarray(nb.load(path).dataobj)
+
+
+def assign_study_sites(ages: dict[str, float], seed: int = SEED) -> dict[str, str]:
+    """Sites of the study subjects by AGE_CONFOUND: subjects sorted by age into quartiles, each
+    quartile's subjects shuffled (seeded) and dealt to the sites in the table's numbers."""
+    rng = np.random.default_rng([seed, 42])
+    ordered = sorted(ages, key=lambda s: (ages[s], s))
+    quarter = len(ordered) // 4
+    assignment = {}
+    for q in range(4):
+        members = list(rng.permutation(ordered[q * quarter:(q + 1) * quarter]))
+        for site, counts in zip(SITES, AGE_CONFOUND, strict=True):
+            for _ in range(counts[q]):
+                assignment[str(members.pop())] = site
+    return assignment
+
+
+def load_cohort(dataset: SimulatedDataset) -> Cohort:
+    truth_layout = dataset.ground_truth
+    subjects = list(dataset.site_of_subject)
+    study_subjects, traveling_subjects = subjects[: 4 * STUDY_PER_SITE], subjects[4 * STUDY_PER_SITE:]
+    ages = participants_ages(dataset.bids_root)
+    voxel_ml = RESOLUTION_MM**3 / 1000
+    truth = {
+        s: true_volumes({t: _array(truth_layout.probseg_path(s, t)) for t in TISSUES}, voxel_ml) for s in subjects
+    }
+    masks = {s: _array(truth_layout.mask_path(s)) > 0 for s in subjects}
+    study = [
+        Image(s, site, dataset.noisy_render(s, site, stream=SCAN_STREAM), masks[s])
+        for s, site in sorted(assign_study_sites({s: ages[s] for s in study_subjects}).items())
+    ]
+    traveling = [
+        Image(s, site, dataset.noisy_render(s, site, stream=TRAVEL_STREAM + k), masks[s])
+        for s in traveling_subjects
+        for k, site in enumerate(SITES)
+    ]
+    rescans = {s: dataset.noisy_render(s, TARGET, stream=RESCAN_STREAM) for s in traveling_subjects}
+    return Cohort(study, traveling, rescans, ages, truth, voxel_ml)
+
+
+def participants_ages(bids_root: Path) -> dict[str, float]:
+    lines = (bids_root / "participants.tsv").read_text().splitlines()
+    header = lines[0].split("\t")
+    rows = [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
+    return {row["participant_id"].removeprefix("sub-"): float(row["age"]) for row in rows}
+
+
+def simulated_consortium(out_dir: Path, reuse: bool) -> SimulatedDataset:
+    n_subjects = 4 * STUDY_PER_SITE + TRAVELING
+    if not reuse:
+        return simulate_dataset(out_dir, len(SITES), n_subjects, ("T1w",), RESOLUTION_MM, SEED, overwrite=True)
+    found = sorted(p.name for p in out_dir.glob("sub-*"))
+    if len(found) != n_subjects:
+        raise SystemExit(f"--reuse-dataset: {out_dir} holds {len(found)} subjects, expected {n_subjects}")
+    sites = tuple(site.at_resolution(RESOLUTION_MM) for site in choose_sites(len(SITES), SEED))
+    site_of_subject = {f"{i + 1:02d}": sites[i % len(SITES)].label for i in range(n_subjects)}
+    return SimulatedDataset(out_dir, out_dir / GROUND_TRUTH_DIR, sites, site_of_subject, ("T1w",), RESOLUTION_MM, SEED)
+
+
+def measure(harmonize: Harmonizer, cohort: Cohort) -> dict:
+    """Harmonize every image, segment it, and score the traveling outputs' image metrics."""
+    started = time.perf_counter()
+    study_out = [harmonize(im.data, im.mask, im.site) for im in cohort.study]
+    travel_out = [harmonize(im.data, im.mask, im.site) for im in cohort.traveling]
+    seconds = (time.perf_counter() - started) / (len(study_out) + len(travel_out))
+
+    def volumes(outputs: list[NDArray], images: list[Image]) -> list[dict[str, float]]:
+        return [tissue_volumes(out, im.mask, cohort.voxel_ml) for out, im in zip(outputs, images, strict=True)]
+
+    similarities = [similarity(out, cohort.rescans[im.subject], im.mask) for out, im in zip(travel_out, cohort.traveling)]
+    masks, sites = [im.mask for im in cohort.traveling], [im.site for im in cohort.traveling]
+    return {
+        "study": volumes(study_out, cohort.study),
+        "traveling": volumes(travel_out, cohort.traveling),
+        "ssim": [s.ssim for s in similarities],  # per traveling scan, subject-major
+        "psnr_db": [s.psnr for s in similarities],
+        "site_accuracy": site_classifier_accuracy(travel_out, masks, sites).accuracy,
+        "wasserstein": between_site_wasserstein(travel_out, masks, sites),
+        "seconds_per_image": seconds,
+    }
+
+
+def cached(path: Path, compute) -> dict:
+    """A method's measurements, reused from `path` when an earlier run wrote them."""
+    if path.exists():
+        return json.loads(path.read_text())
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result))
+    return result
+
+
+def run(args: argparse.Namespace, work_dir: Path) -> tuple[dict, dict, Cohort, float]:
+    dataset = simulated_consortium(work_dir / "consortium", args.reuse_dataset)
+    cohort = load_cohort(dataset)
+    images, masks = [im.data for im in cohort.study], [im.mask for im in cohort.study]
+    sites = [im.site for im in cohort.study]
+    cache = work_dir / "measured"
+    measured = {}
+    for name, harmonize in baseline_harmonizers(images, masks, sites, TARGET).items():
+        if name in ("none", "z-score", "WhiteStripe", "histogram matching", "Nyul (target site)"):
+            print(f"measuring {name}", flush=True)
+            measured[name] = cached(cache / f"{name}.json", lambda h=harmonize: measure(h, cohort))
+    measured["rescan"] = cached(cache / "rescan.json", lambda: {"traveling": [
+        tissue_volumes(cohort.rescans[s], mask, cohort.voxel_ml) for s, mask in _traveling_masks(cohort).items()]})
+    per_seed, seconds = {}, []
+    for seed in [] if args.skip_murd else args.seeds:
+        training = MurdTraining(args.murd_recipe, seed, args.murd_iterations)
+        key = f"murd-{training.recipe}-{training.iterations or 'recipe'}-seed{seed}"
+
+        def compute(training=training, seed=seed) -> dict:
+            setup = prepare_murd(images, masks, sites, TARGET, training)
+            harmonize = setup.train(training, work_dir / f"murd-seed{seed}")
+            print(f"  trained seed {seed} in {training.seconds / 60:.1f} min (load {training.load:.1f})", flush=True)
+            return {**measure(harmonize, cohort), "training_s": training.seconds, "load": training.load}
+
+        print(f"MURD ({args.murd_recipe}) seed {seed}", flush=True)
+        per_seed[seed] = cached(cache / f"{key}.json", compute)
+        seconds.append(per_seed[seed]["training_s"])
+    return measured, per_seed, cohort, float(np.mean(seconds)) if seconds else 0.0
+
+
+def _traveling_masks(cohort: Cohort) -> dict[str, NDArray[np.bool_]]:
+    return {im.subject: im.mask for im in cohort.traveling}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--work-dir", type=Path, help="keep the dataset and measurements here (default: temporary)")
+    parser.add_argument("--reuse-dataset", action="store_true", help="use the dataset already in --work-dir")
+    parser.add_argument("--murd-recipe", default="cpu")
+    parser.add_argument("--murd-iterations", type=int)
+    parser.add_argument("--skip-murd", action="store_true")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(cli_threads())
+    command = "python benchmarks/downstream.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as temporary:
+        work_dir = args.work_dir or Path(temporary)
+        measured, per_seed, cohort, training_s = run(args, work_dir)
+    rows, seed_rows = summarise(measured, per_seed, cohort, TARGET, SITES)
+    context = {
+        "command": command.strip(), "seconds": time.perf_counter() - start, "training_s": training_s,
+        "threads": cli_threads(), "recipe": args.murd_recipe, "iterations": args.murd_iterations,
+        "load": os.getloadavg()[1], "seeds": sorted(per_seed), "machine": machine(),
+    }
+    print(write_results(rows, seed_rows, measured, per_seed, cohort, context))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
