@@ -68,7 +68,7 @@ class Cohort:
 
     study: list[Image]
     traveling: list[Image]  # subject-major: each traveling subject at every site in SITES order
-    rescans: dict[str, NDArray]  # traveling subject -> independent scan at the target site
+    rescans: dict[str, NDArray]  # every subject -> an independent scan at the target site
     age: dict[str, float]
     truth: dict[str, dict[str, float]]  # subject -> true tissue volumes (ml)
     voxel_ml: float
@@ -112,7 +112,7 @@ def load_cohort(dataset: SimulatedDataset) -> Cohort:
         for s in traveling_subjects
         for k, site in enumerate(SITES)
     ]
-    rescans = {s: dataset.noisy_render(s, TARGET, stream=RESCAN_STREAM) for s in traveling_subjects}
+    rescans = {s: dataset.noisy_render(s, TARGET, stream=RESCAN_STREAM) for s in subjects}
     return Cohort(study, traveling, rescans, ages, truth, voxel_ml)
 
 
@@ -181,6 +181,9 @@ def run(args: argparse.Namespace, work_dir: Path) -> tuple[dict, dict, Cohort, f
             measured[name] = cached(cache / f"{name}.json", lambda h=harmonize: measure(h, cohort))
     measured["rescan"] = cached(cache / "rescan.json", lambda: {"traveling": [
         tissue_volumes(cohort.rescans[s], mask, cohort.voxel_ml) for s, mask in _traveling_masks(cohort).items()]})
+    # The age-slope reference: every study subject as the target scanner measures it.
+    measured["rescan"].update(cached(cache / "rescan_study.json", lambda: {"study": [
+        tissue_volumes(cohort.rescans[im.subject], im.mask, cohort.voxel_ml) for im in cohort.study]}))
     per_seed, seconds = {}, []
     for seed in [] if args.skip_murd else args.seeds:
         training = MurdTraining(args.murd_recipe, seed, args.murd_iterations)
@@ -219,13 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as temporary:
         work_dir = args.work_dir or Path(temporary)
         measured, per_seed, cohort, training_s = run(args, work_dir)
-    rows, seed_rows = summarise(measured, per_seed, cohort, TARGET, SITES)
+    rows, seed_rows, fidelity = summarise(measured, per_seed, cohort, TARGET, SITES)
     context = {
         "command": command.strip(), "seconds": time.perf_counter() - start, "training_s": training_s,
         "threads": cli_threads(), "recipe": args.murd_recipe, "iterations": args.murd_iterations,
         "load": os.getloadavg()[1], "seeds": sorted(per_seed), "machine": machine(),
     }
-    print(write_results(rows, seed_rows, measured, per_seed, cohort, context))
+    print(write_results(rows, seed_rows, fidelity, measured, per_seed, cohort, context))
     return 0
 
 

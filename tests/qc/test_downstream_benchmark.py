@@ -68,14 +68,16 @@ def test_summary_scores_a_site_offset_and_its_removal(downstream, monkeypatch):
     shifted = {"site1": 0.0, "site2": 40.0, "site3": -40.0, "site4": 80.0}
     halved = {site: value / 2 for site, value in shifted.items()}
     measured = {"none": _measured(cohort, shifted, rng), "histogram matching": _measured(cohort, halved, rng),
-                "rescan": {"traveling": _measured(cohort, shifted, rng)["traveling"][::4]}}
+                "rescan": {"traveling": _measured(cohort, shifted, rng)["traveling"][::4],
+                           "study": _measured(cohort, dict.fromkeys(shifted, 0.0), rng)["study"]}}
     clean = _measured(cohort, dict.fromkeys(shifted, 0.0), rng)
-    rows, seed_rows = downstream.summarise(measured, {0: clean, 1: clean}, cohort, "site1", downstream.SITES)
+    rows, seed_rows, fidelity = downstream.summarise(measured, {0: clean, 1: clean}, cohort, "site1", downstream.SITES)
     none, murd = rows["none"], rows["MURD, mean of 2 seeds"]
     assert none["avdp_GM"].value > 5 and murd["avdp_GM"].value < 2
     assert none["eta_GM"].value > 0.5 and murd["eta_GM"].value < 0.3
     assert murd["slope_GM"].low < 1.0 < murd["slope_GM"].high
     assert rows["neuroCombat (age protected)"]["eta_GM"].value < none["eta_GM"].value
+    assert fidelity.low < 1.0 < fidelity.high  # the fake segmenter measures the truth plus noise
     checks = dict(target_checks(rows))
     assert checks["site partial eta2 <= half the input's (GM, WM)"]
     assert not checks["SSIM and PSNR above every image-level baseline"]  # equal SSIM is no win
