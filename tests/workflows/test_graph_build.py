@@ -193,6 +193,8 @@ def test_participant_wf_harmonizes_known_sites_and_leaves_the_rest_preprocessed(
         sink, preproc = name.replace("harmonize_", "sink_"), name.replace("harmonize_", "preproc_")
         assert origin(workflow, (sink, "native_harmonized"), edges) == (f"{name}.to_native", "native_file")
         assert origin(workflow, (f"{name}.murd", "in_file"), edges) == (f"{preproc}.scale", "out_file")
+        # The change is carried to the bias-corrected native image (as the methods text says).
+        assert origin(workflow, (f"{name}.to_native", "native"), edges) == (f"{preproc}.n4", "out_file")
         reference = origin(workflow, (f"{name}.murd", "reference_file"), edges)
         assert reference == (("preproc_reference_T1w.scale", "out_file") if style == "reference" else None)
     for sink in sinks - {name.replace("harmonize_", "sink_") for name in harmonized}:
