@@ -16,10 +16,11 @@ every layer call (parallel branches counted as if in series: an over-estimate, n
 under-estimate) and scales by the size of the output.
 
 Typical moves are far smaller (about sqrt(n) * u per sum). For the tiny test network the bound
-is 2.0e-3 on outputs of size 1.7; the batch-size differences measured were 2.3e-6 to 1.4e-5 on
-one Intel CPU under ATEN_CPU_CAPABILITY=default/avx2/avx512, and 1.8e-5 on an AMD EPYC, while
-a batching bug (a slice averaged with the wrong neighbours, one style spread over the wrong
-rows) moves voxels by 1e-2 or more.
+is 2.0e-3 on outputs of size 1.7. The batch-size differences measured were 1.5e-6 to 1.5e-5 on
+one Intel CPU under other kernel paths (ATEN_CPU_CAPABILITY default/avx2/avx512, MKL_CBWR
+COMPATIBLE/SSE4_2/AVX2, ONEDNN_MAX_CPU_ISA SSE41/AVX2), and 1.8e-5 on an AMD EPYC, while a
+batching bug (a slice averaged with the wrong neighbours, one style spread over the wrong rows)
+moves voxels by 1e-2 or more.
 """
 
 from __future__ import annotations
