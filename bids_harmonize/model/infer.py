@@ -86,6 +86,11 @@ def harmonize_volume(
     to (see `reference_style`). Slices whose in-plane size differs from the model's are centre
     padded/cropped on the way in and put back on their own grid on the way out (cropped-away
     pixels keep their input values).
+
+    Repeatable bit for bit with the same batch size, thread count and machine. Another batch
+    size (or CPU, or device) gives the same result up to float32 rounding only: the kernels sum
+    in another order for another batch shape, so bits may differ (tests/model/rounding.py
+    bounds by how much).
     """
     config, device = translator.config, model_device(translator)
     slices = as_slices(volume, slice_axis, device)

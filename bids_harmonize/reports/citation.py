@@ -71,6 +71,30 @@ BIBTEX = {
 }
 
 
+# How the translation reaches the scan, per network layout: what HarmonizedToNative
+# (interfaces/harmonize.py) does with the lookup table of ModelBundle.intensity_lookup, whose
+# table is the identity for the paper layout. tests/workflows/test_native_output.py runs that
+# code against each clause.
+_RESIDUAL = ("resampled onto the native grid (linear interpolation, zero outside the template's field of view) "
+             "and added")
+NATIVE_MAPPING = {
+    "modulated": (
+        "The change was carried to the image's own native grid rather than the translated image resampled: "
+        "the voxel-wise part of the translation (the target style's intensity curve after the inverse of the "
+        "image's own style's curve, as a lookup table) was applied to every voxel of the bias-corrected native "
+        "image, in the model range of the image's own intensity scale and unclipped, and the rest of the change "
+        f"on the template grid (the translated image minus the mapped input) was {_RESIDUAL}, so each scan kept "
+        "its own resolution and detail."
+    ),
+    "paper": (
+        "The change was carried to the image's own native grid rather than the translated image resampled: "
+        "the change on the template grid (the translated image minus its input) was "
+        f"{_RESIDUAL} to the bias-corrected native image, in the model range of the image's own intensity scale "
+        "and unclipped, so each scan kept its own resolution and detail."
+    ),
+}
+
+
 def _version(facts: MethodsFacts, package: str) -> str:
     return facts.versions.get(package, "(version not recorded)")
 
@@ -87,11 +111,10 @@ def _model_paragraph(facts: MethodsFacts, model: ModelUse) -> str:
             f"iterations (batch size {training.get('batch_size', '?')}, seed {card.get('seed', '?')}); its weights "
             f"have SHA-256 {(card.get('weights') or {}).get('sha256', '?')}.")
     if model.target_site:
+        architecture = (card.get("network") or {}).get("architecture", "modulated")
         text += (f" Each image was translated to the style of site {model.target_site} ({model.target_style} style) "
-                 "on the template grid, mapped to that site's intensity scale (the median of its training images' "
-                 "scales) and resampled onto the image's own native grid (linear interpolation); native voxels "
-                 "outside the template's field of view kept their own values, mapped linearly from the source to "
-                 "the target intensity scale.")
+                 f"on the template grid. {NATIVE_MAPPING[architecture]} The result was mapped to site "
+                 f"{model.target_site}'s intensity scale (the median of its training images' scales).")
     return text
 
 

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from rounding import rounding_tolerance, summed_terms
+
 from bids_harmonize.model import build_translator, preset_config
 from bids_harmonize.model.curves import apply_curve, apply_lookup, curve_from_logits, invert_curve
 from bids_harmonize.model.modulated import soft_histogram
@@ -59,6 +61,8 @@ def test_an_untrained_translator_returns_its_input(preset):
     translator = build_translator(config)
     images = brain_like_images()
     styles = torch.randn(2, config.style_dim), torch.randn(2, config.style_dim)
+    # Tight on any machine: the zero-initialised last layers give exactly zero whatever order
+    # the kernels sum in, so only the identity curves' own arithmetic rounds (a few float32 ulps).
     torch.testing.assert_close(translator.translate(images, *styles), images.contiguous(), atol=1e-5, rtol=0)
 
 
@@ -77,7 +81,12 @@ def test_translating_to_the_images_own_style_changes_nothing():
     translator, config = perturbed_translator()
     images, style = brain_like_images(), torch.randn(2, config.style_dim)
     with torch.no_grad():
-        torch.testing.assert_close(translator.translate(images, style, style), images.contiguous(), atol=1e-4, rtol=0)
+        # The target and source renderings are rows of one batch: equal up to float32 rounding
+        # (see rounding.py), whose bound follows the network's sums.
+        terms = summed_terms(translator, lambda: translator.translate(images, style, style))
+        tolerance = rounding_tolerance(terms, images.abs().max())
+        own = translator.translate(images, style, style)
+        torch.testing.assert_close(own, images.contiguous(), atol=tolerance, rtol=0)
 
 
 def test_two_styles_give_clearly_different_outputs_without_a_periodic_pattern():

@@ -1,5 +1,6 @@
 """The harmonized native image carries the model's change to the scan itself: a scan with finer
-voxels than the model grid keeps its detail, and there is no seam at the template's edge."""
+voxels than the model grid keeps its detail, there is no seam at the template's edge, and the
+methods text says what this code does."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import json
 
 import nibabel as nb
 import numpy as np
+import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
 from bids_harmonize.interfaces.harmonize import HarmonizedToNative
 from bids_harmonize.model.curves import apply_lookup
 from bids_harmonize.preproc import operations as op
+from bids_harmonize.reports.citation import MethodsFacts, ModelUse, methods_markdown
 
 NATIVE_SHAPE = (64, 64, 64)  # 1 mm
 SOURCE = op.IntensityScale(0.0, 1000.0)
@@ -33,15 +36,21 @@ def gradient_energy(image: np.ndarray, mask: np.ndarray) -> float:
     return float(sum((np.gradient(image, axis=axis)[mask] ** 2).sum() for axis in range(3)))
 
 
-def run_to_native(tmp_path, native: np.ndarray, lookup: tuple[np.ndarray, np.ndarray], residual: float) -> np.ndarray:
-    """Template grid: 2 mm covering only the central 48 mm (the scan reaches beyond it)."""
+def run_to_native(
+    tmp_path, native: np.ndarray, lookup: tuple[np.ndarray, np.ndarray], residual: float | np.ndarray
+) -> np.ndarray:
+    """Template grid: 2 mm covering only the central 48 mm (the scan reaches beyond it). The
+    model's output is the lookup applied to its input plus `residual`: a value added inside the
+    head, or an array on the template grid."""
     native_img = nb.Nifti1Image(native, np.eye(4))
     template_affine = np.diag([2.0, 2.0, 2.0, 1.0])
     template_affine[:3, 3] = 8.0
     to_template = np.linalg.inv(np.eye(4)) @ template_affine
     template_data = ndimage.affine_transform(native, to_template, output_shape=(24, 24, 24), order=1)
     model_input = SOURCE.to_model(template_data)
-    harmonized = apply_lookup(model_input, *lookup) + residual * (model_input > -0.99)
+    if np.ndim(residual) == 0:
+        residual = residual * (model_input > -0.99)
+    harmonized = apply_lookup(model_input, *lookup) + residual
     paths = {name: tmp_path / f"{name}.nii.gz" for name in ("native", "model_input", "harmonized")}
     nb.Nifti1Image(native, np.eye(4)).to_filename(paths["native"])
     nb.Nifti1Image(model_input, template_affine).to_filename(paths["model_input"])
@@ -76,3 +85,64 @@ def test_no_seam_at_the_edge_of_the_template_field_of_view(tmp_path):
     output = run_to_native(tmp_path, native, (identity, identity), residual=0.0)
     # Inside and outside the template's 48 mm cube the same input maps to the same value.
     np.testing.assert_allclose(output, TARGET.to_scanner(SOURCE.to_model(native)), rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- the methods text
+TEMPLATE_FOV_MM = (8.0, 54.0)  # first and last template voxel centre, in native mm on each axis
+RAMP_PER_MM = 0.005  # a residual rising along the first axis, in model-range units per mm
+
+
+def methods_text(tmp_path, architecture: str) -> str:
+    bundle = tmp_path / "models" / "T1w"
+    bundle.mkdir(parents=True)
+    card = {"preset": "tiny", "network": {"architecture": architecture}, "sites": [{"name": "siteA"}]}
+    (bundle / "model.json").write_text(json.dumps(card))
+    facts = MethodsFacts(("T1w",), "MNI152NLin2009cSym", 2, "scanner", (ModelUse("T1w", bundle, "siteA", "site"),))
+    return " ".join(methods_markdown(facts).split())
+
+
+@pytest.mark.parametrize(
+    ("architecture", "phrases"),
+    [
+        ("modulated", (
+            "the voxel-wise part of the translation", "was applied to every voxel of the bias-corrected native image",
+            "in the model range of the image's own intensity scale and unclipped",
+            "the rest of the change on the template grid (the translated image minus the mapped input) was "
+            "resampled onto the native grid (linear interpolation, zero outside the template's field of view) and added",
+        )),
+        ("paper", (
+            "the change on the template grid (the translated image minus its input) was resampled onto the native "
+            "grid (linear interpolation, zero outside the template's field of view) and added to the bias-corrected "
+            "native image", "in the model range of the image's own intensity scale and unclipped",
+        )),
+    ],
+)
+def test_the_methods_text_says_how_the_change_reaches_the_scan(tmp_path, architecture, phrases):
+    """Each key phrase is in the text, and HarmonizedToNative does what it says: the lookup on
+    every native voxel (inside and outside the template's field of view, above the source
+    scale's top too), plus the template-grid residual interpolated linearly inside the field of
+    view and nothing outside it, on the target site's scale. The bias-corrected image is the
+    one to_native receives (test_graph_build.py follows that connection back to N4)."""
+    text = methods_text(tmp_path, architecture)
+    assert all(phrase in text for phrase in phrases), [p for p in phrases if p not in text]
+    assert "kept their own values" not in text and "site siteA's intensity scale" in text
+
+    knots = np.linspace(-1, 1, 33, dtype=np.float32)
+    # The paper layout's table is the identity (ModelBundle.intensity_lookup without a source style).
+    lookup = (knots, np.sign(knots) * np.abs(knots) ** 0.7) if architecture == "modulated" else (knots, knots)
+    native = 300.0 + fine_scan()  # the scan fills its box: neck and scalp beyond the template
+    native[:4, 28:36, 28:36] = 1500.0  # above the source scale's top (1000), outside the template
+    template_mm = TEMPLATE_FOV_MM[0] + 2.0 * np.arange(24, dtype=np.float32)
+    ramp = np.broadcast_to(RAMP_PER_MM * (template_mm - TEMPLATE_FOV_MM[0])[:, None, None], (24, 24, 24))
+    output = run_to_native(tmp_path, native, lookup, residual=np.ascontiguousarray(ramp, dtype=np.float32))
+
+    own_scale = 2.0 * (native - SOURCE.lo) / (SOURCE.hi - SOURCE.lo) - 1.0  # unclipped: up to 2.0
+    mapped = apply_lookup(own_scale, *lookup)
+    mm = np.indices(NATIVE_SHAPE)
+    inside = ((mm >= TEMPLATE_FOV_MM[0]) & (mm <= TEMPLATE_FOV_MM[1])).all(0)
+    outside = ((mm <= TEMPLATE_FOV_MM[0] - 3) | (mm >= TEMPLATE_FOV_MM[1] + 3)).any(0)
+    residual = RAMP_PER_MM * (mm[0] - TEMPLATE_FOV_MM[0])  # linear interpolation of the ramp is the ramp
+    # 0.05 scanner units: a nearest-neighbour residual would be off by up to 5 here.
+    np.testing.assert_allclose(output[inside], TARGET.to_scanner(mapped + residual)[inside], rtol=0, atol=0.05)
+    np.testing.assert_allclose(output[outside], TARGET.to_scanner(mapped)[outside], rtol=0, atol=0.05)
+    assert own_scale[outside].max() > 1.9  # the unclipped values were among those checked
