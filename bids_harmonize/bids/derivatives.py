@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bids_harmonize import CODE_URL, __version__
+from bids_harmonize.bids.invariant import check_finite
 from bids_harmonize.bids.naming import derived_relpath
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.utils import atomic_save_nifti, atomic_write, atomic_write_json, atomic_write_text, atomic_write_tsv
@@ -168,7 +169,9 @@ def sidecar_path(image_path: Path) -> Path:
 
 # ----------------------------------------------------------------------------- writes
 def write_image(img: Any, path: Path, sidecar: Mapping[str, Any] | None = None) -> Path:
-    """Write a NIfTI derivative and, when given, its JSON sidecar (both atomic)."""
+    """Write a NIfTI derivative and, when given, its JSON sidecar (both atomic); an image with a
+    non-finite value is refused (bids/invariant.py), never written."""
+    check_finite(img, str(path))
     atomic_save_nifti(img, path)
     if sidecar is not None:
         atomic_write_json(sidecar_path(path), dict(sidecar))

@@ -30,7 +30,7 @@ from bids_harmonize.utils import atomic_write, atomic_write_json
 LOGGER = logging.getLogger("bids_harmonize")
 # Keys of a harmonized derivative sidecar that describe the harmonization (not the acquisition).
 PROVENANCE_KEYS = (
-    "SourceSite", "SourceSiteProvenance", "SourceSiteEvidence", "TargetSite", "TargetStyle", "TargetIntensityScale",
+    "SourceSite", "SourceSiteProvenance", "SourceSiteEvidence", "TargetSite", "TargetStyle", "TargetIntensityScale", "OutputRange",
     "ModelBundle", "GeneratedBy", "PackageVersions", "CommandLine", "StartTime", "EndTime",
 )
 

@@ -38,6 +38,11 @@ CARD_NAME = "model.json"
 WEIGHTS_NAME = "model.safetensors"
 STYLE_KINDS = ("site", "reference", "random")
 
+# Plausibility bounds beside card.schema.json (which bounds each number): trained style codes
+# have norms of order 1-10, and an intensity scale must span more than float32 rounding.
+MAX_STYLE_NORM = 1000.0
+MIN_RELATIVE_SPAN = 1e-5
+
 SCHEMA_PATH = Path(__file__).with_name("card.schema.json")  # JSON Schema of model.json
 
 
@@ -173,15 +178,13 @@ def validate_card(card: Any) -> MURDConfig:
     errors = [f"{_json_path(e)}: {e.message}" for e in sorted(validator.iter_errors(card), key=lambda e: list(e.absolute_path))]
     errors += non_finite_numbers(card)
     if errors:
-        raise ValueError("; ".join(errors))
+        raise ValueError(_listing(errors))
     config = MURDConfig.from_dict(card["network"])
     sites = card["sites"]
     for index, site in enumerate(sites):
         if len(site["style"]) != config.style_dim:
             errors.append(f"card.sites[{index}].style must be {config.style_dim} numbers")
-        scale = (site["signature"] or {}).get("intensity_scale")
-        if scale and not scale["hi"] > scale["lo"]:
-            errors.append(f"card.sites[{index}].signature.intensity_scale must have hi > lo")
+        errors += _implausible_site(site, index)
     names = [site["name"] for site in sites]
     if len(sites) != config.num_sites or len(set(names)) != len(names):
         errors.append(f"card.sites must list {config.num_sites} sites with unique names")
@@ -192,8 +195,29 @@ def validate_card(card: Any) -> MURDConfig:
         if not contract["intensity"]["high_percentile"] > contract["intensity"]["low_percentile"]:
             errors.append("card.input.intensity: high_percentile must exceed low_percentile")
     if errors:
-        raise ValueError("; ".join(errors))
+        raise ValueError(_listing(errors))
     return config
+
+
+def _listing(errors: list[str], shown: int = 5) -> str:
+    more = f"; and {len(errors) - shown} more" if len(errors) > shown else ""
+    return "; ".join(errors[:shown]) + more
+
+
+def _implausible_site(site: dict[str, Any], index: int) -> list[str]:
+    """Plausibility bounds beside the schema: a style code of bounded norm, an intensity scale
+    with hi > lo whose span float32 (the output images' type) resolves."""
+    errors = []
+    norm = math.sqrt(sum(float(v) ** 2 for v in site["style"]))
+    if norm > MAX_STYLE_NORM:
+        errors.append(f"card.sites[{index}].style has norm {norm:.3g}, above the plausible {MAX_STYLE_NORM:g}")
+    scale = (site["signature"] or {}).get("intensity_scale")
+    if scale and not scale["hi"] > scale["lo"]:
+        errors.append(f"card.sites[{index}].signature.intensity_scale must have hi > lo")
+    elif scale and scale["hi"] - scale["lo"] < MIN_RELATIVE_SPAN * max(1.0, abs(scale["hi"]), abs(scale["lo"])):
+        errors.append(f"card.sites[{index}].signature.intensity_scale spans too little for float32 images "
+                      f"(hi - lo must be at least {MIN_RELATIVE_SPAN:g} of max(1, |lo|, |hi|))")
+    return errors
 
 
 def _read_card(card_path: Path) -> tuple[dict[str, Any], MURDConfig]:
