@@ -70,6 +70,14 @@ def discover(config: RunConfig) -> list[ImageRecord]:
         filters=load_filter_file(config.bids_filter_file),
         filter_source=str(config.bids_filter_file or "--bids-filter-file"),
     )
+    # What the selection matched but discovery left out (0-byte, broken link, duplicate, ...),
+    # not the invalid sidecars elsewhere in the dataset.
+    reasons = [s for s in found.skipped if ": invalid sidecar, left out" not in s]
+    if not found.images and reasons:
+        raise SelectionError(
+            "None of the selected images can be used; each was left out for the reason given, with its fix:\n  "
+            + "\n  ".join(reasons[:20]) + ("\n  ..." if len(reasons) > 20 else "")
+        )
     if not found.images:
         raise SelectionError(
             f"No {'/'.join(config.contrasts)} images in {config.bids_dir} match the selection "
