@@ -121,17 +121,26 @@ def write_bidsignore(out_dir: Path) -> Path:
     return path
 
 
+def check_output_dir(out_dir: Path) -> None:
+    """Raise OutputDirError when OUT holds another pipeline's derivatives (checked before
+    anything, even the run's configuration, is written there)."""
+    path = Path(out_dir) / "dataset_description.json"
+    if not path.is_file():
+        return
+    existing = _read_json(path)
+    names = [g.get("Name") for g in existing.get("GeneratedBy", []) if isinstance(g, dict)]
+    if PIPELINE_NAME not in names:
+        raise OutputDirError(
+            f"{path} belongs to another pipeline ({names or 'no GeneratedBy'}). Fix: choose an "
+            f"empty output directory, e.g. {Path(out_dir) / PIPELINE_NAME}."
+        )
+
+
 def write_dataset_description(out_dir: Path, bids_dir: Path) -> Path:
     """Create OUT/dataset_description.json, or check that an existing one is ours."""
     path = Path(out_dir) / "dataset_description.json"
     if path.is_file():
-        existing = _read_json(path)
-        names = [g.get("Name") for g in existing.get("GeneratedBy", []) if isinstance(g, dict)]
-        if PIPELINE_NAME not in names:
-            raise OutputDirError(
-                f"{path} belongs to another pipeline ({names or 'no GeneratedBy'}). Fix: choose an "
-                f"empty output directory, e.g. {Path(out_dir) / PIPELINE_NAME}."
-            )
+        check_output_dir(out_dir)
         write_bidsignore(out_dir)
         return path
     write_bidsignore(out_dir)

@@ -254,7 +254,15 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
         )
     translator = Translator(config)
     try:
-        translator.load_state_dict(load_file(weights_path))
+        tensors = load_file(weights_path)
+    except Exception as error:  # safetensors raises SafetensorError (and OSError) for a file it cannot parse
+        raise BundleError(
+            f"{weights_path}: not a readable safetensors file ({error.__class__.__name__}: {error}), although its SHA-256 "
+            f"matches {card_path}: the bundle was written wrongly. Fix: retrain it at group level, or re-copy it "
+            "from where it was trained"
+        ) from error
+    try:
+        translator.load_state_dict(tensors)
     except RuntimeError as error:
         raise BundleError(f"{weights_path}: weights do not fit the network in {card_path}: {error}") from error
     bundle = ModelBundle(card_path.parent, card, translator.to(device).eval().requires_grad_(False))
