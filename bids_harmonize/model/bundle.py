@@ -252,22 +252,40 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
             f"{weights_path}: SHA-256 {actual} does not match {card['weights']['sha256']} recorded in "
             f"{card_path}; the weights are corrupt or were changed: re-copy the bundle or retrain"
         )
+    _check_weights_fit(config, weights_path, card_path)
     translator = Translator(config)
     try:
-        tensors = load_file(weights_path)
-    except Exception as error:  # safetensors raises SafetensorError (and OSError) for a file it cannot parse
-        raise BundleError(
-            f"{weights_path}: not a readable safetensors file ({error.__class__.__name__}: {error}), although its SHA-256 "
-            f"matches {card_path}: the bundle was written wrongly. Fix: retrain it at group level, or re-copy it "
-            "from where it was trained"
-        ) from error
-    try:
-        translator.load_state_dict(tensors)
+        translator.load_state_dict(load_file(weights_path))
     except RuntimeError as error:
         raise BundleError(f"{weights_path}: weights do not fit the network in {card_path}: {error}") from error
     bundle = ModelBundle(card_path.parent, card, translator.to(device).eval().requires_grad_(False))
     bundle.card_sha256 = sha256_of(card_path)
     return bundle
+
+
+def _check_weights_fit(config: MURDConfig, weights_path: Path, card_path: Path) -> None:
+    """The network the card describes, built on the meta device (no memory), must have exactly
+    the tensors the weights file holds: a card edited to absurd sizes is refused before any
+    allocation, and one that cannot build a network at all is an unusable bundle too."""
+    from safetensors import safe_open
+
+    fix = "Fix: retrain it at group level, or re-copy the bundle from where it was trained"
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in Translator(config).state_dict().items()}
+    except Exception as error:  # TypeError/ValueError/RuntimeError for values the network cannot take
+        raise BundleError(f"{card_path}: card.network cannot describe a network ({error.__class__.__name__}: {error}). {fix}") from error
+    try:
+        with safe_open(str(weights_path), "pt") as handle:
+            stored = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+    except Exception as error:  # safetensors raises SafetensorError (and OSError) for a file it cannot parse
+        raise BundleError(
+            f"{weights_path}: not a readable safetensors file ({error.__class__.__name__}: {error}), although its "
+            f"SHA-256 matches {card_path}: the bundle was written wrongly. {fix}"
+        ) from error
+    if stored != expected:
+        differing = sorted(set(stored) ^ set(expected) | {k for k in set(stored) & set(expected) if stored[k] != expected[k]})
+        raise BundleError(f"{weights_path}: weights do not fit the network in {card_path} (e.g. {differing[:3]}). {fix}")
 
 
 class ModelBundle:
