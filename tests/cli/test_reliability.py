@@ -86,3 +86,18 @@ def test_the_final_line_names_the_left_out_image_and_its_own_fix(tmp_path, capsy
     last = capsys.readouterr().err.strip().splitlines()[-2:]
     assert "check the labels" not in "\n".join(last) and "sub-01/anat/sub-01_T1w.nii" in "\n".join(last)
     assert ("empty" in "\n".join(last)) if problem == "empty" else ("Fix: delete one of them" in "\n".join(last))
+
+
+def test_a_crashed_node_is_one_console_line_and_its_traceback_stays_in_the_crash_file(tmp_path):
+    import logging
+
+    from bids_harmonize.cli.run import _without_traceback
+    from bids_harmonize.workflows.run import crash_summary
+
+    crash = tmp_path / "crash-x-scale.txt"
+    crash.write_text("Node: wf.preproc_sub_02_T1w.scale\nWorking directory: /w\n\nTraceback (most recent call last):\n"
+                     '  File "x.py", line 1, in f\n    raise ValueError\nValueError: degenerate intensity range\n')
+    record = logging.LogRecord("nipype.workflow", logging.ERROR, "", 0, "Node %s failed.\nSaving crash info to %s\n%s",
+                               ("scale", crash, crash.read_text().split("\n", 3)[3]), None)
+    assert _without_traceback(record) and record.getMessage() == f"Node scale failed.\nSaving crash info to {crash}"
+    assert crash_summary(crash) == f"wf.preproc_sub_02_T1w.scale: ValueError: degenerate intensity range ({crash})"
