@@ -408,7 +408,8 @@ def _image_record(
         except Exception as err:  # nibabel raises several types for corrupt files
             geometry = headers[key] = f"unreadable image ({err})"
     if isinstance(geometry, str):
-        skipped.append(f"{relpath}: {geometry}")
+        skipped.append(f"{relpath}: {geometry}; left out. Fix: convert or copy it again from the source data, or "
+                       "leave it out with .bidsignore")
         return None
     return ImageRecord(
         path=path,

@@ -85,7 +85,7 @@ def test_the_final_line_names_the_left_out_image_and_its_own_fix(tmp_path, capsy
     assert run(bids, tmp_path / "out") == 18
     last = capsys.readouterr().err.strip().splitlines()[-2:]
     assert "check the labels" not in "\n".join(last) and "sub-01/anat/sub-01_T1w.nii" in "\n".join(last)
-    assert ("empty" in "\n".join(last)) if problem == "empty" else ("Fix: delete one of them" in "\n".join(last))
+    assert ("empty (0 bytes)" in "\n".join(last) and "Fix: convert" in "\n".join(last)) if problem == "empty" else ("Fix: delete one of them" in "\n".join(last))
 
 
 def test_a_crashed_node_is_one_console_line_and_its_traceback_stays_in_the_crash_file(tmp_path):
