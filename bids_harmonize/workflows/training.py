@@ -98,6 +98,9 @@ def train_contrast(
 
     usable = [a for a in assignments if a.image.suffix == contrast and a.site != UNKNOWN_SITE]
     sites = sorted({a.site for a in usable})
+    if not sites:
+        LOGGER.info("%s: no images of a known site; nothing to train.", contrast)
+        return ""
     if len(sites) < 2:
         LOGGER.warning(
             "%s: %d site(s) with images; harmonization needs at least 2. Not training. Fix: images of one scanner "
