@@ -40,9 +40,19 @@ class Scan:
 
 def write_nifti(path: Path, voxel: tuple[float, float, float] = (1.0, 1.0, 1.0), shape=(6, 6, 6), seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = np.random.default_rng(seed).integers(0, 1000, size=shape).astype(np.int16)
+    data = head_phantom(shape, seed)
     nb.Nifti1Image(data, np.diag([*voxel, 1.0])).to_filename(path)
     return path
+
+
+def head_phantom(shape=(6, 6, 6), seed: int = 0) -> np.ndarray:
+    """int16 'head': an ellipsoid of noisy tissue values (300-1000) in a dark background (0-30),
+    enough structure for the screening's is-it-a-head checks (bids/screen.py)."""
+    rng = np.random.default_rng(seed)
+    axes = np.meshgrid(*[np.linspace(-1.0, 1.0, n) for n in shape], indexing="ij")
+    inside = sum(a**2 for a in axes) <= 0.7
+    tissue = rng.integers(300, 1000, size=shape)
+    return np.where(inside, tissue, rng.integers(0, 30, size=shape)).astype(np.int16)
 
 
 def scan_path(root: Path, scan: Scan) -> Path:
@@ -107,3 +117,27 @@ def bids_validator_errors(root: Path) -> list[str]:
     issues = report["issues"]["issues"]
     return [f"{i['code']}: {i.get('location', '')} {i.get('issueMessage', '')}".strip()
             for i in issues if i.get("severity") == "error"]
+
+
+def write_bundle(folder: Path, *, resolution: int = 2, edit=None) -> Path:
+    """An untrained tiny T1w bundle of the sites A and B (intensity scale 0-500) with an input
+    contract; ``edit(card)`` changes its model.json afterwards."""
+    import torch
+
+    from bids_harmonize.model import build_translator, preset_config, save_bundle
+    from bids_harmonize.preproc.operations import intensity_convention
+    from bids_harmonize.templates import get_template
+
+    config = preset_config("tiny", 2, image_size=112)
+    torch.manual_seed(0)
+    grid = list(nb.load(get_template("MNI152NLin2009cSym", resolution, "mask", "brain")).shape)
+    contract = {"contrast": "T1w", "template": "MNI152NLin2009cSym", "resolution": resolution, "grid_shape": grid,
+                "image_size": 112, "slice_axis": 2, "intensity": intensity_convention()}
+    signatures = {s: {"n_images": 1, "intensity_scale": {"lo": 0.0, "hi": 500.0}} for s in ("A", "B")}
+    save_bundle(folder, build_translator(config), ["A", "B"], torch.zeros(2, config.style_dim), data_hash="sha256:t",
+                site_signatures=signatures, input_contract=contract)
+    if edit is not None:
+        card = json.loads((folder / "model.json").read_text())
+        edit(card)
+        (folder / "model.json").write_text(json.dumps(card))  # json writes NaN as the token NaN
+    return folder

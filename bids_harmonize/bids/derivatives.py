@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bids_harmonize import CODE_URL, __version__
+from bids_harmonize.bids.invariant import check_finite
 from bids_harmonize.bids.naming import derived_relpath
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.utils import atomic_save_nifti, atomic_write, atomic_write_json, atomic_write_text, atomic_write_tsv
@@ -120,17 +121,26 @@ def write_bidsignore(out_dir: Path) -> Path:
     return path
 
 
+def check_output_dir(out_dir: Path) -> None:
+    """Raise OutputDirError when OUT holds another pipeline's derivatives (checked before
+    anything, even the run's configuration, is written there)."""
+    path = Path(out_dir) / "dataset_description.json"
+    if not path.is_file():
+        return
+    existing = _read_json(path)
+    names = [g.get("Name") for g in existing.get("GeneratedBy", []) if isinstance(g, dict)]
+    if PIPELINE_NAME not in names:
+        raise OutputDirError(
+            f"{path} belongs to another pipeline ({names or 'no GeneratedBy'}). Fix: choose an "
+            f"empty output directory, e.g. {Path(out_dir) / PIPELINE_NAME}."
+        )
+
+
 def write_dataset_description(out_dir: Path, bids_dir: Path) -> Path:
     """Create OUT/dataset_description.json, or check that an existing one is ours."""
     path = Path(out_dir) / "dataset_description.json"
     if path.is_file():
-        existing = _read_json(path)
-        names = [g.get("Name") for g in existing.get("GeneratedBy", []) if isinstance(g, dict)]
-        if PIPELINE_NAME not in names:
-            raise OutputDirError(
-                f"{path} belongs to another pipeline ({names or 'no GeneratedBy'}). Fix: choose an "
-                f"empty output directory, e.g. {Path(out_dir) / PIPELINE_NAME}."
-            )
+        check_output_dir(out_dir)
         write_bidsignore(out_dir)
         return path
     write_bidsignore(out_dir)
@@ -168,7 +178,9 @@ def sidecar_path(image_path: Path) -> Path:
 
 # ----------------------------------------------------------------------------- writes
 def write_image(img: Any, path: Path, sidecar: Mapping[str, Any] | None = None) -> Path:
-    """Write a NIfTI derivative and, when given, its JSON sidecar (both atomic)."""
+    """Write a NIfTI derivative and, when given, its JSON sidecar (both atomic); an image with a
+    non-finite value is refused (bids/invariant.py), never written."""
+    check_finite(img, str(path))
     atomic_save_nifti(img, path)
     if sidecar is not None:
         atomic_write_json(sidecar_path(path), dict(sidecar))

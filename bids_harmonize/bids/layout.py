@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bids_harmonize.bids.annex import sidecars_present
 from bids_harmonize.bids.ignore import is_ignored, read_bidsignore
 from bids_harmonize.bids.naming import NamingError, parse_name
 from bids_harmonize.bids.records import ImageRecord
@@ -35,7 +36,7 @@ LOGGER = logging.getLogger("bids_harmonize.discovery")
 IGNORED_TOP_LEVEL = {"code", "derivatives", "sourcedata", "stimuli", "models"}
 IMAGE_EXTENSIONS = (".nii.gz", ".nii")
 SUPPORTED_CONTRASTS = ("T1w", "T2w")
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 
 
 class DatasetError(Exception):
@@ -98,22 +99,25 @@ def _indexed_files(bids_dir: Path) -> Iterable[os.DirEntry]:
                     yield entry
 
 
-def dataset_fingerprint(bids_dir: Path, salt: str = "") -> tuple[str, list[Path]]:
-    """A digest of every indexed file's path, size and mtime; also returns the JSON files."""
+def dataset_fingerprint(bids_dir: Path, salt: str = "") -> tuple[str, list[Path], list[Path]]:
+    """A digest of every indexed file's path, size and mtime; also returns the JSON files, and
+    the JSON files without content (broken symlinks: DataLad files whose content is not fetched)."""
     digest = hashlib.sha256(salt.encode())
-    rows, json_files = [], []
+    rows, json_files, absent = [], [], []
     for entry in _indexed_files(bids_dir):
         try:
             stat = entry.stat()
         except OSError:  # a broken symlink (e.g. an annexed file not fetched): reported at selection
             rows.append(f"{entry.path}\0broken")
+            if entry.name.endswith(".json"):
+                absent.append(Path(entry.path))
             continue
         rows.append(f"{entry.path}\0{stat.st_size}\0{stat.st_mtime_ns}")
         if entry.name.endswith(".json"):
             json_files.append(Path(entry.path))
     for row in sorted(rows):
         digest.update(row.encode())
-    return digest.hexdigest()[:16], json_files
+    return digest.hexdigest()[:16], json_files, absent
 
 
 def find_invalid_sidecars(json_files: list[Path]) -> list[tuple[Path, str]]:
@@ -180,16 +184,20 @@ def open_layout(bids_dir: Path, database_root: Path | None, validate: bool = Tru
     into place, so parallel participant runs sharing a work dir never see a half-built index)."""
     bids_dir = Path(bids_dir).resolve()
     check_dataset(bids_dir)
-    fingerprint, json_files = dataset_fingerprint(bids_dir)
+    fingerprint, json_files, absent = dataset_fingerprint(bids_dir)
     if database_root is not None:
         db_dir = _cache_dir(Path(database_root), bids_dir, fingerprint, validate)
         cache_file = db_dir / "cache.json"
         if cache_file.is_file() and (db_dir / "layout_index.sqlite").is_file():
             cache = json.loads(cache_file.read_text())
-            layout = _build_layout(bids_dir, validate, cache["invalid_sidecars"], db_dir)
+            layout = _build_layout(bids_dir, validate, {**cache["invalid_sidecars"], **cache["absent_sidecars"]}, db_dir)
             return OpenedLayout(layout, cache, db_dir, reused=True)
     invalid = {str(p): why for p, why in find_invalid_sidecars(json_files)}
-    cache = {"bids_dir": str(bids_dir), "invalid_sidecars": invalid, "headers": {}}
+    # Sidecars without content are left out of the index (pybids would fail reading them) and
+    # named only where they apply to a selected image (absent_sidecars_of).
+    missing = {str(p): "content not present" for p in absent}
+    cache = {"bids_dir": str(bids_dir), "invalid_sidecars": invalid, "absent_sidecars": missing, "headers": {}}
+    invalid = {**invalid, **missing}
     if database_root is None:
         return OpenedLayout(_build_layout(bids_dir, validate, invalid, None), cache, None, reused=False)
     building = db_dir.with_name(f"{db_dir.name}.building-{os.getpid()}")
@@ -343,6 +351,8 @@ def discover_images(
             LOGGER.warning("%s: the filter %s matches no %s image", filter_source, filters[contrast.lower()], contrast)
         for path, ents in matched:
             record = _image_record(bids_dir, Path(path), ents, index.metadata, cache["headers"], skipped)
+            if record is not None and not sidecars_present(bids_dir, record, cache["absent_sidecars"], skipped):
+                continue
             if record is not None:
                 images.append(record)
     images = _drop_format_duplicates(images, skipped)
@@ -398,7 +408,8 @@ def _image_record(
         except Exception as err:  # nibabel raises several types for corrupt files
             geometry = headers[key] = f"unreadable image ({err})"
     if isinstance(geometry, str):
-        skipped.append(f"{relpath}: {geometry}")
+        skipped.append(f"{relpath}: {geometry}; left out. Fix: convert or copy it again from the source data, or "
+                       "leave it out with .bidsignore")
         return None
     return ImageRecord(
         path=path,

@@ -86,22 +86,33 @@ def stop_action(action: Callable[[], None]) -> Iterator[None]:
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)  # one clean stop, however many signals arrive
-    print(f"bids_harmonize: received {signal.Signals(signum).name}; stopping all worker processes", file=sys.stderr)
+    print(f"bids_harmonize: received {signal.Signals(signum).name}; stopping all worker processes, exit code "
+          f"{128 + signum}", file=sys.stderr, flush=True)
     for action in list(_STOP_ACTIONS):
         try:
             action()
         except Exception as err:  # a failed clean-up must not keep the run from stopping
-            print(f"bids_harmonize: while stopping: {err}", file=sys.stderr)
+            print(f"bids_harmonize: while stopping: {err}", file=sys.stderr, flush=True)
+    _silence()
     stop_descendants()
     # Exit here rather than raise SystemExit: Nipype runs local nodes under a bare `except:` and
     # would swallow it and go on scheduling nodes. A temporary file this leaves is removed by the
     # next run (remove_stale_temporaries).
+    os._exit(128 + signum)
+
+
+def _silence() -> None:
+    """After the stop line, nothing more reaches the console: killing the workers breaks the
+    process pool, and its threads would log BrokenProcessPool tracebacks on their way out."""
     import logging
 
-    logging.shutdown()
+    logging.disable(logging.CRITICAL)
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(128 + signum)
+    with contextlib.suppress(OSError):
+        quiet = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(quiet, 1)
+        os.dup2(quiet, 2)
 
 
 def install_signal_handlers() -> None:
@@ -134,6 +145,10 @@ def _arm_worker(_: object) -> None:
     import multiprocessing
     import threading
 
+    # A terminal's Ctrl-C reaches every process of the group; the main process stops the run,
+    # so a worker ignores SIGINT rather than print a KeyboardInterrupt traceback.
+    with contextlib.suppress(ValueError):  # only the main thread may set handlers
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = multiprocessing.parent_process()
     if parent is not None and parent.pid:
         threading.Thread(target=_exit_when_gone, args=(parent.pid,), daemon=True, name="orphan-watch").start()

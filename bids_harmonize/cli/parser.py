@@ -176,6 +176,7 @@ def validate(opts: argparse.Namespace) -> argparse.Namespace:
             raise CLIError(str(err)) from err
     _check_export(opts, bids_dir, output_dir)
     _check_training(opts)
+    _check_foreign_output(output_dir)
     ensure_writable(output_dir, "output_dir")
     ensure_writable((opts.work_dir or output_dir / ".work").resolve(), "-w/--work-dir")
     if opts.nprocs < 0 or opts.omp_nthreads < 0:
@@ -183,6 +184,16 @@ def validate(opts: argparse.Namespace) -> argparse.Namespace:
     if opts.nprocs == 0:
         opts.nprocs = len(os.sched_getaffinity(0))
     return opts
+
+
+def _check_foreign_output(output_dir: Path) -> None:
+    """Another pipeline's derivatives folder is refused before anything is written into it."""
+    from bids_harmonize.bids.derivatives import OutputDirError, check_output_dir
+
+    try:
+        check_output_dir(output_dir)
+    except (OutputDirError, OSError) as err:
+        raise CLIError(str(err)) from err
 
 
 def _target_style(style: str) -> str:

@@ -48,7 +48,16 @@ def setup_logging(verbosity: int) -> None:
         nipype_logger = logging.getLogger(name)
         nipype_logger.propagate = False  # nipype has its own handler; ours would print every line twice
         nipype_logger.setLevel(logging.INFO if verbosity else logging.WARNING)
+        nipype_logger.addFilter(_without_traceback)
 
+
+def _without_traceback(record: logging.LogRecord) -> bool:
+    """Nipype logs each crashed node with its traceback; the console gets the lines before it
+    (node, crash file), the traceback stays in the crash file."""
+    text = record.getMessage()
+    if "Traceback (most recent call last)" in text:
+        record.msg, record.args = text.split("Traceback (most recent call last)", 1)[0].rstrip(), ()
+    return True
 
 def discover(config: RunConfig) -> list[ImageRecord]:
     found = discover_images(
@@ -61,6 +70,14 @@ def discover(config: RunConfig) -> list[ImageRecord]:
         filters=load_filter_file(config.bids_filter_file),
         filter_source=str(config.bids_filter_file or "--bids-filter-file"),
     )
+    # What the selection matched but discovery left out (0-byte, broken link, duplicate, ...),
+    # not the invalid sidecars elsewhere in the dataset.
+    reasons = [s for s in found.skipped if ": invalid sidecar, left out" not in s]
+    if not found.images and reasons:
+        raise SelectionError(
+            "None of the selected images can be used; each was left out for the reason given, with its fix:\n  "
+            + "\n  ".join(reasons[:20]) + ("\n  ..." if len(reasons) > 20 else "")
+        )
     if not found.images:
         raise SelectionError(
             f"No {'/'.join(config.contrasts)} images in {config.bids_dir} match the selection "
@@ -141,6 +158,7 @@ def _known_failures() -> tuple[tuple[type[BaseException], ExitCode], ...]:
     from bids_harmonize.model.common import DeviceUnavailable
     from bids_harmonize.model.launch import TrainingFailed
     from bids_harmonize.templates import TemplateNotAvailable
+    from bids_harmonize.workflows.run import WorkflowFailed
 
     return _EXIT_CODES + (
         (UnknownSiteError, ExitCode.USAGE),
@@ -148,6 +166,7 @@ def _known_failures() -> tuple[tuple[type[BaseException], ExitCode], ...]:
         (TemplateNotAvailable, ExitCode.INPUT_MISSING),
         (DeviceUnavailable, ExitCode.FAILURE),
         (TrainingFailed, ExitCode.FAILURE),
+        (WorkflowFailed, ExitCode.FAILURE),
     )
 
 

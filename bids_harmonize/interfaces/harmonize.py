@@ -61,8 +61,8 @@ class HarmonizeVolume(SimpleInterface):
         harmonized = harmonize_volume(
             bundle.translator, volume, style, source_style=source, batch_size=self.inputs.batch_size or None
         )
-        if not np.isfinite(harmonized).all():
-            raise RuntimeError(f"{self.inputs.in_file}: the model gave non-finite values; the bundle may be corrupt")
+        # Non-finite or implausible values are refused where outputs are written, naming the raw
+        # image and this bundle (bids/invariant.py, applied by workflows/outputs.py).
         out = Path(runtime.cwd) / "harmonized_model_range.nii.gz"
         nb.Nifti1Image(harmonized.astype(np.float32), img.affine).to_filename(out)
         inputs, outputs = bundle.intensity_lookup(style, source)

@@ -38,6 +38,11 @@ CARD_NAME = "model.json"
 WEIGHTS_NAME = "model.safetensors"
 STYLE_KINDS = ("site", "reference", "random")
 
+# Plausibility bounds beside card.schema.json (which bounds each number): trained style codes
+# have norms of order 1-10, and an intensity scale must span more than float32 rounding.
+MAX_STYLE_NORM = 1000.0
+MIN_RELATIVE_SPAN = 1e-5
+
 SCHEMA_PATH = Path(__file__).with_name("card.schema.json")  # JSON Schema of model.json
 
 
@@ -173,15 +178,13 @@ def validate_card(card: Any) -> MURDConfig:
     errors = [f"{_json_path(e)}: {e.message}" for e in sorted(validator.iter_errors(card), key=lambda e: list(e.absolute_path))]
     errors += non_finite_numbers(card)
     if errors:
-        raise ValueError("; ".join(errors))
+        raise ValueError(_listing(errors))
     config = MURDConfig.from_dict(card["network"])
     sites = card["sites"]
     for index, site in enumerate(sites):
         if len(site["style"]) != config.style_dim:
             errors.append(f"card.sites[{index}].style must be {config.style_dim} numbers")
-        scale = (site["signature"] or {}).get("intensity_scale")
-        if scale and not scale["hi"] > scale["lo"]:
-            errors.append(f"card.sites[{index}].signature.intensity_scale must have hi > lo")
+        errors += _implausible_site(site, index)
     names = [site["name"] for site in sites]
     if len(sites) != config.num_sites or len(set(names)) != len(names):
         errors.append(f"card.sites must list {config.num_sites} sites with unique names")
@@ -192,8 +195,29 @@ def validate_card(card: Any) -> MURDConfig:
         if not contract["intensity"]["high_percentile"] > contract["intensity"]["low_percentile"]:
             errors.append("card.input.intensity: high_percentile must exceed low_percentile")
     if errors:
-        raise ValueError("; ".join(errors))
+        raise ValueError(_listing(errors))
     return config
+
+
+def _listing(errors: list[str], shown: int = 5) -> str:
+    more = f"; and {len(errors) - shown} more" if len(errors) > shown else ""
+    return "; ".join(errors[:shown]) + more
+
+
+def _implausible_site(site: dict[str, Any], index: int) -> list[str]:
+    """Plausibility bounds beside the schema: a style code of bounded norm, an intensity scale
+    with hi > lo whose span float32 (the output images' type) resolves."""
+    errors = []
+    norm = math.sqrt(sum(float(v) ** 2 for v in site["style"]))
+    if norm > MAX_STYLE_NORM:
+        errors.append(f"card.sites[{index}].style has norm {norm:.3g}, above the plausible {MAX_STYLE_NORM:g}")
+    scale = (site["signature"] or {}).get("intensity_scale")
+    if scale and not scale["hi"] > scale["lo"]:
+        errors.append(f"card.sites[{index}].signature.intensity_scale must have hi > lo")
+    elif scale and scale["hi"] - scale["lo"] < MIN_RELATIVE_SPAN * max(1.0, abs(scale["hi"]), abs(scale["lo"])):
+        errors.append(f"card.sites[{index}].signature.intensity_scale spans too little for float32 images "
+                      f"(hi - lo must be at least {MIN_RELATIVE_SPAN:g} of max(1, |lo|, |hi|))")
+    return errors
 
 
 def _read_card(card_path: Path) -> tuple[dict[str, Any], MURDConfig]:
@@ -228,6 +252,7 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
             f"{weights_path}: SHA-256 {actual} does not match {card['weights']['sha256']} recorded in "
             f"{card_path}; the weights are corrupt or were changed: re-copy the bundle or retrain"
         )
+    _check_weights_fit(config, weights_path, card_path)
     translator = Translator(config)
     try:
         translator.load_state_dict(load_file(weights_path))
@@ -236,6 +261,31 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     bundle = ModelBundle(card_path.parent, card, translator.to(device).eval().requires_grad_(False))
     bundle.card_sha256 = sha256_of(card_path)
     return bundle
+
+
+def _check_weights_fit(config: MURDConfig, weights_path: Path, card_path: Path) -> None:
+    """The network the card describes, built on the meta device (no memory), must have exactly
+    the tensors the weights file holds: a card edited to absurd sizes is refused before any
+    allocation, and one that cannot build a network at all is an unusable bundle too."""
+    from safetensors import safe_open
+
+    fix = "Fix: retrain it at group level, or re-copy the bundle from where it was trained"
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in Translator(config).state_dict().items()}
+    except Exception as error:  # TypeError/ValueError/RuntimeError for values the network cannot take
+        raise BundleError(f"{card_path}: card.network cannot describe a network ({error.__class__.__name__}: {error}). {fix}") from error
+    try:
+        with safe_open(str(weights_path), "pt") as handle:
+            stored = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+    except Exception as error:  # safetensors raises SafetensorError (and OSError) for a file it cannot parse
+        raise BundleError(
+            f"{weights_path}: not a readable safetensors file ({error.__class__.__name__}: {error}), although its "
+            f"SHA-256 matches {card_path}: the bundle was written wrongly. {fix}"
+        ) from error
+    if stored != expected:
+        differing = sorted(set(stored) ^ set(expected) | {k for k in set(stored) & set(expected) if stored[k] != expected[k]})
+        raise BundleError(f"{weights_path}: weights do not fit the network in {card_path} (e.g. {differing[:3]}). {fix}")
 
 
 class ModelBundle:

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import nibabel as nb
+import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits
 
-from bids_harmonize.bids import derivatives
+from bids_harmonize.bids import derivatives, invariant
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.preproc.operations import restore_orientation
 
@@ -59,10 +60,14 @@ class DerivativesSink(SimpleInterface):
         writer = _Writer(Path(self.inputs.out_dir), record, provenance, self.inputs.template, self.inputs.site)
         writer.resolution = self.inputs.resolution
         harmonization = self.inputs.harmonization if isdefined(self.inputs.harmonization) else None
-        for name, spec in OUTPUTS.items():
-            path = getattr(self.inputs, name)
-            if isdefined(path) and (harmonization or not spec.get("harmonized")):
-                writer.write(Path(path), name, harmonization)
+        # Every image of this raw image passes the output invariant before any is written.
+        prepared = [
+            writer.prepare(Path(getattr(self.inputs, name)), name, harmonization)
+            for name, spec in OUTPUTS.items()
+            if isdefined(getattr(self.inputs, name)) and (harmonization or not spec.get("harmonized"))
+        ]
+        for target, content, sidecar in prepared:
+            writer.commit(target, content, sidecar)
         self._results["out_files"] = [str(p) for p in writer.written]
         return runtime
 
@@ -100,18 +105,40 @@ class _Writer:
         self.resolution = 1
         self._raw: nb.Nifti1Image | None = None
 
-    def write(self, path: Path, name: str, harmonization: dict | None) -> None:
+    def prepare(self, path: Path, name: str, harmonization: dict | None) -> tuple[Path, Any, dict | None]:
+        """(where, what, sidecar) of one output; harmonized images are held to the output
+        invariant here (bids/invariant.py), which raises before anything is written."""
         spec = OUTPUTS[name]
         target = output_path(self.out_dir, self.record, name, self.template, self.resolution)
         if spec.get("extension") == ".txt":
-            derivatives.atomic_copy(path, target)
-            self.written.append(target)
-            return
+            return target, path, None
         img = nb.load(path)
         if spec.get("native"):
             self._raw = self._raw or nb.load(self.record.path)
             img = restore_orientation(img, self._raw)
-        derivatives.write_image(img, target, self._sidecar(spec, harmonization))
+        sidecar = self._sidecar(spec, harmonization)
+        if spec.get("harmonized") and harmonization:
+            img, sidecar["OutputRange"] = self._within_range(img, harmonization)
+        else:
+            invariant.enforce(np.asanyarray(img.dataobj), image=f"{self.record.relpath} ({name})")
+        return target, img, sidecar
+
+    def _within_range(self, img: nb.Nifti1Image, harmonization: dict) -> tuple[nb.Nifti1Image, dict[str, Any]]:
+        scale = harmonization["TargetIntensityScale"]
+        bounds = invariant.OutputRange.for_target(scale["lo"], scale["hi"])
+        data, clipped = invariant.enforce(
+            np.asarray(img.dataobj, np.float32), image=self.record.relpath, bundle=harmonization["ModelBundle"]["Path"],
+            bounds=bounds,
+        )
+        out = nb.Nifti1Image(data, img.affine, img.header)
+        out.set_data_dtype(np.float32)
+        return out, bounds.record(clipped)
+
+    def commit(self, target: Path, content: Any, sidecar: dict | None) -> None:
+        if sidecar is None:
+            derivatives.atomic_copy(content, target)
+        else:
+            derivatives.write_image(content, target, sidecar)
         self.written.append(target)
 
     def _sidecar(self, spec: dict[str, Any], harmonization: dict | None) -> dict[str, Any]:

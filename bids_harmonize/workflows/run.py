@@ -95,8 +95,20 @@ def execute(workflow: Any, config: RunConfig) -> None:
             workflow.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as err:
         crashes = sorted(set(derivatives.logs_dir(config.output_dir).glob("crash-*")) - before)
-        listing = "\n  ".join(str(c) for c in crashes) or "(no crash file written)"
-        raise WorkflowFailed(f"{err}\nCrash files (each names the failing image's node):\n  {listing}") from err
+        listing = "\n  ".join(crash_summary(c) for c in crashes) or "(no crash file written)"
+        raise WorkflowFailed(
+            f"{len(crashes)} step(s) failed; each line names the image's node, the error and the crash file "
+            f"that holds its traceback:\n  {listing}"
+        ) from err
+
+
+def crash_summary(crash: Path) -> str:
+    """'node: last error line (crash file)': what the console shows instead of a traceback."""
+    lines = crash.read_text(errors="replace").splitlines()
+    node = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Node:")), crash.stem)
+    errors = [line.strip() for line in lines if line.strip() and not line.startswith((" ", "\t", "Traceback"))
+              and ("Error" in line.split(":", 1)[0] or "Exception" in line.split(":", 1)[0])]
+    return f"{node}: {errors[-1] if errors else 'see the crash file'} ({crash})"
 
 
 def plugin_settings(config: RunConfig) -> tuple[str, dict[str, Any]]:

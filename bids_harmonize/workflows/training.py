@@ -98,8 +98,16 @@ def train_contrast(
 
     usable = [a for a in assignments if a.image.suffix == contrast and a.site != UNKNOWN_SITE]
     sites = sorted({a.site for a in usable})
+    if not sites:
+        LOGGER.info("%s: no images of a known site; nothing to train.", contrast)
+        return ""
     if len(sites) < 2:
-        LOGGER.warning("%s: %d site(s) with images; harmonization needs at least 2. Not training.", contrast, len(sites))
+        LOGGER.warning(
+            "%s: %d site(s) with images; harmonization needs at least 2. Not training. Fix: images of one scanner "
+            "have nothing to harmonize; if they come from several, see how they were grouped with `bids_harmonize "
+            "%s %s group --sites-only`, then split them with --site-granularity protocol or name each image's site "
+            "with --site-table.", contrast, len(sites), config.bids_dir, config.output_dir,
+        )
         return ""
     mask = np.asarray(nb.load(template.mask).dataobj) > 0
     work = config.work_dir / "training" / contrast

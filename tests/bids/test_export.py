@@ -44,3 +44,25 @@ def test_export_places_harmonized_images_and_keeps_everything_else(tmp_path):
     assert description["DatasetType"] == "raw" and description["GeneratedBy"][0]["Name"] == "bids_harmonize"
     assert [i.relpath for i in discover_images(export).images] == [i.relpath for i in images]
     assert bids_validator_errors(export) == []
+
+
+def test_the_export_shares_no_storage_with_the_raw_dataset(tmp_path, caplog):
+    raw = make_bids(tmp_path / "raw", [Scan("01", "ge"), Scan("02", "philips")])
+    bold = raw / "sub-01/func/sub-01_task-rest_bold.nii.gz"
+    bold.parent.mkdir()
+    bold.write_bytes(b"not fetched")
+    bold.chmod(0o444)  # annexed content is read-only
+    (raw / "sub-01/func/sub-01_task-rest_bold.json").symlink_to(raw / ".git/annex/objects/absent")  # not fetched
+    before = {p: p.read_bytes() for p in raw.rglob("*") if p.is_file()}
+
+    export_bids(raw, tmp_path / "out", tmp_path / "export", discover_images(raw).images)
+
+    export = tmp_path / "export"
+    copies = [p for p in export.rglob("*") if p.is_file() and p.name != "dataset_description.json"]
+    assert copies and all(p.stat().st_nlink == 1 for p in copies)  # no hard link to the raw file
+    with open(export / "participants.tsv", "a") as table:  # a user adds a column: the raw table stays
+        table.write("extra\n")
+    (export / "sub-01/func/sub-01_task-rest_bold.nii.gz").write_bytes(b"rewritten")  # the copy is writable
+    assert {p: p.read_bytes() for p in raw.rglob("*") if p.is_file()} == before
+    assert not (export / "sub-01/func/sub-01_task-rest_bold.json").exists()
+    assert "sub-01_task-rest_bold.json" in caplog.text and "datalad get" in caplog.text

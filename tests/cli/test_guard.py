@@ -29,6 +29,8 @@ SCRIPT = textwrap.dedent(
         install_signal_handlers()
         pool = ProcessPoolExecutor(2, mp_context=mp.get_context("forkserver"))  # as Nipype's MultiProc
         futures = [pool.submit(work, 120) for _ in range(2)]
+        for future in futures:  # as Nipype's MultiProc: a callback reads each result
+            future.add_done_callback(lambda done: done.result())
         time.sleep(1.0)
         print(" ".join(str(p) for p in pool._processes), flush=True)
         time.sleep(120)
@@ -45,16 +47,21 @@ def _running(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and PR_SET_PDEATHSIG")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_stopping_the_main_process_stops_every_worker(tmp_path, sig):
+@pytest.mark.parametrize(("sig", "group"), [(signal.SIGTERM, False), (signal.SIGKILL, False), (signal.SIGINT, True)])
+def test_stopping_the_main_process_stops_every_worker(tmp_path, sig, group):
+    """SIGINT to the whole process group is a terminal's Ctrl-C; a stop prints one line."""
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
-    main = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    main = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path, start_new_session=True)
     try:
         workers = [int(p) for p in main.stdout.readline().split()]
         assert len(workers) == 2 and all(_running(p) for p in workers)
-        main.send_signal(sig)
-        assert main.wait(timeout=20) == (128 + sig if sig == signal.SIGTERM else -sig)
+        os.killpg(main.pid, sig) if group else main.send_signal(sig)
+        assert main.wait(timeout=20) == (-sig if sig == signal.SIGKILL else 128 + sig)
+        if sig != signal.SIGKILL:
+            lines = main.stderr.read().splitlines()
+            assert len(lines) == 1 and lines[0].startswith(f"bids_harmonize: received {signal.Signals(sig).name}")
         deadline = time.monotonic() + 10
         while any(_running(p) for p in workers) and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -11,16 +11,12 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 import pytest
-import torch
 
 from bids_harmonize.bids.screen import image_problem
 from bids_harmonize.cli.guard import participant_locks
 from bids_harmonize.cli.parser import parse_args
 from bids_harmonize.cli.run import main
-from bids_harmonize.model import build_translator, preset_config, save_bundle
-from bids_harmonize.preproc.operations import intensity_convention
-from bids_harmonize.templates import get_template
-from helpers import Scan, make_bids
+from helpers import Scan, head_phantom, make_bids, write_bundle
 
 HEAD = (32, 32, 32)  # 4 mm voxels: 128 mm, enough to pass screening
 
@@ -29,22 +25,6 @@ HEAD = (32, 32, 32)  # 4 mm voxels: 128 mm, enough to pass screening
 def bids(tmp_path: Path) -> Path:
     scans = [Scan("01", "siemens_a", voxel=(4.0, 4.0, 4.0)), Scan("02", "ge", voxel=(4.0, 4.0, 4.0))]
     return make_bids(tmp_path / "bids", scans, shape=HEAD)
-
-
-def write_bundle(folder: Path, *, resolution: int = 2, edit=None) -> Path:
-    config = preset_config("tiny", 2, image_size=112)
-    torch.manual_seed(0)
-    grid = list(nb.load(get_template("MNI152NLin2009cSym", resolution, "mask", "brain")).shape)
-    contract = {"contrast": "T1w", "template": "MNI152NLin2009cSym", "resolution": resolution, "grid_shape": grid,
-                "image_size": 112, "slice_axis": 2, "intensity": intensity_convention()}
-    signatures = {s: {"n_images": 1, "intensity_scale": {"lo": 0.0, "hi": 500.0}} for s in ("A", "B")}
-    save_bundle(folder, build_translator(config), ["A", "B"], torch.zeros(2, config.style_dim), data_hash="sha256:t",
-                site_signatures=signatures, input_contract=contract)
-    if edit is not None:
-        card = json.loads((folder / "model.json").read_text())
-        edit(card)
-        (folder / "model.json").write_text(json.dumps(card))  # json writes NaN as the token NaN
-    return folder
 
 
 def run(bids: Path, out: Path, *extra: str) -> int:
@@ -137,6 +117,8 @@ def _write(path: Path, data: np.ndarray, voxel: float = 1.0) -> Path:
         (lambda p: _write(p, np.zeros((120, 120, 120), np.int16)), "same value (0) in every voxel"),
         (lambda p: _write(p, np.random.default_rng(0).random((10, 10, 10), np.float32)), "too small to hold a head"),
         (lambda p: _write(p, np.random.default_rng(0).random((8, 8, 8), np.float32), voxel=32.0), "8x8x8 voxels of 32x32x32 mm"),
+        (lambda p: _write(p, np.random.default_rng(0).random((64, 64, 64), np.float32), voxel=2.0), "looks like noise"),
+        (lambda p: _write(p, np.pad(np.ones((1, 1, 1), np.int16), 31), voxel=4.0), "only 1 voxel(s) above its background"),
     ],
 )
 def test_images_preprocessing_cannot_use_are_named_with_the_reason(tmp_path, make, reason):
@@ -145,7 +127,7 @@ def test_images_preprocessing_cannot_use_are_named_with_the_reason(tmp_path, mak
 
 
 def test_a_truncated_gzip_image_is_named(tmp_path):
-    good = _write(tmp_path / "good_T1w.nii.gz", np.random.default_rng(0).random((120, 120, 120), np.float32))
+    good = _write(tmp_path / "good_T1w.nii.gz", head_phantom((120, 120, 120)))
     assert image_problem(good) is None
     truncated = tmp_path / "cut_T1w.nii.gz"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])

@@ -8,7 +8,7 @@ import numpy as np
 
 from bids_harmonize.cli.run import main
 from bids_harmonize.reports import skip_reasons
-from helpers import Scan, make_bids, scan_path
+from helpers import Scan, head_phantom, make_bids, scan_path
 
 
 def visible_text(html_text: str) -> str:
@@ -27,7 +27,7 @@ def test_a_failed_image_gets_a_report_naming_the_failure(tmp_path, monkeypatch):
     monkeypatch.setattr(operations, "conform", failing_conform)
     scan = Scan("01", "siemens_a")
     bids = make_bids(tmp_path / "bids", [scan])
-    nb.Nifti1Image(np.random.default_rng(0).uniform(0, 100, (40, 40, 40)).astype(np.float32),
+    nb.Nifti1Image(head_phantom((40, 40, 40)).astype(np.float32),  # a head: passes screening
                    np.diag([4.0, 4.0, 4.0, 1.0])).to_filename(scan_path(bids, scan))
     plugin = tmp_path / "plugin.yml"
     plugin.write_text("plugin: Linear\n")
