@@ -140,6 +140,7 @@ def _known_failures() -> tuple[tuple[type[BaseException], ExitCode], ...]:
     from bids_harmonize.model import BundleError, UnknownSiteError
     from bids_harmonize.model.common import DeviceUnavailable
     from bids_harmonize.model.launch import TrainingFailed
+    from bids_harmonize.preproc.brainmask import BrainMaskUnavailable
     from bids_harmonize.templates import TemplateNotAvailable
 
     return _EXIT_CODES + (
@@ -148,6 +149,7 @@ def _known_failures() -> tuple[tuple[type[BaseException], ExitCode], ...]:
         (TemplateNotAvailable, ExitCode.INPUT_MISSING),
         (DeviceUnavailable, ExitCode.FAILURE),
         (TrainingFailed, ExitCode.FAILURE),
+        (BrainMaskUnavailable, ExitCode.INPUT_MISSING),
     )
 
 
