@@ -94,18 +94,21 @@ class _ImageSection:
 
     def _mask_check(self, check: dict[str, Any]) -> str:
         self.agreement = float(check.get("TemplateMaskDice", float("nan")))
-        threshold = check.get("Threshold", "?")
-        verdict = html.badge(f"Dice {self.agreement:.3f}", "bad" if check.get("Flagged") else "good")
+        limits = check.get("Thresholds") or {}
+        distance = float(check.get("BoundaryDistance95mm", float("nan")))
+        verdict = html.badge(f"Dice {self.agreement:.3f}, outlines {distance:.1f} mm apart",
+                             "bad" if check.get("Flagged") else "good")
         text = (f"<p>Mask check: the learned mask against the template brain mask carried back by the registration "
-                f"{verdict} (flagged below {threshold}); their outlines lie within "
-                f"{check.get('BoundaryDistance95mm', float('nan')):.1f} mm of each other at the 95th percentile; brain "
+                f"{verdict} (95th percentile of the distance between their outlines; flagged below Dice "
+                f"{limits.get('MinDice', '?')} or beyond {limits.get('MaxBoundaryDistance95mm', '?')} mm); brain "
                 f"volume {check.get('BrainVolumeML', float('nan')):.0f} ml (template mask "
                 f"{check.get('TemplateMaskVolumeML', float('nan')):.0f} ml).</p>")
         if not check.get("Flagged"):
             return text
-        message = (f"Brain mask check failed (Dice {self.agreement:.3f} < {threshold} between the learned mask and the "
-                   "registered template mask): either the registration or the learned mask is wrong. Check that the "
-                   "red outline follows the brain; brain outside it is missing from the mask and from what the model saw.")
+        message = (f"Brain mask check failed (Dice {self.agreement:.3f}, outlines {distance:.1f} mm apart, between the "
+                   "learned mask and the registered template mask): either the registration or the learned mask is "
+                   "wrong. Check that the red outline follows the brain; brain outside it is missing from the mask "
+                   "and from what the model saw.")
         self.warnings.append(message)
         return text + html.box("warn", message)
 
