@@ -76,6 +76,9 @@ RUN --mount=type=secret,id=cabundle \
 
 # 2. The package's dependencies, read from pyproject.toml alone, so that a code change rebuilds
 #    only the layers below. The build backend is installed too: step 3 then needs no network.
+#    Then deepbet (the learned brain mask; its weights are inside the wheel) with --no-deps: its
+#    metadata requires customtkinter, which only its GUI uses (see pyproject.toml).
+ARG DEEPBET_VERSION=1.0.2
 COPY pyproject.toml /src/
 RUN --mount=type=secret,id=cabundle \
     if [ -s /run/secrets/cabundle ]; then export PIP_CERT=/run/secrets/cabundle; fi \
@@ -83,6 +86,10 @@ RUN --mount=type=secret,id=cabundle \
     && cat /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
+RUN --mount=type=secret,id=cabundle \
+    if [ -s /run/secrets/cabundle ]; then export PIP_CERT=/run/secrets/cabundle; fi \
+    && pip install --no-cache-dir --no-deps "deepbet==${DEEPBET_VERSION}" \
+    && python -c "import deepbet, cc3d, fill_voids; print('deepbet', deepbet.__file__)"
 
 # 3. The package itself (no dependency resolution, no network).
 COPY README.md /src/

@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
+# deepbet (learned brain mask) without its GUI dependency customtkinter: see pyproject.toml.
+DEEPBET_VERSION ?= 1.0.2
 DEMO_DIR ?= demo_out
 PYTEST_ARGS ?=
 
@@ -20,6 +22,7 @@ $(PY):
 $(VENV)/.installed: $(PY) pyproject.toml
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
 	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps "deepbet==$(DEEPBET_VERSION)"
 	touch $@
 
 install: $(VENV)/.installed

@@ -105,6 +105,7 @@ class RunConfig:
     template: str | None = None  # None: the model bundle's, else DEFAULT_TEMPLATE
     template_resolution: int | None = None  # None: the model bundle's, else DEFAULT_RESOLUTION
     export_bids: Path | None = None
+    brain_mask: str = "deepbet"  # deepbet (learned) or template (carried back through the registration)
     training: TrainingOptions = field(default_factory=TrainingOptions)
     # execution (never part of any cache hash)
     device: str = "auto"
@@ -146,6 +147,7 @@ class RunConfig:
             template=opts.template,
             template_resolution=opts.template_resolution,
             export_bids=opts.export_bids.resolve() if opts.export_bids else None,
+            brain_mask=getattr(opts, "brain_mask", "deepbet"),
             training=TrainingOptions(
                 recipe=opts.recipe, preset=opts.preset, iterations=opts.iterations, batch_size=opts.batch_size,
                 processes=opts.train_processes,

@@ -115,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
         "place (for fMRIPrep, sMRIPrep, MRIQC)",
     )
 
+    preproc = parser.add_argument_group("preprocessing")
+    preproc.add_argument(
+        "--brain-mask", choices=("deepbet", "template"), default="deepbet",
+        help="deepbet: a learned brain mask (Fisch et al. 2024) drives the registration to the template and is "
+        "checked against the registered template mask; template: the template's brain mask carried back through "
+        "a whole-head registration (the earlier default, kept so the change stays measurable)",
+    )
+
     train = parser.add_argument_group("training (group level)")
     train.add_argument(
         "--recipe", choices=("auto", "cpu", "gpu"), default="auto",

@@ -157,6 +157,7 @@ def _known_failures() -> tuple[tuple[type[BaseException], ExitCode], ...]:
     from bids_harmonize.model import BundleError, UnknownSiteError
     from bids_harmonize.model.common import DeviceUnavailable
     from bids_harmonize.model.launch import TrainingFailed
+    from bids_harmonize.preproc.brainmask import BrainMaskUnavailable
     from bids_harmonize.templates import TemplateNotAvailable
     from bids_harmonize.workflows.run import WorkflowFailed
 
@@ -167,6 +168,7 @@ def _known_failures() -> tuple[tuple[type[BaseException], ExitCode], ...]:
         (DeviceUnavailable, ExitCode.FAILURE),
         (TrainingFailed, ExitCode.FAILURE),
         (WorkflowFailed, ExitCode.FAILURE),
+        (BrainMaskUnavailable, ExitCode.INPUT_MISSING),
     )
 
 

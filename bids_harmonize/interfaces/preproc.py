@@ -13,9 +13,9 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 import SimpleITK as sitk
-from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits
 
-from bids_harmonize.preproc import operations as op
+from bids_harmonize.preproc import brainmask, operations as op
 
 
 class _ThreadedInputSpec(BaseInterfaceInputSpec):
@@ -74,10 +74,30 @@ class N4BiasCorrect(_ThreadedInterface):
         return runtime
 
 
+class _LearnedMaskInputSpec(_ThreadedInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="conformed head, native grid")
+    device = traits.Str("cpu", usedefault=True, nohash=True, desc="torch device of the network")
+
+
+class LearnedBrainMask(_ThreadedInterface):
+    """deepbet's brain mask on the native grid (bids_harmonize/preproc/brainmask.py)."""
+
+    input_spec = _LearnedMaskInputSpec
+    output_spec = _ImageOutputSpec
+
+    def _run_interface(self, runtime):
+        mask = brainmask.learned_mask(nb.load(self.inputs.in_file), self.inputs.device, self.inputs.num_threads)
+        mask.to_filename(self._out("learned_mask.nii.gz"))
+        self._results["out_file"] = self._out("learned_mask.nii.gz")
+        return runtime
+
+
 class _RegisterInputSpec(_ThreadedInputSpec):
     in_file = File(exists=True, mandatory=True, desc="native image")
     template = File(exists=True, mandatory=True, desc="template of the same contrast")
     seed = traits.Int(0, usedefault=True)
+    in_mask = File(exists=True, requires=["template_mask"], desc="brain mask of in_file: register brain to brain")
+    template_mask = File(exists=True, requires=["in_mask"], desc="the template's brain mask")
 
 
 class _RegisterOutputSpec(TraitedSpec):
@@ -92,7 +112,10 @@ class RegisterToTemplate(_ThreadedInterface):
     def _run_interface(self, runtime):
         self._set_threads()
         moving, fixed = nb.load(self.inputs.in_file), nb.load(self.inputs.template)
-        transform = op.register_affine(moving, fixed, seed=self.inputs.seed)
+        masks = {}
+        if isdefined(self.inputs.in_mask):
+            masks = {"moving_mask": nb.load(self.inputs.in_mask), "fixed_mask": nb.load(self.inputs.template_mask)}
+        transform = op.register_affine(moving, fixed, seed=self.inputs.seed, **masks)
         self._results["transform"] = str(op.save_transform(transform, Path(self._out("to_template.txt"))))
         op.resample(moving, fixed, transform).to_filename(self._out("warped.nii.gz"))
         self._results["warped"] = self._out("warped.nii.gz")
@@ -117,6 +140,30 @@ class TemplateMaskToNative(_ThreadedInterface):
         mask = op.resample(nb.load(self.inputs.mask), nb.load(self.inputs.reference), to_native, nearest=True)
         mask.to_filename(self._out("brain_mask.nii.gz"))
         self._results["out_file"] = self._out("brain_mask.nii.gz")
+        return runtime
+
+
+class _MaskRecordInputSpec(BaseInterfaceInputSpec):
+    method = traits.Enum(*brainmask.METHODS, mandatory=True)
+    mask = File(exists=True, desc="the learned mask (native grid)")
+    template_mask = File(exists=True, desc="the template mask carried to the same grid")
+
+
+class MaskRecord(SimpleInterface):
+    """JSON for the mask sidecar: the mask method (name, version, weights' SHA-256, citation)
+    and, for a learned mask, its agreement with the registered template mask."""
+
+    input_spec = _MaskRecordInputSpec
+    output_spec = _ImageOutputSpec
+
+    def _run_interface(self, runtime):
+        record: dict = {"MaskMethod": brainmask.method_record(self.inputs.method)}
+        if isdefined(self.inputs.mask) and isdefined(self.inputs.template_mask):
+            check = brainmask.check_mask(nb.load(self.inputs.mask), nb.load(self.inputs.template_mask))
+            record["MaskCheck"] = check.as_dict()
+        out = Path(runtime.cwd) / "mask_record.json"
+        out.write_text(json.dumps(record, indent=2))
+        self._results["out_file"] = str(out)
         return runtime
 
 

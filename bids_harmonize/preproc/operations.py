@@ -1,8 +1,8 @@
 """Image operations of the preprocessing, each a plain function on nibabel images.
 
 conform -> N4 bias correction -> affine registration to the template (rigid, then affine;
-Mattes mutual information, multi-resolution, SimpleITK) -> template brain mask carried
-back -> robust intensity scaling into the model's [-1, 1] range, with the parameters kept
+Mattes mutual information, multi-resolution, SimpleITK; brain to brain when a learned mask is
+given, see brainmask.py) -> template brain mask carried back -> robust intensity scaling into the model's [-1, 1] range, with the parameters kept
 so the result can be mapped back.
 """
 
@@ -98,15 +98,35 @@ def plausible_affine(transform: sitk.AffineTransform, min_scale: float = 0.67, m
     return bool(np.linalg.det(matrix) > 0 and scales.min() >= min_scale and scales.max() <= max_scale)
 
 
-def register_affine(moving: nb.Nifti1Image, fixed: nb.Nifti1Image, seed: int = 0) -> sitk.AffineTransform:
+def skull_strip(img: nb.Nifti1Image, mask: nb.Nifti1Image) -> sitk.Image:
+    """The image with everything outside ``mask`` (same grid) set to zero, as a SimpleITK image."""
+    data = np.asarray(img.dataobj, np.float32)
+    keep = np.asarray(mask.dataobj) > 0
+    if keep.shape != data.shape:
+        raise ValueError(f"brain mask grid {keep.shape} differs from the image's {data.shape}")
+    return to_sitk(nb.Nifti1Image(np.where(keep, data, 0.0).astype(np.float32), img.affine))
+
+
+def register_affine(
+    moving: nb.Nifti1Image, fixed: nb.Nifti1Image, seed: int = 0,
+    moving_mask: nb.Nifti1Image | None = None, fixed_mask: nb.Nifti1Image | None = None,
+) -> sitk.AffineTransform:
     """Moving (native) -> fixed (template) affine, as an ITK transform mapping fixed points to moving.
 
-    Rigid first (initialised by image moments, which copes with large head displacements),
-    then a 12-parameter affine started from the rigid result. An affine that leaves the range
-    a head can take (thick-slice 2D scans can drive it into a degenerate optimum) is refused
-    and the rigid result is kept, with a warning.
+    With both masks (the image's brain mask and the template's) the registration is driven by
+    the brain: the skull-stripped image is registered to the skull-stripped template, so scalp,
+    neck and field of view do not pull the brain off the template's. Rigid first (initialised by
+    image moments, which copes with large head displacements), then a 12-parameter affine
+    started from the rigid result. An affine that leaves the range a head can take (thick-slice
+    2D scans can drive it into a degenerate optimum) is refused and the rigid result is kept,
+    with a warning.
     """
-    fixed_image, moving_image = to_sitk(fixed), to_sitk(moving)
+    if (moving_mask is None) != (fixed_mask is None):
+        raise ValueError("brain-driven registration needs both masks (the image's and the template's)")
+    if moving_mask is not None and fixed_mask is not None:
+        fixed_image, moving_image = skull_strip(fixed, fixed_mask), skull_strip(moving, moving_mask)
+    else:
+        fixed_image, moving_image = to_sitk(fixed), to_sitk(moving)
     initial = sitk.CenteredTransformInitializer(
         fixed_image, moving_image, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
     )

@@ -33,6 +33,7 @@ class MethodsFacts:
     site_granularity: str
     models: tuple[ModelUse, ...] = ()
     versions: dict[str, str] = field(default_factory=dict)
+    brain_mask: dict = field(default_factory=dict)  # preproc.brainmask.method_record(); {} = template mask
 
 
 BIBTEX = {
@@ -65,6 +66,10 @@ BIBTEX = {
     "templateflow": "@article{templateflow,\n  author = {Ciric, Rastko and others},\n  title = {TemplateFlow: "
                     "FAIR-sharing of multi-scale, multi-species brain models},\n  journal = {Nature Methods},\n"
                     "  volume = {19},\n  pages = {1568--1571},\n  year = {2022},\n  doi = {10.1038/s41592-022-01681-2}\n}",
+    "deepbet": "@article{deepbet,\n  author = {Fisch, Lukas and Zumdick, Stefan and Barkhau, Carlotta and others},\n"
+               "  title = {deepbet: Fast brain extraction of T1-weighted MRI using Convolutional Neural Networks},\n"
+               "  journal = {Computers in Biology and Medicine},\n  volume = {179},\n  pages = {108845},\n"
+               "  year = {2024},\n  doi = {10.1016/j.compbiomed.2024.108845}\n}",
     "pytorch": "@inproceedings{pytorch,\n  author = {Paszke, Adam and others},\n  title = {PyTorch: An Imperative Style, "
                "High-Performance Deep Learning Library},\n  booktitle = {Advances in Neural Information Processing "
                "Systems 32},\n  pages = {8024--8035},\n  year = {2019}\n}",
@@ -118,9 +123,25 @@ def _model_paragraph(facts: MethodsFacts, model: ModelUse) -> str:
     return text
 
 
+def _mask_sentences(facts: MethodsFacts) -> tuple[str, str]:
+    """(before the registration, after it): how the brain mask was made and what it drove."""
+    method = facts.brain_mask
+    if method.get("Name") != "deepbet":
+        return "", (" The template brain mask was carried back to the native grid (nearest neighbour) as the brain "
+                    "mask")
+    weights = ", ".join(f"{name} SHA-256 {digest}" for name, digest in (method.get("WeightsSHA256") or {}).items())
+    before = (f" A brain mask was computed on the native grid with deepbet {method.get('Version', '?')} [@deepbet], a "
+              f"convolutional network trained on T1-weighted images ({weights}).")
+    after = (" The registration was driven by the brain: the skull-stripped image was registered to the "
+             "skull-stripped template. The template brain mask carried back through it (nearest neighbour) served "
+             "to check the learned mask (Dice overlap)")
+    return before, after
+
+
 def methods_markdown(facts: MethodsFacts) -> str:
     contrasts = " and ".join(facts.contrasts)
     template_refs = "[@mni2009; @templateflow]" if facts.template.startswith("MNI152NLin2009") else "[@templateflow]"
+    mask_before, mask_after = _mask_sentences(facts)
     paragraphs = [
         f"Structural images ({contrasts}) were processed with bids_harmonize {_version(facts, 'bids_harmonize')} "
         f"({CODE_URL}), which is built on Nipype {_version(facts, 'nipype')} [@nipype] and PyBIDS "
@@ -128,11 +149,11 @@ def methods_markdown(facts: MethodsFacts) -> str:
         "Preprocessing. Each image was reoriented to the closest RAS+ orientation without resampling and corrected "
         f"for intensity non-uniformity with N4 [@n4] as implemented in SimpleITK {_version(facts, 'SimpleITK')} "
         "[@simpleitk] (fitted inside an Otsu head mask on a copy at about 4 mm spacing, two levels of 50 "
-        f"iterations). It was registered to the {facts.template} template {template_refs} at "
+        f"iterations).{mask_before} It was registered to the {facts.template} template {template_refs} at "
         f"{facts.resolution} mm with a rigid and then a 12-parameter affine transform maximising Mattes mutual "
         "information [@mattes] (multi-resolution); an affine result outside plausible head scaling (0.67-1.5 per "
-        "axis, no reflection) was replaced by the rigid one. The template brain mask was carried back to the "
-        "native grid (nearest neighbour), and template-space intensities were mapped linearly to [-1, 1] (the "
+        f"axis, no reflection) was replaced by the rigid one.{mask_after}, and template-space intensities were "
+        "mapped linearly to [-1, 1] (the "
         "0.5th percentile of the volume to -1, the 99.5th percentile inside the brain to +1).",
         "Sites. Each image's acquisition site was taken from the user's site table, sessions.tsv or "
         "participants.tsv where given, and otherwise inferred from its acquisition metadata at the "

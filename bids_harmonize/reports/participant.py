@@ -58,20 +58,19 @@ class _ImageSection:
 
     def registration(self) -> str:
         files = self.item.files
-        image = _load(files["template_preproc"])
-        reference = _load(Path(self.template.images[self.item.record.suffix]))
-        self.agreement = metrics.template_agreement(image, reference, self.template_mask)
-        poor = not np.isfinite(self.agreement) or self.agreement < metrics.POOR_AGREEMENT
-        verdict = html.badge(f"template agreement {self.agreement:.2f}", "bad" if poor else "good")
-        parts = [f"<p>Agreement of the registered image with the {html.esc(self.template.name)} template: "
-                 f"Spearman correlation inside the template brain mask {verdict} (flagged below "
-                 f"{metrics.POOR_AGREEMENT}).</p>"]
-        if poor:
-            message = (f"Registration quality is poor (template agreement {self.agreement:.2f} < "
-                       f"{metrics.POOR_AGREEMENT}): check that the red outline follows the brain; brain "
-                       "outside it is missing from the brain mask and from what the model saw.")
-            self.warnings.append(message)
-            parts.append(html.box("warn", message))
+        mask_sidecar = self.item.sidecar("native_mask")
+        parts = [self._mask_method(mask_sidecar.get("MaskMethod") or {})]
+        check = mask_sidecar.get("MaskCheck")
+        if check:
+            parts.append(self._mask_check(check))
+        else:
+            image = _load(files["template_preproc"])
+            reference = _load(Path(self.template.images[self.item.record.suffix]))
+            spearman = metrics.template_agreement(image, reference, self.template_mask)
+            parts.append(html.paragraph(
+                "No learned mask to check this one against (--brain-mask template): look at the red outline. For "
+                f"information only, the Spearman agreement of the registered image with the template is {spearman:.2f} "
+                "(it varies with the scanner's contrast, so it is not a flag).", "note"))
         if "transform" in files:
             scales = metrics.transform_scales(files["transform"])
             if metrics.fell_back_to_rigid(files["transform"]):
@@ -82,9 +81,36 @@ class _ImageSection:
             parts.append(html.paragraph("Scales of the affine (1 = no scaling): "
                                         + ", ".join(f"{s:.3f}" for s in scales), "note"))
         mosaic = figures.registration_mosaic(nb.load(files["native_preproc"]), nb.load(files["native_mask"]))
-        parts.append(html.figure(mosaic, "Red: the template brain outline carried back to the native grid "
-                                         "(the brain mask), over the bias-corrected image; cuts span the head."))
+        parts.append(html.figure(mosaic, "Red: the brain mask's outline on the native grid, over the bias-corrected "
+                                         "image; cuts span the head, so brain outside the outline shows."))
         return "".join(parts)
+
+    @staticmethod
+    def _mask_method(method: dict[str, Any]) -> str:
+        if method.get("Name") == "deepbet":
+            return html.paragraph(f"Brain mask: deepbet {method.get('Version', '?')} (learned; Fisch et al. 2024), "
+                                  "which also drove the registration to the template (brain to brain).", "note")
+        return html.paragraph("Brain mask: the template brain mask carried back through the registration.", "note")
+
+    def _mask_check(self, check: dict[str, Any]) -> str:
+        self.agreement = float(check.get("TemplateMaskDice", float("nan")))
+        limits = check.get("Thresholds") or {}
+        distance = float(check.get("BoundaryDistance95mm", float("nan")))
+        verdict = html.badge(f"Dice {self.agreement:.3f}, outlines {distance:.1f} mm apart",
+                             "bad" if check.get("Flagged") else "good")
+        text = (f"<p>Mask check: the learned mask against the template brain mask carried back by the registration "
+                f"{verdict} (95th percentile of the distance between their outlines; flagged below Dice "
+                f"{limits.get('MinDice', '?')} or beyond {limits.get('MaxBoundaryDistance95mm', '?')} mm); brain "
+                f"volume {check.get('BrainVolumeML', float('nan')):.0f} ml (template mask "
+                f"{check.get('TemplateMaskVolumeML', float('nan')):.0f} ml).</p>")
+        if not check.get("Flagged"):
+            return text
+        message = (f"Brain mask check failed (Dice {self.agreement:.3f}, outlines {distance:.1f} mm apart, between the "
+                   "learned mask and the registered template mask): either the registration or the learned mask is "
+                   "wrong. Check that the red outline follows the brain; brain outside it is missing from the mask "
+                   "and from what the model saw.")
+        self.warnings.append(message)
+        return text + html.box("warn", message)
 
     def before_after(self) -> str:
         if not self.item.harmonized:
@@ -203,11 +229,11 @@ def participant_report(out_dir: Path, subject: str, items: list[ImageOutputs], t
         section = _ImageSection(item, template)
         body = section.build()
         sections.append((item.label, item.label, body))
-        agreement = f"{section.agreement:.2f}" if section.agreement is not None else "n/a"
+        agreement = f"{section.agreement:.3f}" if section.agreement is not None else "n/a"
         summary.append(f"<tr><td><a href=\"#{html.esc(item.label)}\">{html.esc(item.label)}</a></td>"
                        f"<td>{_status(item)}</td><td>{html.esc(item.site.get('site', 'n/a'))}</td>"
                        f"<td class=\"num\">{agreement}</td><td class=\"num\">{len(section.warnings)}</td></tr>")
-    overview = ("<table><tr><th>image</th><th>status</th><th>site</th><th>template agreement</th>"
+    overview = ("<table><tr><th>image</th><th>status</th><th>site</th><th>mask check (Dice)</th>"
                 f"<th>warnings</th></tr>{''.join(summary)}</table>")
     all_sections = [("summary", "Summary", overview), *sections]
     if methods:

@@ -9,6 +9,7 @@ and the provenance it records belongs to the run that wrote it.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     native_preproc = File(exists=True)
     template_preproc = File(exists=True)
     native_mask = File(exists=True)
+    mask_record = File(exists=True, desc="JSON: the mask method and its check, for the mask's sidecar")
     transform = File(exists=True)
     native_harmonized = File(exists=True)
     template_harmonized = File(exists=True)
@@ -59,6 +61,8 @@ class DerivativesSink(SimpleInterface):
         )
         writer = _Writer(Path(self.inputs.out_dir), record, provenance, self.inputs.template, self.inputs.site)
         writer.resolution = self.inputs.resolution
+        if isdefined(self.inputs.mask_record):
+            writer.mask_fields = json.loads(Path(self.inputs.mask_record).read_text())
         harmonization = self.inputs.harmonization if isdefined(self.inputs.harmonization) else None
         # Every image of this raw image passes the output invariant before any is written.
         prepared = [
@@ -103,6 +107,7 @@ class _Writer:
         self.out_dir, self.record, self.provenance, self.template, self.site = out_dir, record, provenance, template, site
         self.written: list[Path] = []
         self.resolution = 1
+        self.mask_fields: dict[str, Any] = {}  # MaskMethod (+ MaskCheck) of the brain mask's sidecar
         self._raw: nb.Nifti1Image | None = None
 
     def prepare(self, path: Path, name: str, harmonization: dict | None) -> tuple[Path, Any, dict | None]:
@@ -153,7 +158,7 @@ class _Writer:
             extra["Resolution"] = {str(self.resolution): f"{self.resolution} mm isotropic grid of {self.template} "
                                    f"(TemplateFlow res-{self.resolution})"}
         if spec.get("mask"):
-            extra = {"Type": "Brain", "SpatialReference": "native"}
+            extra = {"Type": "Brain", "SpatialReference": "native", **self.mask_fields}
         if spec.get("harmonized") and harmonization:
             extra.update(harmonization)
         inherited = None

@@ -9,6 +9,7 @@ from typing import Any
 
 from nipype.pipeline import engine as pe
 
+from bids_harmonize.preproc.brainmask import DEFAULT_METHOD
 from bids_harmonize.sites import SiteAssignment
 from bids_harmonize.workflows.harmonize import init_harmonize_wf
 from bids_harmonize.workflows.outputs import DerivativesSink
@@ -63,21 +64,23 @@ def init_participant_wf(
     device: str = "cpu",
     omp_nthreads: int = 1,
     seed: int = 0,
+    brain_mask: str = DEFAULT_METHOD,
     name: str = "bids_harmonize_wf",
 ) -> tuple[pe.Workflow, list[str]]:
     """The workflow, and a message for every image a model could not harmonize."""
     workflow = pe.Workflow(name=name)
     not_harmonized: list[str] = []
+    masking = {"brain_mask": brain_mask, "device": device, "omp_nthreads": omp_nthreads, "seed": seed}
     references = {
-        contrast: _reference_wf(plan, template, contrast, omp_nthreads, seed)
+        contrast: _reference_wf(plan, template, contrast, masking)
         for contrast, plan in plans.items()
         if plan.style == "reference"
     }
     for a in assignments:
         contrast = a.image.suffix
         preproc = init_preproc_wf(
-            template_file=template.images[contrast], template_mask_file=template.mask,
-            omp_nthreads=omp_nthreads, seed=seed, name=f"preproc_{node_name(a.image.relpath)}",
+            template_file=template.images[contrast], template_mask_file=template.mask, **masking,
+            name=f"preproc_{node_name(a.image.relpath)}",
         )
         preproc.inputs.inputnode.in_file = str(a.image.path)
         sink = pe.Node(
@@ -116,13 +119,13 @@ def init_participant_wf(
     return workflow, not_harmonized
 
 
-_SINK_PREPROC = ("native_preproc", "template_preproc", "native_mask", "transform")
+_SINK_PREPROC = ("native_preproc", "template_preproc", "native_mask", "transform", "mask_record")
 
 
-def _reference_wf(plan: HarmonizationPlan, template: TemplateFiles, contrast: str, omp_nthreads: int, seed: int) -> pe.Workflow:
+def _reference_wf(plan: HarmonizationPlan, template: TemplateFiles, contrast: str, masking: dict[str, Any]) -> pe.Workflow:
     reference = init_preproc_wf(
-        template_file=template.images[contrast], template_mask_file=template.mask,
-        omp_nthreads=omp_nthreads, seed=seed, name=f"preproc_reference_{contrast}",
+        template_file=template.images[contrast], template_mask_file=template.mask, **masking,
+        name=f"preproc_reference_{contrast}",
     )
     reference.inputs.inputnode.in_file = plan.reference_image
     return reference

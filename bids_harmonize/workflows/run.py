@@ -17,6 +17,7 @@ from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.cli.guard import stop_action
 from bids_harmonize.config import MULTIPROC_DEFAULTS, RunConfig, read_plugin_file
 from bids_harmonize.model.bundle import BundleError
+from bids_harmonize.preproc.brainmask import BrainMaskUnavailable, check_available, method_record
 from bids_harmonize.sites import SiteAssignment
 from bids_harmonize.sites.overrides import read_tsv
 from bids_harmonize.templates import get_template
@@ -145,6 +146,7 @@ def with_recorded_sites(config: RunConfig, assignments: list[SiteAssignment]) ->
 # ----------------------------------------------------------------------------- levels
 def run_participant(config: RunConfig, images: list[ImageRecord], site_inventory: SiteInventory) -> int:
     device = resolve_device(config)
+    check_available(config.brain_mask)  # a missing deepbet fails before any work, naming the fix
     assignments = with_recorded_sites(config, site_inventory(config, images, write=False))
     present = sorted({a.image.suffix for a in assignments})
     plans, contracts = harmonization_plans(config, present)
@@ -162,6 +164,7 @@ def run_participant(config: RunConfig, images: list[ImageRecord], site_inventory
     workflow, not_harmonized = init_participant_wf(
         assignments=assignments, out_dir=config.output_dir, template=template, plans=plans,
         provenance=provenance(config), device=device, omp_nthreads=omp_threads(config), seed=config.seed,
+        brain_mask=config.brain_mask,
     )
     for message in not_harmonized:
         LOGGER.warning(message)
@@ -191,10 +194,11 @@ def run_group(config: RunConfig, images: list[ImageRecord], site_inventory: Site
     missing = [a for a in assignments if not template_preproc_path(config, template, a.image).is_file()]
     if missing:
         LOGGER.info("preprocessing %d image(s) not yet preprocessed", len(missing))
+        check_available(config.brain_mask)
         workflow, _ = init_participant_wf(
             assignments=missing, out_dir=config.output_dir, template=template, plans={},
             provenance=provenance(config), device=device, omp_nthreads=omp_threads(config), seed=config.seed,
-            name="group_preproc_wf",
+            brain_mask=config.brain_mask, name="group_preproc_wf",
         )
         execute(workflow, config)
     threads = training_threads(config)
@@ -228,12 +232,20 @@ def write_reports(
         for c, path in bundles.items() if config.analysis_level == "group" or c in plans
     )
     facts = MethodsFacts(tuple(config.contrasts), template.name, template.resolution, config.site_granularity,
-                         models, dict(derivatives.software_versions()))
+                         models, dict(derivatives.software_versions()), _mask_method(config.brain_mask))
     hint = f"--model {config.model}" if config.model else f"none in {config.output_dir / 'models'}"
     reasons = skip_reasons(assignments or [], set(plans), not_harmonized or [], hint)
     return build(out_dir=config.output_dir, template=template, facts=facts, bundles=bundles,
                  assignments=assignments or [], reasons=reasons, since=since,
                  group=config.analysis_level == "group" or bool(plans))
+
+
+def _mask_method(method: str) -> dict[str, Any]:
+    """The brain mask method for the methods text; {} (the template mask's wording) when unknown."""
+    try:
+        return dict(method_record(method))
+    except BrainMaskUnavailable:
+        return {}
 
 
 def template_preproc_path(config: RunConfig, template: TemplateFiles, image: ImageRecord) -> Path:

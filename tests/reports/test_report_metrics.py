@@ -86,3 +86,14 @@ def test_methods_text_names_what_was_run_and_every_citation_is_in_the_bib(tmp_pa
 def test_methods_text_without_a_model_says_preprocessing_only():
     text = methods_markdown(MethodsFacts(("T1w", "T2w"), "MNI152NLin2009cSym", 1, "scanner"))
     assert "preprocessed only" in text and "@murd" not in text and "T1w and T2w" in text
+
+
+def test_methods_text_names_the_mask_method_its_version_weights_and_citation(tmp_path):
+    method = {"Name": "deepbet", "Version": "1.0.2", "WeightsSHA256": {"model.pt": "cd" * 32, "bbox_model.pt": "ef" * 32}}
+    _, bib, text = write_citation(tmp_path / "out", MethodsFacts(("T1w",), "MNI152NLin2009cSym", 2, "scanner",
+                                                               brain_mask=method))
+    assert "deepbet 1.0.2 [@deepbet]" in text and "cd" * 32 in text and "ef" * 32 in text
+    assert "skull-stripped image was registered to the skull-stripped template" in text
+    assert "@article{deepbet," in bib.read_text() and "10.1016/j.compbiomed.2024.108845" in bib.read_text()
+    template = methods_markdown(MethodsFacts(("T1w",), "MNI152NLin2009cSym", 2, "scanner"))
+    assert "@deepbet" not in template and "template brain mask was carried back" in template

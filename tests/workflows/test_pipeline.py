@@ -166,7 +166,8 @@ def test_every_participant_has_a_report_holding_each_section(flow):
     for subject in flow["dataset"].subjects:
         html_text = (out / f"sub-{subject}.html").read_text()
         text = visible_text(html_text)
-        for section in ("Site", "provenance inferred", "Registration and brain mask", "template agreement",
+        for section in ("Site", "provenance inferred", "Registration and brain mask", "Brain mask: deepbet",
+                        "Mask check",
                         "Before / after", "share one grey window", "Intensity distributions in the brain",
                         "(training)", "Warnings", "Provenance", bundle_sha, "Methods", "harmonized",
                         f"bids_harmonize {bids_harmonize.__version__}"):  # the package versions of the sidecar
@@ -200,6 +201,10 @@ def test_methods_text_records_the_actual_run(flow):
     target = json.loads(anat(out, "01", "desc-harmonized_T1w.json").read_text())["TargetSite"]
     assert f"{ITERATIONS} iterations" in text and f"style of site {target}" in text and "at 2 mm" in text
     assert "@murd" in text and "@article{murd," in (out / "logs" / "CITATION.bib").read_text()
+    mask = json.loads(anat(out, "01", "desc-brain_mask.json").read_text())
+    assert f"deepbet {mask['MaskMethod']['Version']} [@deepbet]" in text
+    assert all(digest in text for digest in mask["MaskMethod"]["WeightsSHA256"].values())
+    assert "@article{deepbet," in (out / "logs" / "CITATION.bib").read_text()
 
 
 def test_a_failed_harmonization_still_gets_a_report_that_says_so(flow, tmp_path):
