@@ -24,7 +24,7 @@ from bids_harmonize.workflows.preproc import PREPROC_OUTPUTS, init_preproc_wf
 
 pytestmark = pytest.mark.graph
 
-PREPROC_NODES = {"inputnode", "conform", "n4", "register", "mask_to_native", "scale", "outputnode"}
+PREPROC_NODES = {"inputnode", "conform", "n4", "register", "mask_to_native", "mask_record", "scale", "outputnode"}
 SINK_FROM_PREPROC = {"native_preproc", "template_preproc", "native_mask", "transform"}
 Port = tuple[str, str]  # (node path inside the workflow, field)
 
@@ -117,12 +117,15 @@ def unwired_inputs(workflow: pe.Workflow) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- init_preproc_wf
-def test_preproc_wf_chains_conform_n4_registration_mask_and_scaling(fakes):
+@pytest.mark.parametrize("brain_mask", ["deepbet", "template"])
+def test_preproc_wf_chains_conform_n4_registration_mask_and_scaling(fakes, brain_mask):
     workflow = init_preproc_wf(
-        template_file=str(fakes["template_T1w"]), template_mask_file=str(fakes["mask"]), omp_nthreads=3, seed=7
+        template_file=str(fakes["template_T1w"]), template_mask_file=str(fakes["mask"]), brain_mask=brain_mask,
+        omp_nthreads=3, seed=7,
     )
     edges = connections(workflow)
-    assert set(workflow.list_node_names()) == PREPROC_NODES
+    learned = brain_mask == "deepbet"
+    assert set(workflow.list_node_names()) == PREPROC_NODES | ({"learned_mask"} if learned else set())
     assert {edges[("n4", "in_file")], edges[("register", "in_file")]} == {("conform", "out_file"), ("n4", "out_file")}
     assert edges[("mask_to_native", "reference")] == ("n4", "out_file")  # the mask takes the N4 image's grid
     assert edges[("mask_to_native", "transform")] == ("register", "transform")
@@ -133,6 +136,15 @@ def test_preproc_wf_chains_conform_n4_registration_mask_and_scaling(fakes):
     assert register.n_procs == workflow.get_node("n4").n_procs == 3
     masks = {workflow.get_node(name).inputs.mask for name in ("scale", "mask_to_native")}
     assert masks == {str(fakes["mask"])}
+    if learned:  # the network reads the raw conformed image; its mask drives a brain-to-brain registration
+        assert edges[("learned_mask", "in_file")] == ("conform", "out_file")
+        assert edges[("register", "in_mask")] == ("learned_mask", "out_file")
+        assert register.inputs.template_mask == str(fakes["mask"])
+        assert edges[("outputnode", "native_mask")] == ("learned_mask", "out_file")
+        assert edges[("mask_record", "template_mask")] == ("mask_to_native", "out_file")  # kept for the check
+    else:
+        assert edges[("outputnode", "native_mask")] == ("mask_to_native", "out_file")
+        assert ("register", "in_mask") not in edges
 
 
 # ----------------------------------------------------------------------------- init_harmonize_wf
