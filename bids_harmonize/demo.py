@@ -7,7 +7,8 @@
 3. `group`: site inventory and MURD training (the recipe `group` picks here: "cpu" without a
    GPU; 2 mm template);
 4. `participant` again: harmonize every image to the bundle's default target site;
-5. score before/after on the template grid and print one table; save a figure.
+5. score before/after on the template grid and print one table (image metrics, and the Atropos
+   GM/WM volume difference to the target site and the GM age slope: docs/qc.md); save a figure.
 
 Every step runs through the real CLI (`bids_harmonize.cli.run.main`), as a user would.
 """
@@ -90,11 +91,37 @@ def score(out: Path, dataset, target_site: str) -> list[tuple[str, str, str]]:
             values.append(similarity(image, rescan, truth_mask).ssim)
         ssim.append(float(np.mean(values)))
     chance = accuracy[0].chance
-    return [
+    return downstream_rows(scans, before, after, dataset, target_sim) + [
         (f"site-classifier accuracy (chance {chance:.2f})", f"{accuracy[0].accuracy:.3f}", f"{accuracy[1].accuracy:.3f}"),
         ("between-site Wasserstein (brain, normalised)", f"{distance[0]:.4f}", f"{distance[1]:.4f}"),
         (f"SSIM to a rescan at the target site (n={len(scans)})", f"{ssim[0]:.3f}", f"{ssim[1]:.3f}"),
     ]
+
+
+def downstream_rows(scans: list[Scan], before: list, after: list, dataset, target_sim: str) -> list[tuple[str, str, str]]:
+    """What a study analyses (docs/qc.md, "Downstream measures"): Atropos GM/WM volumes of every
+    scan not from the target site against the same subject rescanned at the target site (AVDP),
+    and the GM age slope over all scans against the slope in their target-site rescans (the
+    benchmark's reference; with a handful of subjects, read the interval)."""
+    from bids_harmonize.qc.downstream import absolute_volume_difference, slope_ratio
+    from bids_harmonize.qc.volumes import tissue_volumes
+
+    ages = {row["participant_id"][4:]: float(row["age"]) for row in read_tsv(dataset.bids_root / "participants.tsv")}
+    masks = [_load(dataset.ground_truth.mask_path(scan.subject)) > 0 for scan in scans]
+    voxel_ml = dataset.resolution_mm**3 / 1000
+    volumes = [[tissue_volumes(image, mask, voxel_ml) for image, mask in zip(images, masks)] for images in (before, after)]
+    at_target = [tissue_volumes(dataset.noisy_render(scan.subject, target_sim, "T1w", stream=RESCAN_STREAM), mask, voxel_ml)
+                 for scan, mask in zip(scans, masks)]
+    away = [i for i, scan in enumerate(scans) if dataset.site_of_subject[scan.subject] != target_sim]
+    rows = []
+    for tissue in ("GM", "WM"):
+        cells = [np.mean([absolute_volume_difference(v[i][tissue], at_target[i][tissue]) for i in away]) for v in volumes]
+        rows.append((f"{tissue} volume difference to the target site, % (n={len(away)})", f"{cells[0]:.1f}", f"{cells[1]:.1f}"))
+    age, reference = [ages[scan.subject] for scan in scans], [v["GM"] for v in at_target]
+    ratios = [slope_ratio([v_i["GM"] for v_i in v], reference, age) for v in volumes]
+    rows.append((f"GM age-slope ratio to the target site's (1 = kept; n={len(scans)})",
+                 *(f"{r.value:.2f} [{r.low:.2f}, {r.high:.2f}]" for r in ratios)))
+    return rows
 
 
 def figure(out: Path, png: Path, subject: str) -> Path:
