@@ -1,4 +1,4 @@
-"""Small helpers shared across the package: atomic file writes.
+"""Small helpers shared across the package: atomic file writes and file digests.
 
 Every file bids_harmonize writes goes to a temporary name in the same folder and is then
 renamed over the destination, so a crash, a full disk or a second process writing the same
@@ -8,6 +8,7 @@ file never leaves a half-written output behind.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -60,3 +61,12 @@ def atomic_save_nifti(img: Any, path: Path) -> Path:
     path = Path(path)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
     return atomic_write(path, img.to_filename, suffix=suffix)
+
+
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -11,7 +11,6 @@ loading reads JSON and safetensors only, so opening a bundle never executes code
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import math
 import os
@@ -30,7 +29,7 @@ import bids_harmonize
 from bids_harmonize.model.common import resolve_device
 from bids_harmonize.model.infer import harmonize_volume, random_style, reference_style
 from bids_harmonize.model.networks import MURDConfig, Translator
-from bids_harmonize.utils import atomic_write, atomic_write_json
+from bids_harmonize.utils import atomic_write, atomic_write_json, sha256_of
 
 SCHEMA_VERSION = 2  # 2: optional 'input' contract; version-1 cards still load
 BUNDLE_KIND = "bids_harmonize/murd"
@@ -67,14 +66,6 @@ class UnknownSiteError(LookupError):
             f"unknown site {site!r}; this model knows the sites {', '.join(map(repr, known))}. "
             "Pick one of them, or retrain the model with data from that site."
         )
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_bundle(

@@ -15,7 +15,6 @@ broken registration or a broken learned mask pulls their overlap down.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from functools import cache
@@ -27,6 +26,8 @@ import nibabel as nb
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
+
+from bids_harmonize.utils import sha256_of
 
 LOGGER = logging.getLogger("bids_harmonize.preproc")
 
@@ -97,14 +98,6 @@ def check_available(method: str) -> None:
         _deepbet_models()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @cache
 def method_record(method: str) -> dict[str, Any]:
     """The mask method as the sidecars and the methods text record it."""
@@ -112,7 +105,7 @@ def method_record(method: str) -> dict[str, Any]:
         return {"Name": "template", "Description": "template brain mask carried back through the affine registration"}
     models = _deepbet_models()
     return {"Name": "deepbet", "Version": metadata.version("deepbet"),
-            "WeightsSHA256": {name: _sha256(path) for name, path in models.items()},
+            "WeightsSHA256": {name: sha256_of(path) for name, path in models.items()},
             "Citation": DEEPBET_CITATION}
 
 
