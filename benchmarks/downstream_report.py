@@ -69,7 +69,7 @@ def measures(study: np.ndarray, traveling: np.ndarray, reference: np.ndarray, co
     return out
 
 
-def _combat_rows(measured: Mapping, cohort) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _combat_rows(measured: Mapping, cohort, target: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """neuroCombat on the unharmonized volumes of every image (study and traveling together, as a
     consortium would run it), to the target site, with and without age as a covariate."""
     study, traveling = _table(measured["none"]["study"]), _table(measured["none"]["traveling"])
@@ -77,7 +77,6 @@ def _combat_rows(measured: Mapping, cohort) -> dict[str, tuple[np.ndarray, np.nd
     table = np.vstack([study, traveling])
     sites = [im.site for im in images]
     ages = [cohort.age[im.subject] for im in images]
-    target = next(im.site for im in cohort.traveling[:1])  # SITES[0] is the target
     rows = {}
     for name, covariate in (("neuroCombat (age protected)", ages), ("neuroCombat (no covariate)", None)):
         adjusted = combat(table, sites, target, covariate)
@@ -105,7 +104,7 @@ def summarise(measured: Mapping, per_seed: Mapping, cohort, target: str, sites: 
         if name == "rescan":
             continue
         rows[name] = measures(_table(result["study"]), shaped(result["traveling"]), reference, cohort, k, result, at_target)
-    for name, (study, traveling) in _combat_rows(measured, cohort).items():
+    for name, (study, traveling) in _combat_rows(measured, cohort, target).items():
         rows[name] = measures(study, traveling.reshape(-1, n_sites, len(TISSUES)), reference, cohort, k, NO_IMAGE, at_target)
     seed_rows = {
         seed: measures(_table(r["study"]), shaped(r["traveling"]), reference, cohort, k, r, at_target)
