@@ -17,9 +17,9 @@ from bids_harmonize.bids import derivatives
 from bids_harmonize.bids.layout import DatasetError, FilterFileError, SelectionError, discover_images, load_filter_file
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.bids.screen import image_problem, screen_images
-from bids_harmonize.cli.guard import ParticipantLocked, install_signal_handlers, participant_locks, remove_stale_temporaries
 from bids_harmonize.cli.parser import CLIError, ExitCode, parse_args
 from bids_harmonize.config import RunConfig
+from bids_harmonize.runtime import ParticipantLocked, install_signal_handlers, participant_locks, remove_stale_temporaries
 from bids_harmonize.sites import SiteAssignment, assign_sites, load_overrides, load_policy
 from bids_harmonize.sites.signature import PolicyError
 from bids_harmonize.sites.overrides import SiteTableError

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from bids_harmonize.bids.screen import image_problem
-from bids_harmonize.cli.guard import participant_locks
 from bids_harmonize.cli.parser import parse_args
 from bids_harmonize.cli.run import main
+from bids_harmonize.runtime import participant_locks
 from helpers import Scan, head_phantom, make_bids, write_bundle
 
 HEAD = (32, 32, 32)  # 4 mm voxels: 128 mm, enough to pass screening

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from bids_harmonize.cli.guard import ParticipantLocked, participant_locks, remove_stale_temporaries
+from bids_harmonize.runtime import ParticipantLocked, participant_locks, remove_stale_temporaries
 from bids_harmonize.utils import atomic_write_text
 
 SCRIPT = textwrap.dedent(
     """
     import multiprocessing as mp, os, time
     from concurrent.futures import ProcessPoolExecutor
-    from bids_harmonize.cli.guard import install_signal_handlers
+    from bids_harmonize.runtime import install_signal_handlers
 
     def work(seconds):
         time.sleep(seconds)
@@ -88,7 +88,7 @@ def test_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
 
 def test_a_participant_cannot_be_run_twice_at_once_into_one_output(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from bids_harmonize.cli.guard import "
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from bids_harmonize.runtime import "
          "participant_locks\nwith participant_locks(Path(sys.argv[1]), ['sub-01']):\n print('held', flush=True); "
          "time.sleep(60)", str(tmp_path)],
         stdout=subprocess.PIPE, text=True,
