@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
 from bids_harmonize.preproc import brainmask, operations as op  # noqa: E402
-from bids_harmonize.reports.metrics import POOR_AGREEMENT, template_agreement  # noqa: E402
+from bids_harmonize.qc.metrics import POOR_AGREEMENT, template_agreement  # noqa: E402
 from bids_harmonize.templates import get_template  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

@@ -15,7 +15,8 @@ from typing import Any
 import nibabel as nb
 import numpy as np
 
-from bids_harmonize.reports import figures, html, metrics
+from bids_harmonize.qc import metrics
+from bids_harmonize.reports import figures, html
 from bids_harmonize.reports.collect import ImageOutputs, Template, crash_summary
 from bids_harmonize.utils import atomic_write_text
 

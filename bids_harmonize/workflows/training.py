@@ -27,7 +27,7 @@ from bids_harmonize.preproc.operations import (
     median_scale,
     robust_scale,
 )
-from bids_harmonize.reports.metrics import brain_counts, training_histogram
+from bids_harmonize.qc.metrics import brain_counts, training_histogram
 from bids_harmonize.sites import UNKNOWN_SITE, SiteAssignment
 from bids_harmonize.workflows.participant import TemplateFiles
 

@@ -5,7 +5,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from bids_harmonize.reports import metrics
+from bids_harmonize.qc import metrics
 from bids_harmonize.reports.citation import BIBTEX, MethodsFacts, ModelUse, methods_markdown, write_citation
 
 
