@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from bids_harmonize.bids import derivatives
 from bids_harmonize.bids.naming import entity_order
 from bids_harmonize.bids.records import ImageRecord
-from bids_harmonize.workflows.outputs import OUTPUTS, output_path
+from bids_harmonize.interfaces.bids import OUTPUTS, output_path
 
 
 class Template(Protocol):

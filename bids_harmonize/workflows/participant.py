@@ -9,10 +9,10 @@ from typing import Any
 
 from nipype.pipeline import engine as pe
 
+from bids_harmonize.interfaces.bids import DerivativesSink
 from bids_harmonize.preproc.brainmask import DEFAULT_METHOD
 from bids_harmonize.sites import SiteAssignment
 from bids_harmonize.workflows.harmonize import init_harmonize_wf
-from bids_harmonize.workflows.outputs import DerivativesSink
 from bids_harmonize.workflows.preproc import PREPROC_OUTPUTS, init_preproc_wf
 
 

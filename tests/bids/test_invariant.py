@@ -13,7 +13,7 @@ import pytest
 
 from bids_harmonize.bids import invariant
 from bids_harmonize.bids.records import ImageRecord
-from bids_harmonize.workflows.outputs import DerivativesSink
+from bids_harmonize.interfaces.bids import DerivativesSink
 
 BUNDLE = "/models/T1w"
 SCALE = {"lo": 0.0, "hi": 1000.0}

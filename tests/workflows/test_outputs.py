@@ -4,7 +4,7 @@ from pathlib import Path
 
 from bids_harmonize.bids import derivatives
 from bids_harmonize.bids.records import ImageRecord
-from bids_harmonize.workflows.outputs import OUTPUTS, _Writer, output_path
+from bids_harmonize.interfaces.bids import OUTPUTS, _Writer, output_path
 
 
 def names(relpath: str, suffix: str) -> set[str]:
