@@ -179,7 +179,7 @@ def test_a_multiproc_plugin_file_keeps_the_forkserver(tmp_path):
 def test_scheduler_plugins_get_logname_and_size_node_threads_by_the_job(tmp_path, monkeypatch):
     from bids_harmonize.config import RunConfig
     from bids_harmonize.workflows.run import omp_threads, training_threads
-    from bids_harmonize.workflows.scheduler import set_environment as scheduler_environment
+    from bids_harmonize.levels.scheduler import set_environment as scheduler_environment
 
     plugin = tmp_path / "plugin.yml"
     plugin.write_text("plugin: SLURM\nplugin_args: {sbatch_args: '--mem=4G --cpus-per-task=3'}\n")
@@ -198,7 +198,7 @@ def test_scheduler_plugins_get_logname_and_size_node_threads_by_the_job(tmp_path
 
 
 def test_a_stopped_run_cancels_the_slurm_jobs_it_submitted_and_only_those(tmp_path, monkeypatch):
-    from bids_harmonize.workflows.scheduler import cancel_slurm_jobs
+    from bids_harmonize.levels.scheduler import cancel_slurm_jobs
 
     fake = tmp_path / "bin"
     fake.mkdir()
