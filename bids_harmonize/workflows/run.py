@@ -16,13 +16,7 @@ from bids_harmonize.bids import derivatives
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.config import MULTIPROC_DEFAULTS, RunConfig, read_plugin_file
 from bids_harmonize.levels import scheduler
-from bids_harmonize.model.bundle import BundleError
-from bids_harmonize.preproc.brainmask import BrainMaskUnavailable, check_available, method_record
-from bids_harmonize.runtime import stop_action
-from bids_harmonize.sites import SiteAssignment
-from bids_harmonize.sites.overrides import read_tsv
-from bids_harmonize.templates import get_template
-from bids_harmonize.workflows.bundles import (
+from bids_harmonize.levels.bundles import (
     TemplateChoice,
     check_grid,
     choose_template,
@@ -30,6 +24,12 @@ from bids_harmonize.workflows.bundles import (
     find_bundles,
     harmonization_plans,
 )
+from bids_harmonize.model.bundle import BundleError
+from bids_harmonize.preproc.brainmask import BrainMaskUnavailable, check_available, method_record
+from bids_harmonize.runtime import stop_action
+from bids_harmonize.sites import SiteAssignment
+from bids_harmonize.sites.overrides import read_tsv
+from bids_harmonize.templates import get_template
 from bids_harmonize.workflows.participant import HarmonizationPlan, TemplateFiles, init_participant_wf
 from bids_harmonize.workflows.training import train_contrast
 
