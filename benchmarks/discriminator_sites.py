@@ -27,9 +27,9 @@ from sklearn.preprocessing import StandardScaler
 from bids_harmonize.model import preset_config
 from bids_harmonize.model.data import SliceSampler, stack_volumes
 from bids_harmonize.model.networks import build_discriminator
+from bids_harmonize.model.slices import model_image_size
 from bids_harmonize.preproc.operations import robust_scale
 from bids_harmonize.qc import site_features
-from bids_harmonize.workflows.training import model_image_size
 from harness import machine
 from quality import RESULTS, load_scans, simulated_phantom, split_train_test
 

@@ -80,9 +80,9 @@ def measure(layout: str, sessions: int, steps: int, threads: int, scratch: Path)
 
     from bids_harmonize.model import preset_config, train
     from bids_harmonize.model.recipes import RECIPES
+    from bids_harmonize.model.slices import model_image_size
     from bids_harmonize.model.store import StoredVolumes, VolumeStore
     from bids_harmonize.qc.metrics import brain_counts
-    from bids_harmonize.workflows.training import model_image_size
 
     torch.set_num_threads(threads)
     base, mask = template_grid()

@@ -88,7 +88,7 @@ def prepare_murd(
     from bids_harmonize.model import preset_config
     from bids_harmonize.model.recipes import RECIPES
     from bids_harmonize.preproc.operations import median_scale, robust_scale
-    from bids_harmonize.workflows.training import model_image_size
+    from bids_harmonize.model.slices import model_image_size
 
     recipe = RECIPES[run.recipe]
     names = sorted(set(sites))

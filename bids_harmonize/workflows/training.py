@@ -20,6 +20,7 @@ import numpy as np
 from bids_harmonize.bids import derivatives
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.config import RunConfig
+from bids_harmonize.model.slices import model_image_size
 from bids_harmonize.model.store import VolumeStore
 from bids_harmonize.preproc.operations import (
     IntensityScale,
@@ -33,18 +34,6 @@ from bids_harmonize.workflows.participant import TemplateFiles
 
 LOGGER = logging.getLogger("bids_harmonize")
 SLICE_AXIS = 2  # axial slices of the template grid
-
-
-def model_image_size(brain_mask: np.ndarray, margin_voxels: int = 4, multiple: int = 16) -> int:
-    """The smallest square (a multiple of 16, as the encoders downsample) centred on the grid
-    that holds every axial slice of the brain plus a margin. Cropping the template's air
-    around the head makes CPU training ~2x cheaper than padding to the next power of two."""
-    extents = []
-    for axis in (0, 1):
-        index = np.nonzero(brain_mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
-        centre = (brain_mask.shape[axis] - 1) / 2
-        extents.append(2 * max(centre - index.min(), index.max() - centre) + 1 + 2 * margin_voxels)
-    return int(np.ceil(max(extents) / multiple) * multiple)
 
 
 def store_image(store: VolumeStore, path: Path, key: str, mask: np.ndarray) -> int:

@@ -1,6 +1,6 @@
 import numpy as np
 
-from bids_harmonize.workflows.training import model_image_size
+from bids_harmonize.model.slices import model_image_size
 
 
 def test_model_image_size_holds_the_brain_with_a_margin_and_is_a_multiple_of_16():
