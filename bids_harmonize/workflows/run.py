@@ -24,6 +24,7 @@ from bids_harmonize.levels.bundles import (
     find_bundles,
     harmonization_plans,
 )
+from bids_harmonize.levels.training import train_contrast
 from bids_harmonize.model.bundle import BundleError
 from bids_harmonize.preproc.brainmask import BrainMaskUnavailable, check_available, method_record
 from bids_harmonize.runtime import stop_action
@@ -31,7 +32,6 @@ from bids_harmonize.sites import SiteAssignment
 from bids_harmonize.sites.overrides import read_tsv
 from bids_harmonize.templates import get_template
 from bids_harmonize.workflows.participant import HarmonizationPlan, TemplateFiles, init_participant_wf
-from bids_harmonize.workflows.training import train_contrast
 
 __all__ = ["default_target", "run_group", "run_participant"]
 

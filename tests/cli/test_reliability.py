@@ -58,7 +58,7 @@ def test_another_pipelines_output_folder_is_refused_before_anything_is_written(b
 
 
 def test_one_site_says_why_nothing_is_trained_and_what_to_do(tmp_path, caplog):
-    from bids_harmonize.workflows.training import train_contrast
+    from bids_harmonize.levels.training import train_contrast
     from bids_harmonize.sites import SiteAssignment
     from bids_harmonize.config import RunConfig
 
