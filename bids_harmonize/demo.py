@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     timings["group (train)"] = _run("group", [bids, out, "group", *common, *training])
     timings["participant (harmonize)"] = _run("participant", [bids, out, "participant", *common])
     from bids_harmonize.model import load_bundle
-    from bids_harmonize.workflows.run import default_target
+    from bids_harmonize.levels.run import default_target
 
     bundle = load_bundle(Path(out) / "models" / "T1w")
     target = default_target(bundle)

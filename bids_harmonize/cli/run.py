@@ -140,7 +140,7 @@ def usable_images(config: RunConfig, images: list[ImageRecord]) -> list[ImageRec
 def run_level(config: RunConfig) -> int:
     if config.analysis_level == "group" and config.sites_only:
         return run_sites_only(config)
-    from bids_harmonize.workflows.run import resolve_device, run_group, run_participant  # heavy: nipype, torch
+    from bids_harmonize.levels.run import resolve_device, run_group, run_participant  # heavy: nipype, torch
 
     runner = run_group if config.analysis_level == "group" else run_participant
     resolve_device(config)  # an asked-for GPU that is absent fails before anything else
@@ -159,7 +159,7 @@ def _known_failures() -> tuple[tuple[type[BaseException], ExitCode], ...]:
     from bids_harmonize.model.launch import TrainingFailed
     from bids_harmonize.preproc.brainmask import BrainMaskUnavailable
     from bids_harmonize.templates import TemplateNotAvailable
-    from bids_harmonize.workflows.run import WorkflowFailed
+    from bids_harmonize.levels.run import WorkflowFailed
 
     return _EXIT_CODES + (
         (UnknownSiteError, ExitCode.USAGE),

@@ -92,7 +92,7 @@ def test_a_crashed_node_is_one_console_line_and_its_traceback_stays_in_the_crash
     import logging
 
     from bids_harmonize.cli.run import _without_traceback
-    from bids_harmonize.workflows.run import crash_summary
+    from bids_harmonize.levels.run import crash_summary
 
     crash = tmp_path / "crash-x-scale.txt"
     crash.write_text("Node: wf.preproc_sub_02_T1w.scale\nWorking directory: /w\n\nTraceback (most recent call last):\n"

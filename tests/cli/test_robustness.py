@@ -164,7 +164,7 @@ def test_an_invalid_plugin_file_is_a_usage_error_naming_the_file(bids, tmp_path,
 
 def test_a_multiproc_plugin_file_keeps_the_forkserver(tmp_path):
     from bids_harmonize.config import RunConfig
-    from bids_harmonize.workflows.run import plugin_settings
+    from bids_harmonize.levels.run import plugin_settings
 
     plugin = tmp_path / "plugin.yml"
     plugin.write_text("plugin: MultiProc\nplugin_args: {n_procs: 3, memory_gb: 8}\n")
@@ -178,7 +178,7 @@ def test_a_multiproc_plugin_file_keeps_the_forkserver(tmp_path):
 
 def test_scheduler_plugins_get_logname_and_size_node_threads_by_the_job(tmp_path, monkeypatch):
     from bids_harmonize.config import RunConfig
-    from bids_harmonize.workflows.run import omp_threads, training_threads
+    from bids_harmonize.levels.run import omp_threads, training_threads
     from bids_harmonize.levels.scheduler import set_environment as scheduler_environment
 
     plugin = tmp_path / "plugin.yml"
