@@ -24,6 +24,8 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 
+from bids_harmonize.bids.outputs import OutputLayout
+from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.cli.run import main as cli
 from bids_harmonize.simulate.dataset import RESCAN_STREAM
 from bids_harmonize.sites.overrides import read_tsv
@@ -49,17 +51,17 @@ def _run(step: str, argv: list[str]) -> float:
 
 
 def _scans(out: Path) -> list[Scan]:
-    rows = read_tsv(out / "sites.tsv")
-    anat = lambda sub: out / sub / "anat"  # noqa: E731
-    return [
-        Scan(
-            subject=row["participant_id"][4:],
+    layout = OutputLayout(out)
+    scans = []
+    for row in read_tsv(layout.sites_table):
+        image = ImageRecord(Path(row["path"]), row["path"], row["participant_id"][4:], None, "T1w")
+        scans.append(Scan(
+            subject=image.subject,
             site=row["site"],
-            preproc=anat(row["participant_id"]) / f"{row['participant_id']}_space-{TEMPLATE}_res-2_desc-preproc_T1w.nii.gz",
-            harmonized=anat(row["participant_id"]) / f"{row['participant_id']}_space-{TEMPLATE}_res-2_desc-harmonized_T1w.nii.gz",
-        )
-        for row in rows
-    ]
+            preproc=layout.output(image, "template_preproc", TEMPLATE, 2),
+            harmonized=layout.output(image, "template_harmonized", TEMPLATE, 2),
+        ))
+    return scans
 
 
 def _load(path: Path) -> np.ndarray:
@@ -167,10 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     training = ["--iterations", str(args.iterations)] if args.iterations else []
     timings["group (train)"] = _run("group", [bids, out, "group", *common, *training])
     timings["participant (harmonize)"] = _run("participant", [bids, out, "participant", *common])
+    from bids_harmonize.levels.bundles import default_target
     from bids_harmonize.model import load_bundle
-    from bids_harmonize.levels.run import default_target
 
-    bundle = load_bundle(Path(out) / "models" / "T1w")
+    bundle = load_bundle(OutputLayout(out).model("T1w"))
     target = default_target(bundle)
     rows = score(Path(out), dataset, target)
     png = figure(Path(out), args.figure or Path(out) / "demo_before_after.png", dataset.subjects[0])

@@ -220,16 +220,18 @@ def _lock(stack: contextlib.ExitStack, path: Path, exclusive: bool, what: str, o
 
 
 @contextlib.contextmanager
-def participant_locks(out_dir: Path, labels: list[str] | None) -> Iterator[None]:
-    """Hold the locks of a run for its whole duration: ``labels`` None (the group level, or a
-    participant run of the whole dataset) locks every participant at once (``all.lock``,
-    exclusive); a list locks ``all.lock`` shared plus each listed participant exclusively. One
-    file per listed participant, never one per participant of a 10,000-session dataset."""
-    folder = Path(out_dir) / ".locks"
+def participant_locks(folder: Path, labels: list[str] | None) -> Iterator[None]:
+    """Hold the locks of a run for its whole duration, in ``folder`` (OUT/.locks, which
+    bids.outputs.OutputLayout names; the messages call its parent the output folder): ``labels``
+    None (the group level, or a participant run of the whole dataset) locks every participant
+    at once (``all.lock``, exclusive); a list locks ``all.lock`` shared plus each listed
+    participant exclusively. One file per listed participant, never one per participant of a
+    10,000-session dataset."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         _lock(stack, folder / "all.lock", labels is None, "the dataset is" if labels is None else "all participants are",
-              Path(out_dir))
+              folder.parent)
         for label in sorted(set(labels or [])):
-            _lock(stack, folder / f"{label}.lock", True, f"{label} is", Path(out_dir))
+            _lock(stack, folder / f"{label}.lock", True, f"{label} is", folder.parent)
         yield

@@ -1,4 +1,4 @@
-"""The one place that names and writes outputs in OUT_DIR (BIDS Derivatives 1.9).
+"""How outputs are written into OUT_DIR (BIDS Derivatives 1.9); where they go is bids/outputs.py.
 
 Every write is atomic (temporary name, then rename), so several participant runs sharing
 one OUT_DIR, or a run killed half-way, never leave a truncated file. Sidecars carry their
@@ -23,7 +23,8 @@ from typing import Any
 
 from bids_harmonize import CODE_URL, __version__
 from bids_harmonize.bids.invariant import check_finite
-from bids_harmonize.bids.naming import derived_relpath
+from bids_harmonize.bids.naming import sidecar_path
+from bids_harmonize.bids.outputs import BIDSIGNORE, OutputLayout
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.utils import atomic_save_nifti, atomic_write, atomic_write_json, atomic_write_text, atomic_write_tsv
 
@@ -106,14 +107,9 @@ def dataset_description(bids_dir: Path) -> dict[str, Any]:
     }
 
 
-# Files BIDS does not define, declared the way fMRIPrep does so the validator passes the rest.
-# Folders without a trailing slash: bids-validator-deno 3.0 matches "/models", not "/models/".
-BIDSIGNORE = ("sites.tsv", "sites.json", "/models", "/logs", "/figures", "*.html", "/*.png", "*_xfm.*")
-
-
 def write_bidsignore(out_dir: Path) -> Path:
-    """OUT/.bidsignore with our patterns; lines a user added are kept."""
-    path = Path(out_dir) / ".bidsignore"
+    """OUT/.bidsignore with our patterns (outputs.BIDSIGNORE); lines a user added are kept."""
+    path = OutputLayout(out_dir).bidsignore
     lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
     missing = [p for p in BIDSIGNORE if p not in lines]
     if missing or not path.is_file():
@@ -124,7 +120,7 @@ def write_bidsignore(out_dir: Path) -> Path:
 def check_output_dir(out_dir: Path) -> None:
     """Raise OutputDirError when OUT holds another pipeline's derivatives (checked before
     anything, even the run's configuration, is written there)."""
-    path = Path(out_dir) / "dataset_description.json"
+    path = OutputLayout(out_dir).description
     if not path.is_file():
         return
     existing = _read_json(path)
@@ -138,7 +134,7 @@ def check_output_dir(out_dir: Path) -> None:
 
 def write_dataset_description(out_dir: Path, bids_dir: Path) -> Path:
     """Create OUT/dataset_description.json, or check that an existing one is ours."""
-    path = Path(out_dir) / "dataset_description.json"
+    path = OutputLayout(out_dir).description
     if path.is_file():
         check_output_dir(out_dir)
         write_bidsignore(out_dir)
@@ -153,27 +149,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
     return content if isinstance(content, dict) else {}
-
-
-# ----------------------------------------------------------------------------- names
-def derivative_path(
-    out_dir: Path,
-    source: ImageRecord,
-    *,
-    suffix: str | None = None,
-    extension: str = ".nii.gz",
-    **entities: str | int | None,
-) -> Path:
-    """BIDS derivative path for ``source``: all its entities kept, ``entities`` changed
-    (e.g. space=, resolution=, description=; None removes one). Built by pybids from the BIDS
-    schema's entity order (see naming.py)."""
-    return Path(out_dir) / derived_relpath(source.relpath, suffix=suffix, extension=extension, **entities)
-
-
-def sidecar_path(image_path: Path) -> Path:
-    name = image_path.name
-    stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else Path(name).stem
-    return image_path.with_name(stem + ".json")
 
 
 # ----------------------------------------------------------------------------- writes
@@ -221,19 +196,20 @@ def write_site_inventory(
     out_dir: Path, rows: list[dict[str, str]], columns: Iterable[str], dictionary: dict[str, Any]
 ) -> tuple[Path, Path]:
     """OUT/sites.tsv and its data dictionary OUT/sites.json."""
-    out_dir = Path(out_dir)
-    return write_tsv(out_dir / "sites.tsv", rows, columns), write_json(out_dir / "sites.json", dictionary)
+    layout = OutputLayout(out_dir)
+    return write_tsv(layout.sites_table, rows, columns), write_json(layout.sites_dictionary, dictionary)
 
 
 def logs_dir(out_dir: Path) -> Path:
-    path = Path(out_dir) / "logs"
+    """OUT/logs, created when missing (Nipype writes its crash files there)."""
+    path = OutputLayout(out_dir).logs
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def write_run_config(out_dir: Path, config: Mapping[str, Any], run_id: str) -> Path:
-    return write_json(logs_dir(out_dir) / f"config-{run_id}.json", dict(config))
+    return write_json(OutputLayout(out_dir).run_config(run_id), dict(config))
 
 
 def write_crash_report(out_dir: Path, run_id: str, text: str) -> Path:
-    return atomic_write_text(logs_dir(out_dir) / f"crash-{run_id}.txt", text)
+    return atomic_write_text(OutputLayout(out_dir).crash_report(run_id), text)

@@ -29,6 +29,8 @@ from typing import Any
 
 from bids_harmonize.bids import derivatives
 from bids_harmonize.bids.layout import IGNORED_TOP_LEVEL
+from bids_harmonize.bids.naming import sidecar_path
+from bids_harmonize.bids.outputs import OutputLayout
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.utils import atomic_write, atomic_write_json
 
@@ -114,7 +116,7 @@ def _participant(bids_dir: Path, export_dir: Path, subject: str, replaced: set[s
 
 
 def _harmonized_sidecar(image: ImageRecord, derivative_sidecar: Path) -> dict[str, Any]:
-    raw_sidecar = derivatives.sidecar_path(image.path)
+    raw_sidecar = sidecar_path(image.path)
     content: dict[str, Any] = {}
     if raw_sidecar.is_file():
         content = json.loads(raw_sidecar.read_text(encoding="utf-8-sig"))
@@ -139,14 +141,14 @@ def export_bids(bids_dir: Path, out_dir: Path, export_dir: Path, images: Iterabl
     _top_level(bids_dir, export_dir, absent)
     replaced, kept = set(), []
     for image in images:
-        harmonized = derivatives.derivative_path(out_dir, image, description="harmonized")
-        sidecar = derivatives.sidecar_path(harmonized)
+        harmonized = OutputLayout(out_dir).output(image, "native_harmonized")
+        sidecar = sidecar_path(harmonized)
         if not (harmonized.is_file() and sidecar.is_file()):
             kept.append(image.relpath)
             continue
         # Written under the raw name: nibabel picks .nii or .nii.gz from it, as the raw file was stored.
         derivatives.write_image(nb.load(harmonized), export_dir / image.relpath, _harmonized_sidecar(image, sidecar))
-        replaced.update({image.relpath, derivatives.sidecar_path(Path(image.relpath)).as_posix()})
+        replaced.update({image.relpath, sidecar_path(Path(image.relpath)).as_posix()})
     for subject in sorted({i.subject for i in images}):
         _participant(bids_dir, export_dir, subject, replaced, absent)
     if kept:

@@ -10,7 +10,7 @@ chunk, ...) is kept in the derivative's name.
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 # Names this package uses in its own calls (pybids' or the schema's) -> the schema's names.
@@ -108,3 +108,10 @@ def derived_relpath(source_relpath: str, *, suffix: str | None = None, extension
         else:
             entities[name] = str(value)
     return build_relpath(entities, suffix or source_suffix, extension or source_extension, datatype)
+
+
+def sidecar_path(image_path: Path) -> Path:
+    """The JSON sidecar of an image: same name, .json for .nii/.nii.gz."""
+    name = image_path.name
+    stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else Path(name).stem
+    return image_path.with_name(stem + ".json")

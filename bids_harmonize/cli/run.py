@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bids_harmonize.bids import derivatives
 from bids_harmonize.bids.layout import DatasetError, FilterFileError, SelectionError, discover_images, load_filter_file
+from bids_harmonize.bids.outputs import OutputLayout
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.bids.screen import image_problem, screen_images
 from bids_harmonize.cli.parser import CLIError, ExitCode, parse_args
@@ -118,7 +119,8 @@ def run_sites_only(config: RunConfig) -> int:
     n_sites = len({a.site for a in assignments})
     print(f"\n{n_sites} site(s) at granularity '{config.site_granularity}' ({len(assignments)} images):\n")
     print(format_table(summary_rows(assignments)))
-    print(f"\nWrote {config.output_dir / 'sites.tsv'} and {config.output_dir / 'sites.json'}")
+    layout = OutputLayout(config.output_dir)
+    print(f"\nWrote {layout.sites_table} and {layout.sites_dictionary}")
     return ExitCode.OK
 
 
@@ -146,7 +148,7 @@ def run_level(config: RunConfig) -> int:
     resolve_device(config)  # an asked-for GPU that is absent fails before anything else
     images = discover(config)
     whole = config.analysis_level == "group" or not config.participant_labels
-    with participant_locks(config.output_dir, None if whole else [f"sub-{i.subject}" for i in images]):
+    with participant_locks(OutputLayout(config.output_dir).locks, None if whole else [f"sub-{i.subject}" for i in images]):
         for path in remove_stale_temporaries(config.output_dir, skip=config.work_dir):
             LOGGER.info("removed %s, left by an interrupted run", path)
         return runner(config, usable_images(config, images), site_inventory)

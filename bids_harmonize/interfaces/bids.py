@@ -1,10 +1,11 @@
-"""Every write of a participant-level derivative happens here, through bids/derivatives.py.
+"""The sink: the Nipype interface that writes a participant-level derivative into OUT.
 
-``DerivativesSink`` takes whatever the preprocessing and harmonization produced for one
-image, gives each file its BIDS derivative name, restores the raw image's orientation for
-native-grid outputs (an exact axis permutation: same shape and affine as the input), and
-writes image + sidecar atomically. Its node always re-runs (``overwrite=True``): it is cheap,
-and the provenance it records belongs to the run that wrote it.
+``DerivativesSink`` (niworkflows keeps its DerivativesDataSink in the same place) takes
+whatever the preprocessing and harmonization produced for one image, gives each file the
+name bids/outputs.py gives it, restores the raw image's orientation for native-grid outputs
+(an exact axis permutation: same shape and affine as the input), and writes image + sidecar
+atomically through bids/derivatives.py. Its node always re-runs (``overwrite=True``): it is
+cheap, and the provenance it records belongs to the run that wrote it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits
 
 from bids_harmonize.bids import derivatives, invariant
+from bids_harmonize.bids.outputs import OUTPUTS, output_path
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.preproc.operations import restore_orientation
 
@@ -74,32 +76,6 @@ class DerivativesSink(SimpleInterface):
             writer.commit(target, content, sidecar)
         self._results["out_files"] = [str(p) for p in writer.written]
         return runtime
-
-
-# One entry per output: its BIDS entities, and what its sidecar says.
-OUTPUTS: dict[str, dict[str, Any]] = {
-    "native_preproc": {"entities": {"description": "preproc"}, "native": True},
-    "template_preproc": {"entities": {"space": "TEMPLATE", "resolution": "RES", "description": "preproc"}},
-    # A T1w and a T2w of one session have different native grids, so their masks need different
-    # names: the T1w one keeps fMRIPrep's plain name, others name their grid (space-T2w).
-    "native_mask": {"entities": {"space": "NATIVE", "description": "brain"}, "suffix": "mask", "native": True, "mask": True},
-    "transform": {"entities": {"from": "SUFFIX", "to": "TEMPLATE", "mode": "image"}, "suffix": "xfm", "extension": ".txt"},
-    "native_harmonized": {"entities": {"description": "harmonized"}, "native": True, "harmonized": True},
-    "template_harmonized": {"entities": {"space": "TEMPLATE", "resolution": "RES", "description": "harmonized"},
-                            "harmonized": True},
-}
-
-
-def output_path(out_dir: Path, record: ImageRecord, name: str, template: str, resolution: int) -> Path:
-    """Where the output `name` (a key of OUTPUTS) of `record` lies: the one naming rule, used by
-    the sink that writes and by the reports that read."""
-    spec = OUTPUTS[name]
-    values = {"TEMPLATE": template, "SUFFIX": record.suffix, "RES": str(resolution),
-              "NATIVE": None if record.suffix == "T1w" else record.suffix}
-    return derivatives.derivative_path(
-        out_dir, record, suffix=spec.get("suffix"), extension=spec.get("extension", ".nii.gz"),
-        **{key: values.get(value, value) for key, value in spec["entities"].items()},
-    )
 
 
 class _Writer:

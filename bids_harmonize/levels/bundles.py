@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bids_harmonize.bids.outputs import OutputLayout
 from bids_harmonize.config import DEFAULT_RESOLUTION, DEFAULT_TEMPLATE, RunConfig
 from bids_harmonize.model.bundle import CARD_NAME, BundleError, ContractMismatch, ModelBundle
 from bids_harmonize.preproc.operations import intensity_convention
@@ -31,7 +32,7 @@ class TemplateChoice:
 def find_bundles(config: RunConfig, contrasts: list[str]) -> dict[str, Path]:
     """contrast -> bundle folder, for the contrasts among ``contrasts`` that have one."""
     if config.model is None:
-        found = {c: config.output_dir / "models" / c for c in contrasts}
+        found = {c: OutputLayout(config.output_dir).model(c) for c in contrasts}
         return {c: path for c, path in found.items() if (path / CARD_NAME).is_file()}
     model = Path(config.model)
     if model.is_file():

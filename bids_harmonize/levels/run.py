@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bids_harmonize.bids import derivatives
+from bids_harmonize.bids.outputs import OutputLayout
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.config import MULTIPROC_DEFAULTS, RunConfig, read_plugin_file
 from bids_harmonize.levels import scheduler
@@ -89,13 +90,13 @@ def execute(workflow: Any, config: RunConfig) -> None:
     )
     plugin, plugin_args = plugin_settings(config)
     scheduler.set_environment(plugin)
-    before = set(derivatives.logs_dir(config.output_dir).glob("crash-*"))
+    before = set(OutputLayout(config.output_dir).crash_files())
     on_stop = (lambda: scheduler.cancel_slurm_jobs(config.run_id)) if plugin == "SLURM" else (lambda: None)
     try:
         with stop_action(on_stop):
             workflow.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as err:
-        crashes = sorted(set(derivatives.logs_dir(config.output_dir).glob("crash-*")) - before)
+        crashes = sorted(set(OutputLayout(config.output_dir).crash_files()) - before)
         listing = "\n  ".join(crash_summary(c) for c in crashes) or "(no crash file written)"
         raise WorkflowFailed(
             f"{len(crashes)} step(s) failed; each line names the image's node, the error and the crash file "
@@ -130,7 +131,7 @@ def plugin_settings(config: RunConfig) -> tuple[str, dict[str, Any]]:
 def with_recorded_sites(config: RunConfig, assignments: list[SiteAssignment]) -> list[SiteAssignment]:
     """Prefer the labels the group level recorded in OUT/sites.tsv (the model was trained on
     those); images it did not see keep their freshly inferred label."""
-    table = config.output_dir / "sites.tsv"
+    table = OutputLayout(config.output_dir).sites_table
     if not table.is_file():
         return assignments
     recorded = {row["path"]: row for row in read_tsv(table)}
@@ -156,7 +157,7 @@ def run_participant(config: RunConfig, images: list[ImageRecord], site_inventory
     if not plans:
         LOGGER.warning(
             "No model bundle found (--model, or %s): writing preprocessed outputs only. To train one: "
-            "`bids_harmonize %s %s group`.", config.output_dir / "models", config.bids_dir, config.output_dir,
+            "`bids_harmonize %s %s group`.", OutputLayout(config.output_dir).models, config.bids_dir, config.output_dir,
         )
     for contrast in sorted(set(present) - set(plans)):
         if plans:
@@ -233,7 +234,7 @@ def write_reports(
     )
     facts = MethodsFacts(tuple(config.contrasts), template.name, template.resolution, config.site_granularity,
                          models, dict(derivatives.software_versions()), _mask_method(config.brain_mask))
-    hint = f"--model {config.model}" if config.model else f"none in {config.output_dir / 'models'}"
+    hint = f"--model {config.model}" if config.model else f"none in {OutputLayout(config.output_dir).models}"
     reasons = skip_reasons(assignments or [], set(plans), not_harmonized or [], hint)
     return build(out_dir=config.output_dir, template=template, facts=facts, bundles=bundles,
                  assignments=assignments or [], reasons=reasons, since=since,
@@ -249,6 +250,4 @@ def _mask_method(method: str) -> dict[str, Any]:
 
 
 def template_preproc_path(config: RunConfig, template: TemplateFiles, image: ImageRecord) -> Path:
-    return derivatives.derivative_path(
-        config.output_dir, image, space=template.name, resolution=template.resolution, description="preproc"
-    )
+    return OutputLayout(config.output_dir).output(image, "template_preproc", template.name, template.resolution)

@@ -18,6 +18,7 @@ import nibabel as nb
 import numpy as np
 
 from bids_harmonize.bids import derivatives
+from bids_harmonize.bids.outputs import OutputLayout
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.config import RunConfig
 from bids_harmonize.model.slices import model_image_size
@@ -118,7 +119,7 @@ def train_contrast(
         checkpoint_every=max(1, iterations // 10 // 10) * 10, log_every=10,
     )
     processes = training.processes
-    out = config.output_dir / "models" / contrast
+    out = OutputLayout(config.output_dir).model(contrast)
     job = TrainingJob(
         store=str(store.folder), rows=rows, site_labels=[sites.index(a.site) for a in usable], site_names=sites,
         model_config=network.to_dict(), train_config=options.to_dict(), out_dir=str(out), work_dir=str(work),
@@ -135,5 +136,5 @@ def train_contrast(
     })
     log = work / "train_log.jsonl"
     if log.is_file():
-        derivatives.atomic_copy(log, derivatives.logs_dir(config.output_dir) / f"training-{contrast}-{config.run_id}.jsonl")
+        derivatives.atomic_copy(log, OutputLayout(config.output_dir).training_log(contrast, config.run_id))
     return f"{contrast}: model bundle for sites {', '.join(sites)} in {bundle_dir}"

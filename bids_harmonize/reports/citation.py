@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bids_harmonize import CODE_URL
-from bids_harmonize.bids import derivatives
+from bids_harmonize.bids.outputs import OutputLayout
 from bids_harmonize.utils import atomic_write_text
 
 
@@ -173,8 +173,8 @@ def write_citation(out_dir: Path, facts: MethodsFacts) -> tuple[Path, Path, str]
     """OUT/logs/CITATION.md and CITATION.bib; returns both paths and the markdown text."""
     text = methods_markdown(facts)
     cited = [key for key in BIBTEX if f"@{key}" in text]
-    logs = derivatives.logs_dir(out_dir)
-    md = atomic_write_text(logs / "CITATION.md", text)
-    bib = atomic_write_text(logs / "CITATION.bib", "\n\n".join(BIBTEX[k] for k in cited) + "\n")
+    layout = OutputLayout(out_dir)
+    md = atomic_write_text(layout.citation(".md"), text)
+    bib = atomic_write_text(layout.citation(".bib"), "\n\n".join(BIBTEX[k] for k in cited) + "\n")
     return md, bib, text
 

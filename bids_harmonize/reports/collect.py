@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from bids_harmonize.bids import derivatives
-from bids_harmonize.bids.naming import entity_order
+from bids_harmonize.bids.naming import entity_order, sidecar_path
+from bids_harmonize.bids.outputs import OUTPUTS, OutputLayout, node_name
 from bids_harmonize.bids.records import ImageRecord
-from bids_harmonize.interfaces.bids import OUTPUTS, output_path
 
 
 class Template(Protocol):
@@ -37,7 +36,7 @@ class ImageOutputs:
 
     record: ImageRecord
     out_dir: Path
-    files: dict[str, Path]  # name in workflows.outputs.OUTPUTS -> path (only those that exist)
+    files: dict[str, Path]  # name in bids.outputs.OUTPUTS -> path (only those that exist)
     site: dict[str, str]  # site, provenance, evidence (+ warnings when known)
     skip_reason: str | None = None  # why it was not harmonized, when the run knows
     crashes: list[Path] = field(default_factory=list)
@@ -59,14 +58,15 @@ class ImageOutputs:
         if path is None:
             return {}
         try:
-            return json.loads(derivatives.sidecar_path(path).read_text())
+            return json.loads(sidecar_path(path).read_text())
         except (OSError, json.JSONDecodeError):
             return {}
 
 
 def derivative_files(out_dir: Path, record: ImageRecord, template: Template) -> dict[str, Path]:
-    """The outputs (keys of workflows.outputs.OUTPUTS) that exist for `record`, by name."""
-    paths = {name: output_path(out_dir, record, name, template.name, template.resolution) for name in OUTPUTS}
+    """The outputs (keys of bids.outputs.OUTPUTS) that exist for `record`, by name."""
+    layout = OutputLayout(out_dir)
+    paths = {name: layout.output(record, name, template.name, template.resolution) for name in OUTPUTS}
     return {name: path for name, path in paths.items() if path.is_file()}
 
 
@@ -86,11 +86,9 @@ def record_from_relpath(bids_dir: Path, relpath: str) -> ImageRecord:
 
 def crash_files(out_dir: Path, relpath: str, since: float | None = None) -> list[Path]:
     """Nipype crash files in OUT/logs that name this image's nodes (newer than ``since``)."""
-    from bids_harmonize.workflows.participant import node_name
-
     marker = re.compile(rf"_{re.escape(node_name(relpath))}\b")
     found = []
-    for path in sorted(derivatives.logs_dir(out_dir).glob("crash-*")):
+    for path in OutputLayout(out_dir).crash_files():
         if since is not None and path.stat().st_mtime < since:
             continue
         try:
@@ -113,5 +111,5 @@ def crash_summary(path: Path, lines: int = 6) -> str:
 def read_sites_table(out_dir: Path) -> list[dict[str, str]]:
     from bids_harmonize.sites.overrides import read_tsv
 
-    path = Path(out_dir) / "sites.tsv"
+    path = OutputLayout(out_dir).sites_table
     return read_tsv(path) if path.is_file() else []

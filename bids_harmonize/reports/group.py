@@ -17,6 +17,7 @@ from typing import Any
 import nibabel as nb
 import numpy as np
 
+from bids_harmonize.bids.outputs import OutputLayout
 from bids_harmonize.qc import between_site_wasserstein, site_classifier_accuracy
 from bids_harmonize.reports import group_figures, html
 from bids_harmonize.reports.collect import ImageOutputs, Template, derivative_files, read_sites_table, record_from_relpath
@@ -60,9 +61,9 @@ def training_section(out_dir: Path, bundles: dict[str, Path]) -> str:
             ("seed", card.get("seed", "n/a")), ("sites", ", ".join(s["name"] for s in card.get("sites", []))),
             ("weights SHA-256", (card.get("weights") or {}).get("sha256", "")),
         ]))
-        logs = sorted((out_dir / "logs").glob(f"training-{contrast}-*.jsonl"))
+        logs = OutputLayout(out_dir).training_logs(contrast)
         if not logs:
-            parts.append(html.box("note", f"No training log in {out_dir / 'logs'} (the bundle was trained elsewhere)."))
+            parts.append(html.box("note", f"No training log in {OutputLayout(out_dir).logs} (the bundle was trained elsewhere)."))
             continue
         records = group_figures.read_training_log(logs[-1])
         if records:
@@ -158,4 +159,4 @@ def group_report(out_dir: Path, template: Template, bundles: dict[str, Path], me
         sections.append(("methods", "Methods", html.pre(methods)))
     n_sites = len({r["site"] for r in rows})
     text = html.page("bids_harmonize: group report", f"{len(rows)} image(s), {n_sites} site(s); output folder {out_dir}", sections)
-    return atomic_write_text(out_dir / "group.html", text)
+    return atomic_write_text(OutputLayout(out_dir).group_report, text)

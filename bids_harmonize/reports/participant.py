@@ -15,6 +15,7 @@ from typing import Any
 import nibabel as nb
 import numpy as np
 
+from bids_harmonize.bids.outputs import OutputLayout
 from bids_harmonize.qc import metrics
 from bids_harmonize.reports import figures, html
 from bids_harmonize.reports.collect import ImageOutputs, Template, crash_summary
@@ -193,7 +194,7 @@ class _ImageSection:
 
 def _run_config(out_dir: Path) -> dict[str, Any]:
     """When no sidecar was written (a failed image): the newest run configuration in OUT/logs."""
-    configs = sorted(Path(out_dir).glob("logs/config-*.json"))
+    configs = OutputLayout(out_dir).run_configs()
     if not configs:
         return {}
     config = json.loads(configs[-1].read_text())
@@ -240,5 +241,5 @@ def participant_report(out_dir: Path, subject: str, items: list[ImageOutputs], t
     if methods:
         all_sections.append(("methods", "Methods", html.pre(methods)))
     text = html.page(f"bids_harmonize: sub-{subject}", f"{len(items)} image(s); output folder {out_dir}", all_sections)
-    return atomic_write_text(Path(out_dir) / f"sub-{subject}.html", text)
+    return atomic_write_text(OutputLayout(out_dir).participant_report(subject), text)
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nipype.pipeline import engine as pe
 
+from bids_harmonize.bids.outputs import node_name
 from bids_harmonize.interfaces.bids import DerivativesSink
 from bids_harmonize.preproc.brainmask import DEFAULT_METHOD
 from bids_harmonize.sites import SiteAssignment
@@ -46,12 +46,6 @@ class HarmonizationPlan:
             "ModelBundle": {"Path": self.bundle_dir, "SHA256": self.bundle_sha256, "CardSHA256": self.card_sha256,
                             "Sites": list(self.bundle_sites)},
         }
-
-
-def node_name(relpath: str) -> str:
-    """A Nipype-safe name that still names the image (crash files carry it)."""
-    stem = Path(relpath).name.split(".")[0]
-    return re.sub(r"[^A-Za-z0-9]", "_", stem)
 
 
 def init_participant_wf(

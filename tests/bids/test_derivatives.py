@@ -6,7 +6,8 @@ import nibabel as nb
 import numpy as np
 import pytest
 
-from bids_harmonize.bids import derivatives
+from bids_harmonize.bids import derivatives, outputs
+from bids_harmonize.bids.naming import sidecar_path
 from bids_harmonize.bids.records import ImageRecord
 
 
@@ -16,17 +17,17 @@ def source(relpath: str = "sub-01/ses-01/anat/sub-01_ses-01_acq-mprage_run-02_T1
 
 
 def test_derivative_names_follow_bids_entity_order(tmp_path):
-    path = derivatives.derivative_path(tmp_path, source(), space="MNI152NLin2009cSym", resolution=2, description="harmonized")
+    path = outputs.derivative_path(tmp_path, source(), space="MNI152NLin2009cSym", resolution=2, description="harmonized")
     assert path == tmp_path / "sub-01/ses-01/anat/sub-01_ses-01_acq-mprage_run-02_space-MNI152NLin2009cSym_res-2_desc-harmonized_T1w.nii.gz"
-    mask = derivatives.derivative_path(tmp_path, source("sub-01/anat/sub-01_acq-mprage_run-2_T1w.nii"), description="brain", suffix="mask")
+    mask = outputs.derivative_path(tmp_path, source("sub-01/anat/sub-01_acq-mprage_run-2_T1w.nii"), description="brain", suffix="mask")
     assert mask.name == "sub-01_acq-mprage_run-2_desc-brain_mask.nii.gz"
-    assert derivatives.sidecar_path(mask).name == "sub-01_acq-mprage_run-2_desc-brain_mask.json"
+    assert sidecar_path(mask).name == "sub-01_acq-mprage_run-2_desc-brain_mask.json"
 
 
 @pytest.mark.parametrize("entities", ["echo-1", "echo-2", "flip-2", "inv-1", "mt-on", "part-mag", "chunk-3", "ce-gad", "rec-norm"])
 def test_every_source_entity_survives_so_echoes_do_not_collide(tmp_path, entities):
     raw = f"sub-01/anat/sub-01_acq-mp2_{entities}_run-1_T1w.nii.gz"
-    path = derivatives.derivative_path(tmp_path, source(raw), space="MNI152NLin2009cSym", resolution=1, description="preproc")
+    path = outputs.derivative_path(tmp_path, source(raw), space="MNI152NLin2009cSym", resolution=1, description="preproc")
     assert f"_{entities}_" in path.name and path.name.endswith("_res-1_desc-preproc_T1w.nii.gz")  # schema order
     # pybids reads back exactly the entities of the source plus the new ones
     from bids.layout import parse_file_entities
@@ -41,7 +42,7 @@ def test_names_that_are_not_bids_are_refused_naming_the_file(tmp_path):
     from bids_harmonize.bids.naming import NamingError
 
     with pytest.raises(NamingError, match="sub-01_scan1_T1w.nii.gz.*Fix"):
-        derivatives.derivative_path(tmp_path, source("sub-01/anat/sub-01_scan1_T1w.nii.gz"), description="preproc")
+        outputs.derivative_path(tmp_path, source("sub-01/anat/sub-01_scan1_T1w.nii.gz"), description="preproc")
 
 
 def test_dataset_description_links_the_raw_dataset(tmp_path):
@@ -75,7 +76,7 @@ def test_sidecar_carries_sources_and_provenance(tmp_path):
     sidecar = derivatives.image_sidecar([source()], provenance, skull_stripped=False,
                                         extra={"TargetSite": "A"}, inherited={"RepetitionTime": 2.3})
     path = derivatives.write_image(img, tmp_path / "x_T1w.nii.gz", sidecar)
-    written = json.loads(derivatives.sidecar_path(path).read_text())
+    written = json.loads(sidecar_path(path).read_text())
     assert written["Sources"] == ["bids:raw:" + source().relpath]
     assert written["SkullStripped"] is False
     assert written["RepetitionTime"] == 2.3

@@ -7,7 +7,7 @@ import json
 import nibabel as nb
 import numpy as np
 
-from bids_harmonize.bids import derivatives
+from bids_harmonize.bids import derivatives, outputs
 from bids_harmonize.bids.export import export_bids
 from bids_harmonize.bids.layout import discover_images
 from helpers import Scan, bids_validator_errors, make_bids
@@ -27,7 +27,7 @@ def test_export_places_harmonized_images_and_keeps_everything_else(tmp_path):
     out = tmp_path / "out"
     t1 = next(i for i in images if i.subject == "01" and i.suffix == "T1w")
     harmonized = nb.Nifti1Image(np.full((6, 6, 6), 7.0, np.float32), nb.load(t1.path).affine)
-    derivatives.write_image(harmonized, derivatives.derivative_path(out, t1, description="harmonized"),
+    derivatives.write_image(harmonized, outputs.derivative_path(out, t1, description="harmonized"),
                             {"TargetSite": "B", "ModelBundle": {"SHA256": "ab" * 32}, "Sources": [t1.bids_uri]})
 
     placed, kept = export_bids(raw, out, tmp_path / "export", images)

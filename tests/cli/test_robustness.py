@@ -12,6 +12,7 @@ import nibabel as nb
 import numpy as np
 import pytest
 
+from bids_harmonize.bids.outputs import OutputLayout
 from bids_harmonize.bids.screen import image_problem
 from bids_harmonize.cli.parser import parse_args
 from bids_harmonize.cli.run import main
@@ -145,7 +146,7 @@ def test_when_no_image_is_usable_the_run_stops_naming_each(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- 10, 11
 def test_a_participant_already_running_into_out_is_refused(bids, tmp_path, capsys):
-    with participant_locks(tmp_path / "out", ["sub-01"]):
+    with participant_locks(OutputLayout(tmp_path / "out").locks, ["sub-01"]):
         assert run(bids, tmp_path / "out", "--participant-label", "01") == 1
     err = capsys.readouterr().err
     assert "sub-01 is being processed into" in err and "--participant-label" in err and "Traceback" not in err

@@ -4,7 +4,8 @@ from pathlib import Path
 
 from bids_harmonize.bids import derivatives
 from bids_harmonize.bids.records import ImageRecord
-from bids_harmonize.interfaces.bids import OUTPUTS, _Writer, output_path
+from bids_harmonize.bids.outputs import OUTPUTS, output_path
+from bids_harmonize.interfaces.bids import _Writer
 
 
 def names(relpath: str, suffix: str) -> set[str]:
