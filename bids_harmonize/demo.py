@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name.ljust(width)}  {b:>8}  {a:>8}")
     print("\nWall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; total {total:.0f} s")
     print(f"Outputs: {out} (sites.tsv, models/T1w/, sub-*/anat/); figure: {png}")
-    print(f"Reports: {Path(out) / f'sub-{dataset.subjects[0]}.html'} (one per participant) and {Path(out) / 'group.html'}")
+    layout = OutputLayout(out)
+    print(f"Reports: {layout.participant_report(dataset.subjects[0])} (one per participant) and {layout.group_report}")
     return 0
 
 
