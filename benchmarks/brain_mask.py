@@ -6,7 +6,7 @@ For every T1w head of ../shared/data/ixi_hh and ../shared/data/realmix, runs the
 preprocessing functions both ways:
 - old (`--brain-mask template`): registration of the whole head to the template; the template
   brain mask carried back is the mask. Its report flag was the Spearman agreement of the
-  registered image with the template (< 0.5, reports/metrics.py), recomputed here.
+  registered image with the template (< 0.5, qc/metrics.py), recomputed here.
 - new (default): deepbet's mask on the native grid; the skull-stripped image registered to the
   skull-stripped template; the mask check (bids_harmonize/preproc/brainmask.py) is the Dice of
   the learned mask and the template mask carried back through that registration.

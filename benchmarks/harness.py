@@ -18,7 +18,7 @@ from bids_harmonize.qc.baselines import Harmonizer
 
 def cli_threads() -> int:
     """Torch threads of group training at the CLI's defaults (`--nprocs` = the CPU count, capped
-    at 8: workflows/run.py, training_threads)."""
+    at 8: levels/run.py, training_threads)."""
     return max(1, min(8, os.cpu_count() or 1))
 
 

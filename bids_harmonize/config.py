@@ -1,8 +1,9 @@
 """One typed, serialisable record of a run.
 
 Built once from the command line (``RunConfig.from_namespace``), written to OUT/logs/, and
-read only by the CLI and the top-level workflow builders; everything below them takes
-explicit arguments. Keeping device and thread settings here (and out of node inputs) is what
+read only by the CLI and the application layer (bids_harmonize/levels/: the level runners,
+bundle selection, group training); the graph builders of workflows/ and everything below them
+take explicit arguments. Keeping device and thread settings here (and out of node inputs) is what
 keeps them out of Nipype's cache hash.
 """
 

@@ -24,7 +24,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") ->
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Host and pid in the name: a later run removes the temporaries of writers that were killed
-    # (cli/guard.py) and never those of a run still writing.
+    # (runtime.py) and never those of a run still writing.
     writer = f"{socket.gethostname().split('.')[0]}-{os.getpid()}"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{writer}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)

@@ -16,7 +16,7 @@ clipping of more than ``MAX_CLIPPED_SHARE`` of the voxels (a model that renders 
 image outside any plausible range), is refused: ``OutputInvariantError`` names the image and
 the bundle, and nothing of that image is written.
 
-This module is the one place the invariant lives; ``workflows/outputs.py`` applies it to every
+This module is the one place the invariant lives; the sink (``interfaces/bids.py``) applies it to every
 image of a participant before any is written, and ``derivatives.write_image`` checks finiteness
 once more on the way to disk.
 """

@@ -1,1 +1,1 @@
-"""Thin Nipype interfaces around preproc/ and model/ functions."""
+"""Thin Nipype interfaces around preproc/ and model/ functions, and the derivatives sink (bids.py)."""

@@ -62,7 +62,7 @@ class HarmonizeVolume(SimpleInterface):
             bundle.translator, volume, style, source_style=source, batch_size=self.inputs.batch_size or None
         )
         # Non-finite or implausible values are refused where outputs are written, naming the raw
-        # image and this bundle (bids/invariant.py, applied by workflows/outputs.py).
+        # image and this bundle (bids/invariant.py, applied by the sink in interfaces/bids.py).
         out = Path(runtime.cwd) / "harmonized_model_range.nii.gz"
         nb.Nifti1Image(harmonized.astype(np.float32), img.affine).to_filename(out)
         inputs, outputs = bundle.intensity_lookup(style, source)

@@ -1,7 +1,8 @@
-"""Running the levels: build the workflow from a RunConfig, execute it, train at group level.
+"""Running the levels: build the workflow from a RunConfig, execute it, train at group level,
+then write the reports (and, with --export-bids, the harmonized BIDS dataset).
 
-This is the only module below the CLI that reads a RunConfig; the builders it calls take
-explicit arguments.
+With bundles.py and training.py, the only code below the CLI that reads a RunConfig; the graph
+builders it calls (workflows/) take explicit arguments.
 """
 
 from __future__ import annotations

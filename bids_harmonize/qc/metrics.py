@@ -1,6 +1,7 @@
-"""The numbers the reports show that no other module computes: registration agreement, the
-rigid-fallback check, and brain intensity histograms (also stored in the model card, so a
-report can draw the target site's training distribution without the training images)."""
+"""Numbers the reports, the model card and the benchmarks share: registration agreement, the
+rigid-fallback check, and brain intensity histograms (group training stores them per site in
+the model card, so a report can draw the target site's training distribution without the
+training images)."""
 
 from __future__ import annotations
 
