@@ -30,8 +30,7 @@ from bids_harmonize.model.networks import build_discriminator
 from bids_harmonize.model.slices import model_image_size
 from bids_harmonize.preproc.operations import robust_scale
 from bids_harmonize.qc import site_features
-from harness import machine
-from quality import RESULTS, load_scans, simulated_phantom, split_train_test
+from harness import RESULTS, load_scans, machine, simulated_phantom, split_train_test
 
 LAYOUTS = {"paper (instance norm)": "paper-tiny", "modulated (histogram + texture)": "cpu"}
 

@@ -1,19 +1,27 @@
-"""What the quality benchmarks share: MURD trained and applied as the pipeline does it on the
-template grid, the thread count the CLI uses, and a description of the machine."""
+"""What the benchmarks share, so that none imports another: MURD trained and applied as the
+pipeline does it on the template grid, the thread count the CLI uses, a description of the
+machine, and the quality benchmarks' simulated phantom, its scans, their train/test split and
+the results table (quality.py, pipeline_quality.py, discriminator_sites.py)."""
 
 from __future__ import annotations
 
+import csv
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import nibabel as nb
 import numpy as np
 from numpy.typing import NDArray
 
 from bids_harmonize.qc.baselines import Harmonizer
+
+if TYPE_CHECKING:
+    from bids_harmonize.simulate import SimulatedDataset
 
 
 def cli_threads() -> int:
@@ -87,8 +95,8 @@ def prepare_murd(
     does; the target intensity scale is the median of the target site's training scales."""
     from bids_harmonize.model import preset_config
     from bids_harmonize.model.recipes import RECIPES
-    from bids_harmonize.preproc.operations import median_scale, robust_scale
     from bids_harmonize.model.slices import model_image_size
+    from bids_harmonize.preproc.operations import median_scale, robust_scale
 
     recipe = RECIPES[run.recipe]
     names = sorted(set(sites))
@@ -100,3 +108,109 @@ def prepare_murd(
     iterations = run.iterations or recipe.iterations
     options = recipe.train_config(iterations=iterations, seed=run.seed, checkpoint_every=iterations, log_every=10)
     return MurdSetup(volumes, [names.index(site) for site in sites], names, config, options, target_site, target_scale)
+
+
+# ----------------------------------------------------------------------------- the quality benchmarks' phantom
+RESULTS = Path(__file__).parent / "results"
+CONTRAST = "T1w"
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One subject's image at its own site, with what it is scored against."""
+
+    subject: str
+    site: str
+    image: NDArray
+    mask: NDArray[np.bool_]
+    labels: NDArray[np.uint8]
+    rescan: NDArray  # the subject at the target site, with that site's noise (independent draw)
+    truth: NDArray  # the noise-free render at the target site
+
+
+def load_data(path: Path) -> NDArray:
+    """A NIfTI file's values as stored."""
+    return np.asarray(nb.load(path).dataobj)
+
+
+def load_scans(dataset: SimulatedDataset, target_site: str, contrast: str = CONTRAST) -> list[Scan]:
+    """Every subject of the phantom at its own site, with its rescan and render at `target_site`."""
+    from bids_harmonize.simulate.dataset import RESCAN_STREAM, SCAN_STREAM
+
+    truth = dataset.ground_truth
+    return [
+        Scan(
+            subject=subject,
+            site=site_label,
+            image=dataset.noisy_render(subject, site_label, contrast, stream=SCAN_STREAM),
+            mask=load_data(truth.mask_path(subject)) > 0,
+            labels=load_data(truth.dseg_path(subject)),
+            rescan=dataset.noisy_render(subject, target_site, contrast, stream=RESCAN_STREAM),
+            truth=load_data(truth.render_path(subject, target_site, contrast)),
+        )
+        for subject, site_label in dataset.site_of_subject.items()
+    ]
+
+
+def split_train_test(scans: Sequence[Scan]) -> tuple[list[Scan], list[Scan]]:
+    """The first half of each site's subjects (by label) train, the rest are held out."""
+    train, test = [], []
+    for site in sorted({scan.site for scan in scans}):
+        at_site = sorted((s for s in scans if s.site == site), key=lambda s: s.subject)
+        half = len(at_site) // 2
+        train += at_site[:half]
+        test += at_site[half:]
+    return train, test
+
+
+def simulated_phantom(out_dir: Path, n_sites: int, per_site: int, reuse: bool) -> SimulatedDataset:
+    """The benchmark's dataset: simulated into out_dir, or (reuse) the one already there, which
+    must have been simulated by this benchmark with the same size."""
+    from bids_harmonize.simulate import SimulatedDataset, simulate_dataset
+    from bids_harmonize.simulate.dataset import GROUND_TRUTH_DIR
+    from bids_harmonize.simulate.sites import choose_sites
+
+    n_subjects = n_sites * per_site
+    if not reuse:
+        return simulate_dataset(out_dir, n_sites, n_subjects, (CONTRAST,), 2.0, SEED, overwrite=True)
+    found = sorted(p.name for p in out_dir.glob("sub-*"))
+    if len(found) != n_subjects:
+        raise SystemExit(f"--reuse-dataset: {out_dir} holds {len(found)} subjects, expected {n_subjects}")
+    sites = tuple(site.at_resolution(2.0) for site in choose_sites(n_sites, SEED))
+    width = max(2, len(str(n_subjects)))
+    site_of_subject = {f"{i + 1:0{width}d}": sites[i % n_sites].label for i in range(n_subjects)}
+    return SimulatedDataset(out_dir, out_dir / GROUND_TRUTH_DIR, sites, site_of_subject, (CONTRAST,), 2.0, SEED)
+
+
+COLUMNS = {  # csv key -> Markdown header
+    "ssim": "SSIM",
+    "psnr_db": "PSNR (dB)",
+    "mae": "MAE",
+    "ssim_clean": "SSIM (noise-free)",
+    "site_accuracy": "site acc.",
+    "wasserstein": "Wasserstein",
+    "dice_mean": "Dice (mean)",
+    "abs_volume_error": "vol. err.",
+    "self_ssim": "self-SSIM",
+    "seconds_per_image": "s/image",
+}
+
+
+def format_table(scores: Mapping[str, Mapping[str, float]], chance: float, first: str = "method") -> str:
+    header = [first, *COLUMNS.values()]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, row in scores.items():
+        lines.append("| " + " | ".join([method, *(f"{row[key]:.4g}" for key in COLUMNS)]) + " |")
+    return "\n".join(lines) + f"\n\nSite-classifier chance level: {chance:.3f}."
+
+
+def save_results(scores: Mapping[str, Mapping[str, float]], markdown: str, stem: str, header: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with (RESULTS / f"{stem}.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        keys = list(next(iter(scores.values())))
+        writer.writerow(["method", *keys])
+        for method, row in scores.items():
+            writer.writerow([method, *(f"{row[key]:.6g}" for key in keys)])
+    (RESULTS / f"{stem}.md").write_text(f"{header}\n\n{markdown}\n")

@@ -33,13 +33,13 @@ import nibabel as nb
 import numpy as np
 from numpy.typing import NDArray
 
+from bids_harmonize.bids.outputs import OutputLayout
 from bids_harmonize.cli.run import main as cli
 from bids_harmonize.qc import between_site_wasserstein, similarity, site_classifier_accuracy
 from bids_harmonize.qc.baselines import baseline_harmonizers
 from bids_harmonize.simulate import SimulatedDataset, add_rician_noise, noise_sigma
 from bids_harmonize.simulate.dataset import RESCAN_STREAM
-from harness import device_name, machine
-from quality import CONTRAST, SEED, format_table, save_results, simulated_phantom
+from harness import CONTRAST, SEED, device_name, format_table, machine, save_results, simulated_phantom
 
 TEMPLATE = "MNI152NLin2009cSym"
 
@@ -178,7 +178,7 @@ def _target_label(out: Path, dataset: SimulatedDataset, target_site: str) -> str
     from bids_harmonize.sites.overrides import read_tsv
 
     _run("sites", [str(dataset.bids_root), str(out), "group", "--sites-only", "--contrasts", CONTRAST])
-    rows = read_tsv(out / "sites.tsv")
+    rows = read_tsv(OutputLayout(out).sites_table)
     labels = {row["site"] for row in rows if dataset.site_of_subject[row["participant_id"][4:]] == target_site}
     if len(labels) != 1:
         raise SystemExit(f"site inference split or merged the simulator's {target_site}: {sorted(labels)}")

@@ -25,7 +25,6 @@ does for MURD (`--murd-iterations 0` leaves it out).
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import tempfile
@@ -34,7 +33,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nb
 import numpy as np
 from numpy.typing import NDArray
 
@@ -45,63 +43,24 @@ from bids_harmonize.qc import (
     site_classifier_accuracy,
 )
 from bids_harmonize.qc.baselines import Harmonizer, baseline_harmonizers
-from bids_harmonize.simulate import SimulatedDataset, simulate_dataset
-from bids_harmonize.simulate.dataset import GROUND_TRUTH_DIR, RESCAN_STREAM, SCAN_STREAM
-from bids_harmonize.simulate.sites import choose_sites
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import MurdTraining, device_name, machine, prepare_murd  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
-CONTRAST = "T1w"
-SEED = 0
-
-
-@dataclass(frozen=True)
-class Scan:
-    """One subject's image at its own site, with what it is scored against."""
-
-    subject: str
-    site: str
-    image: NDArray
-    mask: NDArray[np.bool_]
-    labels: NDArray[np.uint8]
-    rescan: NDArray  # the subject at the target site, with that site's noise (independent draw)
-    truth: NDArray  # the noise-free render at the target site
-
+from harness import (  # noqa: E402
+    CONTRAST,
+    SEED,
+    MurdTraining,
+    Scan,
+    device_name,
+    format_table,
+    load_scans,
+    machine,
+    prepare_murd,
+    save_results,
+    simulated_phantom,
+    split_train_test,
+)
 
 HarmonizerFactory = Callable[[Sequence[Scan], str, str], Harmonizer]
-
-
-def _load(path: Path) -> NDArray:
-    return np.asarray(nb.load(path).dataobj)
-
-
-def load_scans(dataset: SimulatedDataset, target_site: str, contrast: str = CONTRAST) -> list[Scan]:
-    truth = dataset.ground_truth
-    return [
-        Scan(
-            subject=subject,
-            site=site_label,
-            image=dataset.noisy_render(subject, site_label, contrast, stream=SCAN_STREAM),
-            mask=_load(truth.mask_path(subject)) > 0,
-            labels=_load(truth.dseg_path(subject)),
-            rescan=dataset.noisy_render(subject, target_site, contrast, stream=RESCAN_STREAM),
-            truth=_load(truth.render_path(subject, target_site, contrast)),
-        )
-        for subject, site_label in dataset.site_of_subject.items()
-    ]
-
-
-def split_train_test(scans: Sequence[Scan]) -> tuple[list[Scan], list[Scan]]:
-    """The first half of each site's subjects (by label) train, the rest are held out."""
-    train, test = [], []
-    for site in sorted({scan.site for scan in scans}):
-        at_site = sorted((s for s in scans if s.site == site), key=lambda s: s.subject)
-        half = len(at_site) // 2
-        train += at_site[:half]
-        test += at_site[half:]
-    return train, test
 
 
 def baselines_factory(train: Sequence[Scan], target_site: str, contrast: str) -> dict[str, Harmonizer]:
@@ -166,21 +125,6 @@ def run_benchmark(
     }
 
 
-def simulated_phantom(out_dir: Path, n_sites: int, per_site: int, reuse: bool) -> SimulatedDataset:
-    """The benchmark's dataset: simulated into out_dir, or (reuse) the one already there, which
-    must have been simulated by this benchmark with the same size."""
-    n_subjects = n_sites * per_site
-    if not reuse:
-        return simulate_dataset(out_dir, n_sites, n_subjects, (CONTRAST,), 2.0, SEED, overwrite=True)
-    found = sorted(p.name for p in out_dir.glob("sub-*"))
-    if len(found) != n_subjects:
-        raise SystemExit(f"--reuse-dataset: {out_dir} holds {len(found)} subjects, expected {n_subjects}")
-    sites = tuple(site.at_resolution(2.0) for site in choose_sites(n_sites, SEED))
-    width = max(2, len(str(n_subjects)))
-    site_of_subject = {f"{i + 1:0{width}d}": sites[i % n_sites].label for i in range(n_subjects)}
-    return SimulatedDataset(out_dir, out_dir / GROUND_TRUTH_DIR, sites, site_of_subject, (CONTRAST,), 2.0, SEED)
-
-
 @dataclass
 class MurdRun:
     """How MURD is trained in the benchmark, and what it recorded along the way."""
@@ -241,39 +185,6 @@ def _snapshotter(run: MurdRun, sites: list[str], work_dir: Path, score: Callable
               f"site acc. {scores['site_accuracy']:.3f}", flush=True)
 
     return on_step
-
-
-COLUMNS = {  # csv key -> Markdown header
-    "ssim": "SSIM",
-    "psnr_db": "PSNR (dB)",
-    "mae": "MAE",
-    "ssim_clean": "SSIM (noise-free)",
-    "site_accuracy": "site acc.",
-    "wasserstein": "Wasserstein",
-    "dice_mean": "Dice (mean)",
-    "abs_volume_error": "vol. err.",
-    "self_ssim": "self-SSIM",
-    "seconds_per_image": "s/image",
-}
-
-
-def format_table(scores: Mapping[str, Mapping[str, float]], chance: float, first: str = "method") -> str:
-    header = [first, *COLUMNS.values()]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method, row in scores.items():
-        lines.append("| " + " | ".join([method, *(f"{row[key]:.4g}" for key in COLUMNS)]) + " |")
-    return "\n".join(lines) + f"\n\nSite-classifier chance level: {chance:.3f}."
-
-
-def save_results(scores: Mapping[str, Mapping[str, float]], markdown: str, stem: str, header: str) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with (RESULTS / f"{stem}.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        keys = list(next(iter(scores.values())))
-        writer.writerow(["method", *keys])
-        for method, row in scores.items():
-            writer.writerow([method, *(f"{row[key]:.6g}" for key in keys)])
-    (RESULTS / f"{stem}.md").write_text(f"{header}\n\n{markdown}\n")
 
 
 def _growth_table(run: MurdRun, chance: float) -> str:

@@ -5,8 +5,8 @@ import re
 from pathlib import Path
 
 from bids_harmonize.bids import derivatives
-from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.bids.outputs import OUTPUTS, output_path
+from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.interfaces.bids import _Writer
 
 
