@@ -221,7 +221,8 @@ def _read_card(card_path: Path) -> tuple[dict[str, Any], MURDConfig]:
     try:
         card = json.loads(card_path.read_text(encoding="utf-8"))
         return card, validate_card(card)
-    except (ValueError, TypeError, UnicodeDecodeError) as error:  # json.JSONDecodeError is a ValueError
+    # json.JSONDecodeError is a ValueError; MURDConfig's checks overflow on huge float counts (2 ** 1024.0)
+    except (ValueError, TypeError, ArithmeticError, UnicodeDecodeError) as error:
         raise BundleError(f"{card_path}: invalid model card ({error}); {fix}") from error
 
 

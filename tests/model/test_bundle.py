@@ -126,6 +126,7 @@ def test_tampered_weights_fail_the_checksum(bundle_copy):
         (lambda card: card["sites"][1].update(name="siteA"), "unique names"),
         (lambda card: card.update(schema_version=99), "upgrade bids_harmonize"),
         (lambda card: card["network"].update(depth=3), "unknown keys"),
+        (lambda card: card["network"].update(style_blocks=1023.0), "Numerical result out of range"),
     ],
 )
 def test_invalid_cards_are_rejected_naming_the_file_and_the_problem(bundle_copy, edit, message):
