@@ -1,9 +1,10 @@
 """``bids_harmonize BIDS_DIR OUTPUT_DIR {participant,group}``: the entry point.
 
 Parses and validates the command line, records the resolved configuration under OUT/logs/
-(even when the run then fails), and hands over to the level's runner. Known failures become
-the BIDS Apps exit codes with a message that names the fix; anything else is exit 1 with the
-traceback kept in OUT/logs/crash-<run_id>.txt.
+(even when the run then fails), and hands over to the level's runner. A failure we name (a
+``bids_harmonize.errors.HarmonizeError``) prints its message, which names the fix, and exits
+with the BIDS Apps code its class carries; anything else is exit 1 with the traceback kept in
+OUT/logs/crash-<run_id>.txt.
 """
 
 from __future__ import annotations
@@ -14,30 +15,17 @@ import traceback
 from pathlib import Path
 
 from bids_harmonize.bids import derivatives
-from bids_harmonize.bids.layout import DatasetError, FilterFileError, SelectionError, discover_images, load_filter_file
+from bids_harmonize.bids.layout import SelectionError, discover_images, load_filter_file
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.bids.screen import image_problem, screen_images
-from bids_harmonize.cli.guard import ParticipantLocked, install_signal_handlers, participant_locks, remove_stale_temporaries
-from bids_harmonize.cli.parser import CLIError, ExitCode, parse_args
+from bids_harmonize.cli.guard import install_signal_handlers, participant_locks, remove_stale_temporaries
+from bids_harmonize.cli.parser import CLIError, parse_args
 from bids_harmonize.config import RunConfig
+from bids_harmonize.errors import ExitCode, HarmonizeError
 from bids_harmonize.sites import SiteAssignment, assign_sites, load_overrides, load_policy
-from bids_harmonize.sites.signature import PolicyError
-from bids_harmonize.sites.overrides import SiteTableError
 from bids_harmonize.sites.table import COLUMNS, assignment_row, format_table, sites_dictionary, summary_rows
 
 LOGGER = logging.getLogger("bids_harmonize")
-
-# Known failures -> exit code. Order matters only for subclasses.
-_EXIT_CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
-    (CLIError, ExitCode.USAGE),
-    (DatasetError, ExitCode.INVALID_BIDS),
-    (SelectionError, ExitCode.NOTHING_SELECTED),
-    (FilterFileError, ExitCode.USAGE),
-    (SiteTableError, ExitCode.USAGE),
-    (PolicyError, ExitCode.USAGE),
-    (derivatives.OutputDirError, ExitCode.USAGE),
-    (ParticipantLocked, ExitCode.FAILURE),
-)
 
 
 def setup_logging(verbosity: int) -> None:
@@ -152,33 +140,6 @@ def run_level(config: RunConfig) -> int:
         return runner(config, usable_images(config, images), site_inventory)
 
 
-def _known_failures() -> tuple[tuple[type[BaseException], ExitCode], ...]:
-    """Failures with a message that names the fix: no traceback, just the exit code."""
-    from bids_harmonize.model import BundleError, UnknownSiteError
-    from bids_harmonize.model.common import DeviceUnavailable
-    from bids_harmonize.model.launch import TrainingFailed
-    from bids_harmonize.preproc.brainmask import BrainMaskUnavailable
-    from bids_harmonize.templates import TemplateNotAvailable
-    from bids_harmonize.workflows.run import WorkflowFailed
-
-    return _EXIT_CODES + (
-        (UnknownSiteError, ExitCode.USAGE),
-        (BundleError, ExitCode.INPUT_MISSING),
-        (TemplateNotAvailable, ExitCode.INPUT_MISSING),
-        (DeviceUnavailable, ExitCode.FAILURE),
-        (TrainingFailed, ExitCode.FAILURE),
-        (WorkflowFailed, ExitCode.FAILURE),
-        (BrainMaskUnavailable, ExitCode.INPUT_MISSING),
-    )
-
-
-def _exit_code(err: BaseException) -> ExitCode | None:
-    for kind, code in _known_failures():
-        if isinstance(err, kind):
-            return getattr(err, "exit_code", code)
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     command_line = ["bids_harmonize", *(sys.argv[1:] if argv is None else argv)]
     try:
@@ -193,11 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         derivatives.write_run_config(config.output_dir, config.to_dict(), config.run_id)
         derivatives.write_dataset_description(config.output_dir, config.bids_dir)
         return int(run_level(config))
+    except HarmonizeError as err:  # a failure we name: its message says the fix, its class the code
+        print(f"error: {err}", file=sys.stderr)
+        return int(err.exit_code)
     except Exception as err:
-        code = _exit_code(err)
-        if code is not None:
-            print(f"error: {err}", file=sys.stderr)
-            return int(code)
         text = traceback.format_exc()
         try:
             where = f"Full traceback: {derivatives.write_crash_report(config.output_dir, config.run_id, text)}"

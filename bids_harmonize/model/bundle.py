@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 import bids_harmonize
+from bids_harmonize.errors import ExitCode, HarmonizeError
 from bids_harmonize.model.common import resolve_device
 from bids_harmonize.model.infer import harmonize_volume, random_style, reference_style
 from bids_harmonize.model.networks import MURDConfig, Translator
@@ -45,20 +46,22 @@ MIN_RELATIVE_SPAN = 1e-5
 SCHEMA_PATH = Path(__file__).with_name("card.schema.json")  # JSON Schema of model.json
 
 
-class BundleError(Exception):
+class BundleError(HarmonizeError):
     """A model bundle is missing, malformed, or does not match its recorded checksum."""
 
-    exit_code = 66  # BIDS Apps: a required input is missing or unusable
+    exit_code = ExitCode.INPUT_MISSING
 
 
 class ContractMismatch(BundleError):
     """The run asks for inputs prepared differently from what the model was trained on."""
 
-    exit_code = 64  # usage: the options contradict the model
+    exit_code = ExitCode.USAGE  # the options contradict the model
 
 
-class UnknownSiteError(LookupError):
+class UnknownSiteError(HarmonizeError, LookupError):
     """A site was asked for that the bundle was not trained on."""
+
+    exit_code = ExitCode.USAGE
 
     def __init__(self, site: str, known: Sequence[str]) -> None:
         self.site, self.known = site, list(known)

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from bids_harmonize.errors import ExitCode, HarmonizeError
 from bids_harmonize.model.networks import MURDConfig
 from bids_harmonize.model.store import StoredVolumes, VolumeStore
 from bids_harmonize.model.train import train
@@ -27,8 +28,10 @@ from bids_harmonize.model.train_config import TrainConfig
 from bids_harmonize.utils import atomic_write_json
 
 
-class TrainingFailed(RuntimeError):
+class TrainingFailed(HarmonizeError, RuntimeError):
     """The training processes did not finish; their messages are above this one."""
+
+    exit_code = ExitCode.FAILURE
 
 
 @dataclass(frozen=True)

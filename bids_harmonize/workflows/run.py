@@ -16,6 +16,7 @@ from bids_harmonize.bids import derivatives
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.cli.guard import stop_action
 from bids_harmonize.config import MULTIPROC_DEFAULTS, RunConfig, read_plugin_file
+from bids_harmonize.errors import ExitCode, HarmonizeError
 from bids_harmonize.model.bundle import BundleError
 from bids_harmonize.preproc.brainmask import BrainMaskUnavailable, check_available, method_record
 from bids_harmonize.sites import SiteAssignment
@@ -39,8 +40,10 @@ LOGGER = logging.getLogger("bids_harmonize")
 SiteInventory = Callable[..., list[SiteAssignment]]
 
 
-class WorkflowFailed(RuntimeError):
+class WorkflowFailed(HarmonizeError, RuntimeError):
     """Some nodes crashed; the message lists the crash files (each names its image)."""
+
+    exit_code = ExitCode.FAILURE
 
 
 # ----------------------------------------------------------------------------- shared pieces
