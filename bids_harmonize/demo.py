@@ -167,17 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     training = ["--iterations", str(args.iterations)] if args.iterations else []
     timings["group (train)"] = _run("group", [bids, out, "group", *common, *training])
     timings["participant (harmonize)"] = _run("participant", [bids, out, "participant", *common])
-    from bids_harmonize.model import load_bundle
+    from bids_harmonize.model.card import read_card
     from bids_harmonize.workflows.run import default_target
 
-    bundle = load_bundle(Path(out) / "models" / "T1w")
-    target = default_target(bundle)
+    card = read_card(Path(out) / "models" / "T1w")
+    target = default_target(card)
     rows = score(Path(out), dataset, target)
     png = figure(Path(out), args.figure or Path(out) / "demo_before_after.png", dataset.subjects[0])
     total = time.perf_counter() - start
     width = max(len(r[0]) for r in rows)
-    training = bundle.card["training"]
-    print(f"\nHarmonized to target site {target} ({training['iterations']} iterations, {bundle.config.preset} preset)\n")
+    training = card.data["training"]
+    print(f"\nHarmonized to target site {target} ({training['iterations']} iterations, {card.config.preset} preset)\n")
     print(f"{'metric'.ljust(width)}  {'before':>8}  {'after':>8}")
     for name, b, a in rows:
         print(f"{name.ljust(width)}  {b:>8}  {a:>8}")
