@@ -238,5 +238,10 @@ def write_run_config(out_dir: Path, config: Mapping[str, Any], run_id: str) -> P
     return write_json(logs_dir(out_dir) / f"config-{run_id}.json", dict(config))
 
 
+def node_log_path(out_dir: Path, run_id: str) -> Path:
+    """OUT/logs/nipype-<run>.log: Nipype's node messages of one run (bids_harmonize/console.py)."""
+    return Path(out_dir) / "logs" / f"nipype-{run_id}.log"
+
+
 def write_crash_report(out_dir: Path, run_id: str, text: str) -> Path:
     return atomic_write_text(logs_dir(out_dir) / f"crash-{run_id}.txt", text)

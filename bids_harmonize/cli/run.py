@@ -14,6 +14,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from bids_harmonize import console
 from bids_harmonize.bids import derivatives
 from bids_harmonize.bids.layout import SelectionError, discover_images, load_filter_file
 from bids_harmonize.bids.records import ImageRecord
@@ -21,31 +22,13 @@ from bids_harmonize.bids.screen import image_problem, screen_images
 from bids_harmonize.cli.guard import install_signal_handlers, participant_locks, remove_stale_temporaries
 from bids_harmonize.cli.parser import CLIError, parse_args
 from bids_harmonize.config import RunConfig
+from bids_harmonize.console import LogSettings
 from bids_harmonize.errors import ExitCode, HarmonizeError
 from bids_harmonize.sites import SiteAssignment, assign_sites, load_overrides, load_policy
 from bids_harmonize.sites.table import COLUMNS, assignment_row, format_table, sites_dictionary, summary_rows
 
 LOGGER = logging.getLogger("bids_harmonize")
 
-
-def setup_logging(verbosity: int) -> None:
-    level = logging.DEBUG if verbosity > 1 else logging.INFO if verbosity == 1 else logging.WARNING
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING, force=True)
-    LOGGER.setLevel(min(level, logging.INFO))  # our own progress lines always show
-    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
-        nipype_logger = logging.getLogger(name)
-        nipype_logger.propagate = False  # nipype has its own handler; ours would print every line twice
-        nipype_logger.setLevel(logging.INFO if verbosity else logging.WARNING)
-        nipype_logger.addFilter(_without_traceback)
-
-
-def _without_traceback(record: logging.LogRecord) -> bool:
-    """Nipype logs each crashed node with its traceback; the console gets the lines before it
-    (node, crash file), the traceback stays in the crash file."""
-    text = record.getMessage()
-    if "Traceback (most recent call last)" in text:
-        record.msg, record.args = text.split("Traceback (most recent call last)", 1)[0].rstrip(), ()
-    return True
 
 def discover(config: RunConfig) -> list[ImageRecord]:
     found = discover_images(
@@ -104,9 +87,9 @@ def site_inventory(config: RunConfig, images: list[ImageRecord], write: bool = T
 def run_sites_only(config: RunConfig) -> int:
     assignments = site_inventory(config, discover(config))
     n_sites = len({a.site for a in assignments})
-    print(f"\n{n_sites} site(s) at granularity '{config.site_granularity}' ({len(assignments)} images):\n")
-    print(format_table(summary_rows(assignments)))
-    print(f"\nWrote {config.output_dir / 'sites.tsv'} and {config.output_dir / 'sites.json'}")
+    console.result(f"\n{n_sites} site(s) at granularity '{config.site_granularity}' ({len(assignments)} images):\n")
+    console.result(format_table(summary_rows(assignments)))
+    console.result(f"\nWrote {config.output_dir / 'sites.tsv'} and {config.output_dir / 'sites.json'}")
     return ExitCode.OK
 
 
@@ -145,9 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = RunConfig.from_namespace(parse_args(argv), command_line)
     except CLIError as err:
-        print(f"error: {err}", file=sys.stderr)
+        console.error(f"error: {err}")
         return err.exit_code
-    setup_logging(config.verbosity)
+    console.configure(LogSettings(config.verbosity, str(derivatives.node_log_path(config.output_dir, config.run_id))))
     install_signal_handlers()
     try:
         config.output_dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         derivatives.write_dataset_description(config.output_dir, config.bids_dir)
         return int(run_level(config))
     except HarmonizeError as err:  # a failure we name: its message says the fix, its class the code
-        print(f"error: {err}", file=sys.stderr)
+        console.error(f"error: {err}")
         return int(err.exit_code)
     except Exception as err:
         text = traceback.format_exc()
@@ -163,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             where = f"Full traceback: {derivatives.write_crash_report(config.output_dir, config.run_id, text)}"
         except OSError as write_error:  # the output folder itself failed: the traceback goes to stderr
             where = f"Could not write the crash report ({write_error}); traceback:\n{text}"
-        print(f"error: {err.__class__.__name__}: {err}\n{where}", file=sys.stderr)
+        console.error(f"error: {err.__class__.__name__}: {err}\n{where}")
         return int(ExitCode.FAILURE)
 
 
