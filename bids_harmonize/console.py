@@ -135,11 +135,7 @@ class Progress:
               ("harmonize_", "harmonized"), ("sink_", "outputs written"))
 
     def __init__(self, workflow: Any) -> None:
-        from nipype.interfaces.utility import IdentityInterface
-
-        names = [n for n in workflow.list_node_names()
-                 if not isinstance(workflow.get_node(n).interface, IdentityInterface)]  # Nipype drops those
-        self.left = Counter(name.split(".")[0] for name in names)  # nodes still to finish, per stage
+        self.left = stage_sizes(workflow)  # nodes still to finish, per stage
         self.total, self.done, self.failed = len(self.left), 0, 0
         self.prefix = f"{workflow.name}."
         self.started = time.monotonic()
@@ -165,6 +161,21 @@ class Progress:
         elapsed = time.strftime("%H:%M:%S", time.gmtime(time.monotonic() - self.started))
         tally = f"{self.done} of {self.total} stages done" + (f", {self.failed} failed" if self.failed else "")
         LOGGER.info("[%s] %s: %s (%s, %d left)", elapsed, image_label(stage[len(prefix):]), failure or what, tally, left)
+
+
+def stage_sizes(workflow: Any) -> Counter[str]:
+    """Nodes per top-level stage of ``workflow``, in linear time (``Workflow.get_node`` searches,
+    so looking each node up would be quadratic in a 10,000-image run). IdentityInterface nodes
+    are left out: Nipype drops them before it runs the graph. Nipype has no public accessor for
+    a workflow's own nodes; ``_graph`` and ``_get_all_nodes`` are what its own code uses."""
+    from nipype.interfaces.utility import IdentityInterface
+    from nipype.pipeline.engine import Workflow
+
+    sizes: Counter[str] = Counter()
+    for unit in workflow._graph.nodes():
+        nodes = unit._get_all_nodes() if isinstance(unit, Workflow) else [unit]
+        sizes[unit.name] = sum(not isinstance(node.interface, IdentityInterface) for node in nodes)
+    return +sizes  # stages of identity nodes only never run: left out
 
 
 def image_label(name: str) -> str:

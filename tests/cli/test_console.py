@@ -8,6 +8,7 @@ import logging
 import re
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 
@@ -86,6 +87,38 @@ def test_progress_says_one_line_per_image_and_stage(caplog):
         "sub-01_T1w: outputs written (2 of 4 stages done, 2 left)",
         "sub-02_T1w: FAILED at register (the crash file is in OUT/logs) (2 of 4 stages done, 1 failed, 1 left)",
     ]
+
+
+def test_stage_sizes_count_the_nodes_nipype_runs(tmp_path):
+    """Against the graph Nipype runs (flattened, identity nodes dropped) of a real participant
+    workflow: preprocessing and harmonization of one image, preprocessing only of another."""
+    from bids_harmonize.bids.records import ImageRecord
+    from bids_harmonize.sites.assign import SiteAssignment
+    from bids_harmonize.sites.signature import ProtocolSignature, ScannerSignature
+    from bids_harmonize.workflows.participant import HarmonizationPlan, TemplateFiles, init_participant_wf
+
+    for name in ("template.nii.gz", "mask.nii.gz"):
+        (tmp_path / name).touch()
+    (tmp_path / "bundle").mkdir()
+    scanner = ScannerSignature(vendor=None, model=None, field_t=None, unit=None, unit_key=None, software=None)
+    assignments = []
+    for subject, site in (("01", "A"), ("02", "C")):  # site C: not in the bundle, preprocessed only
+        relpath = f"sub-{subject}/anat/sub-{subject}_T1w.nii.gz"
+        (tmp_path / relpath).parent.mkdir(parents=True)
+        (tmp_path / relpath).touch()
+        image = ImageRecord(tmp_path / relpath, relpath, subject, None, "T1w")
+        assignments.append(SiteAssignment(image, site, "inferred", "fake", scanner, ProtocolSignature()))
+    plan = HarmonizationPlan(bundle_dir=str(tmp_path / "bundle"), bundle_sha256="w", bundle_sites=("A", "B"),
+                             target_site="A", target_scale=(0.0, 1.0), style="site", seed=0)
+    template = TemplateFiles("MNI152NLin2009cSym", 2, {"T1w": str(tmp_path / "template.nii.gz")}, str(tmp_path / "mask.nii.gz"))
+    workflow, _ = init_participant_wf(assignments=assignments, out_dir=tmp_path / "out", template=template,
+                                      plans={"T1w": plan}, provenance={})
+    from nipype.pipeline.engine.utils import generate_expanded_graph
+
+    ran = Counter(node.fullname.split(".")[1] for node in generate_expanded_graph(workflow._create_flat_graph()).nodes())
+    assert console.stage_sizes(workflow) == ran
+    assert set(ran) == {"preproc_sub_01_T1w", "harmonize_sub_01_T1w", "sink_sub_01_T1w",
+                        "preproc_sub_02_T1w", "sink_sub_02_T1w"}
 
 
 def test_image_labels_come_back_from_node_names():
