@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bids_harmonize import __version__
+from bids_harmonize.errors import ExitCode, HarmonizeError
 
 DEFAULT_TEMPLATE = "MNI152NLin2009cSym"
 DEFAULT_RESOLUTION = 1
@@ -26,8 +27,10 @@ DEFAULT_RESOLUTION = 1
 MULTIPROC_DEFAULTS: dict[str, Any] = {"raise_insufficient": False, "mp_context": "forkserver"}
 
 
-class PluginFileError(ValueError):
+class PluginFileError(HarmonizeError, ValueError):
     """A --use-plugin file that cannot be used; the message names the file and the fix."""
+
+    exit_code = ExitCode.USAGE
 
 
 def read_plugin_file(path: Path) -> tuple[str, dict[str, Any]]:

@@ -24,8 +24,8 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 
+from bids_harmonize import console
 from bids_harmonize.bids.outputs import OutputLayout
-from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.cli.run import main as cli
 from bids_harmonize.simulate.dataset import RESCAN_STREAM
 from bids_harmonize.sites.overrides import read_tsv
@@ -43,7 +43,7 @@ class Scan:
 
 def _run(step: str, argv: list[str]) -> float:
     start = time.perf_counter()
-    print(f"\n== {step}: bids_harmonize {' '.join(argv)}", flush=True)
+    console.result(f"\n== {step}: bids_harmonize {' '.join(argv)}")
     code = cli(argv)
     if code != 0:
         raise SystemExit(f"demo step '{step}' failed with exit code {code}")
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     root = args.out_dir.resolve()
-    print(f"== simulate: 3 sites x {args.subjects} subjects (T1w, 2 mm) into {root / 'bids'}", flush=True)
+    console.result(f"== simulate: 3 sites x {args.subjects} subjects (T1w, 2 mm) into {root / 'bids'}")
     dataset = simulate_dataset(root / "bids", n_sites=3, n_subjects=args.subjects, resolution_mm=2.0, seed=0, overwrite=True)
     bids, out = str(dataset.bids_root), str(root / "derivatives")
     common = ["--template-resolution", "2", "--contrasts", "T1w", "--nprocs", "2", "-w", str(root / "work")]
@@ -170,23 +170,23 @@ def main(argv: list[str] | None = None) -> int:
     timings["group (train)"] = _run("group", [bids, out, "group", *common, *training])
     timings["participant (harmonize)"] = _run("participant", [bids, out, "participant", *common])
     from bids_harmonize.levels.bundles import default_target
-    from bids_harmonize.model import load_bundle
+    from bids_harmonize.model.card import read_card
 
-    bundle = load_bundle(OutputLayout(out).model("T1w"))
-    target = default_target(bundle)
+    card = read_card(OutputLayout(out).model("T1w"))
+    target = default_target(card)
     rows = score(Path(out), dataset, target)
     png = figure(Path(out), args.figure or Path(out) / "demo_before_after.png", dataset.subjects[0])
     total = time.perf_counter() - start
     width = max(len(r[0]) for r in rows)
-    training = bundle.card["training"]
-    print(f"\nHarmonized to target site {target} ({training['iterations']} iterations, {bundle.config.preset} preset)\n")
-    print(f"{'metric'.ljust(width)}  {'before':>8}  {'after':>8}")
+    training = card.data["training"]
+    console.result(f"\nHarmonized to target site {target} ({training['iterations']} iterations, {card.config.preset} preset)\n")
+    console.result(f"{'metric'.ljust(width)}  {'before':>8}  {'after':>8}")
     for name, b, a in rows:
-        print(f"{name.ljust(width)}  {b:>8}  {a:>8}")
-    print("\nWall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; total {total:.0f} s")
-    print(f"Outputs: {out} (sites.tsv, models/T1w/, sub-*/anat/); figure: {png}")
+        console.result(f"{name.ljust(width)}  {b:>8}  {a:>8}")
+    console.result("\nWall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; total {total:.0f} s")
+    console.result(f"Outputs: {out} (sites.tsv, models/T1w/, sub-*/anat/); figure: {png}")
     layout = OutputLayout(out)
-    print(f"Reports: {layout.participant_report(dataset.subjects[0])} (one per participant) and {layout.group_report}")
+    console.result(f"Reports: {layout.participant_report(dataset.subjects[0])} (one per participant) and {layout.group_report}")
     return 0
 
 

@@ -27,13 +27,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
+from bids_harmonize.errors import ExitCode, HarmonizeError
+
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _TEMPORARY = re.compile(r"^\..+\.(?P<host>[^.]+)-(?P<pid>\d+)\.[^.]+\.tmp")
 _FOREIGN_TEMPORARY_AGE_S = 24 * 3600
 
 
-class ParticipantLocked(RuntimeError):
+class ParticipantLocked(HarmonizeError, RuntimeError):
     """Another run is processing the same participant into the same output folder."""
+
+    exit_code = ExitCode.FAILURE
 
 
 # ----------------------------------------------------------------------------- processes

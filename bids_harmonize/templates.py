@@ -20,6 +20,7 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 
+from bids_harmonize.errors import ExitCode, HarmonizeError
 from bids_harmonize.utils import atomic_save_nifti, atomic_write_json
 
 DEFAULT_TEMPLATE = "MNI152NLin2009cSym"
@@ -38,8 +39,10 @@ ICBM_NOTICE = (
 )
 
 
-class TemplateNotAvailable(RuntimeError):
+class TemplateNotAvailable(HarmonizeError, RuntimeError):
     """A template image is neither in TEMPLATEFLOW_HOME nor provisionable offline."""
+
+    exit_code = ExitCode.INPUT_MISSING
 
 
 def templateflow_home() -> Path:

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Lowest first. "__init__" is the package's own __init__.py (version, code URL).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("__init__", "utils", "config", "runtime"),
+    ("__init__", "errors", "utils", "console", "config", "runtime"),
     ("templates", "bids", "model", "preproc", "qc", "sites", "simulate"),
     ("interfaces",),
     ("workflows",),

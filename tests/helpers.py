@@ -124,15 +124,15 @@ def write_bundle(folder: Path, *, resolution: int = 2, edit=None) -> Path:
     contract; ``edit(card)`` changes its model.json afterwards."""
     import torch
 
-    from bids_harmonize.model import build_translator, preset_config, save_bundle
+    from bids_harmonize.model import InputContract, build_translator, preset_config, save_bundle
     from bids_harmonize.preproc.operations import intensity_convention
     from bids_harmonize.templates import get_template
 
     config = preset_config("tiny", 2, image_size=112)
     torch.manual_seed(0)
     grid = list(nb.load(get_template("MNI152NLin2009cSym", resolution, "mask", "brain")).shape)
-    contract = {"contrast": "T1w", "template": "MNI152NLin2009cSym", "resolution": resolution, "grid_shape": grid,
-                "image_size": 112, "slice_axis": 2, "intensity": intensity_convention()}
+    contract = InputContract(contrast="T1w", template="MNI152NLin2009cSym", resolution=resolution,
+                             grid_shape=tuple(grid), image_size=112, slice_axis=2, intensity=intensity_convention())
     signatures = {s: {"n_images": 1, "intensity_scale": {"lo": 0.0, "hi": 500.0}} for s in ("A", "B")}
     save_bundle(folder, build_translator(config), ["A", "B"], torch.zeros(2, config.style_dim), data_hash="sha256:t",
                 site_signatures=signatures, input_contract=contract)

@@ -26,14 +26,17 @@ from bids_harmonize.bids.invariant import check_finite
 from bids_harmonize.bids.naming import sidecar_path
 from bids_harmonize.bids.outputs import BIDSIGNORE, OutputLayout
 from bids_harmonize.bids.records import ImageRecord
+from bids_harmonize.errors import ExitCode, HarmonizeError
 from bids_harmonize.utils import atomic_save_nifti, atomic_write, atomic_write_json, atomic_write_text, atomic_write_tsv
 
 PIPELINE_NAME = "bids_harmonize"
 _PROVENANCE_PACKAGES = ("torch", "nibabel", "nipype", "pybids", "SimpleITK", "numpy", "templateflow")
 
 
-class OutputDirError(ValueError):
+class OutputDirError(HarmonizeError, ValueError):
     """OUT_DIR holds another pipeline's derivatives; the message says what to do."""
+
+    exit_code = ExitCode.USAGE
 
 
 def utc_now() -> str:

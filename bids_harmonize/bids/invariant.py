@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from bids_harmonize.errors import ExitCode, HarmonizeError
+
 # Allowed harmonized values, in model units (the model range is [-1, 1]).
 MODEL_UNITS_RANGE = (-1.5, 3.0)
 # More clipped voxels than this share means the output is not an image of the target site.
@@ -35,10 +37,10 @@ MAX_CLIPPED_SHARE = 0.05
 POLICY = "clip"
 
 
-class OutputInvariantError(RuntimeError):
+class OutputInvariantError(HarmonizeError, RuntimeError):
     """An image about to be written breaks the output invariant; nothing of it is written."""
 
-    exit_code = 1
+    exit_code = ExitCode.FAILURE
 
 
 @dataclass(frozen=True)

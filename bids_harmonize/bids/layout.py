@@ -29,6 +29,7 @@ from bids_harmonize.bids.ignore import is_ignored, read_bidsignore
 from bids_harmonize.bids.naming import NamingError, parse_name
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.bids.screen import read_header_geometry
+from bids_harmonize.errors import ExitCode, HarmonizeError
 from bids_harmonize.utils import atomic_write_json
 
 LOGGER = logging.getLogger("bids_harmonize.discovery")
@@ -39,16 +40,22 @@ SUPPORTED_CONTRASTS = ("T1w", "T2w")
 _CACHE_FORMAT = 2
 
 
-class DatasetError(Exception):
-    """The input is not a usable BIDS dataset (BIDS Apps exit code 16)."""
+class DatasetError(HarmonizeError):
+    """The input is not a usable BIDS dataset."""
+
+    exit_code = ExitCode.INVALID_BIDS
 
 
-class SelectionError(Exception):
-    """Labels, filters or contrasts select nothing (BIDS Apps exit code 18)."""
+class SelectionError(HarmonizeError):
+    """Labels, filters or contrasts select nothing."""
+
+    exit_code = ExitCode.NOTHING_SELECTED
 
 
-class FilterFileError(ValueError):
-    """The --bids-filter-file is unusable (usage error, exit code 64)."""
+class FilterFileError(HarmonizeError, ValueError):
+    """The --bids-filter-file is unusable."""
+
+    exit_code = ExitCode.USAGE
 
 
 @dataclass

@@ -13,6 +13,8 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from bids_harmonize.errors import ExitCode, HarmonizeError
+
 # Names this package uses in its own calls (pybids' or the schema's) -> the schema's names.
 _ALIASES = {"inv": "inversion", "mt": "mtransfer", "proc": "processing", "hemi": "hemisphere",
             "desc": "description", "res": "resolution", "den": "density", "seg": "segmentation"}
@@ -21,8 +23,10 @@ _ALIASES = {"inv": "inversion", "mt": "mtransfer", "proc": "processing", "hemi":
 _TRANSFORM_ENTITIES = (("from", "from"), ("to", "to"), ("mode", "mode"))
 
 
-class NamingError(ValueError):
+class NamingError(HarmonizeError, ValueError):
     """A source file name that cannot be parsed into BIDS entities."""
+
+    exit_code = ExitCode.FAILURE
 
 
 @lru_cache(maxsize=1)

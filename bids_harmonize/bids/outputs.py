@@ -140,6 +140,10 @@ class OutputLayout:
     def crash_report(self, run_id: str) -> Path:
         return self.logs / f"{CRASH_PREFIX}{run_id}.txt"
 
+    def node_log(self, run_id: str) -> Path:
+        """Nipype's node messages of one run (bids_harmonize/console.py)."""
+        return self.logs / f"nipype-{run_id}.log"
+
     def crash_files(self) -> list[Path]:
         """Every crash file in OUT/logs: the runs' own and the ones Nipype writes per node."""
         return sorted(self.logs.glob(f"{CRASH_PREFIX}*"))

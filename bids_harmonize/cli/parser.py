@@ -1,6 +1,6 @@
 """The BIDS App command line: positionals, options, and validation whose errors name the fix.
 
-Exit codes follow the BIDS Apps execution draft; see ``ExitCode``.
+Exit codes follow the BIDS Apps execution draft; see ``bids_harmonize.errors.ExitCode``.
 """
 
 from __future__ import annotations
@@ -8,28 +8,21 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from enum import IntEnum
 from pathlib import Path
 
 from bids_harmonize import __version__
 from bids_harmonize.config import DEFAULT_RESOLUTION, DEFAULT_TEMPLATE, PluginFileError, read_plugin_file
+from bids_harmonize.errors import ExitCode, HarmonizeError
 
 # The names of bids_harmonize.model.networks.PRESETS, spelled out so that parsing options does
 # not import torch (tests/cli checks that they agree).
 NETWORK_PRESETS = ("cpu", "paper", "paper-tiny", "reference", "tiny")
 
 
-class ExitCode(IntEnum):
-    OK = 0
-    FAILURE = 1
-    INVALID_BIDS = 16
-    NOTHING_SELECTED = 18
-    USAGE = 64
-    INPUT_MISSING = 66
+class CLIError(HarmonizeError):
+    """A problem with the command line: a usage error, or (``exit_code`` given) a missing input."""
 
-
-class CLIError(Exception):
-    """A problem with the command line; carries the exit code to return."""
+    exit_code = ExitCode.USAGE
 
     def __init__(self, message: str, exit_code: ExitCode = ExitCode.USAGE) -> None:
         super().__init__(message)

@@ -1,9 +1,10 @@
 """``bids_harmonize BIDS_DIR OUTPUT_DIR {participant,group}``: the entry point.
 
 Parses and validates the command line, records the resolved configuration under OUT/logs/
-(even when the run then fails), and hands over to the level's runner. Known failures become
-the BIDS Apps exit codes with a message that names the fix; anything else is exit 1 with the
-traceback kept in OUT/logs/crash-<run_id>.txt.
+(even when the run then fails), and hands over to the level's runner. A failure we name (a
+``bids_harmonize.errors.HarmonizeError``) prints its message, which names the fix, and exits
+with the BIDS Apps code its class carries; anything else is exit 1 with the traceback kept in
+OUT/logs/crash-<run_id>.txt.
 """
 
 from __future__ import annotations
@@ -13,52 +14,22 @@ import sys
 import traceback
 from pathlib import Path
 
+from bids_harmonize import console
 from bids_harmonize.bids import derivatives
-from bids_harmonize.bids.layout import DatasetError, FilterFileError, SelectionError, discover_images, load_filter_file
+from bids_harmonize.bids.layout import SelectionError, discover_images, load_filter_file
 from bids_harmonize.bids.outputs import OutputLayout
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.bids.screen import image_problem, screen_images
-from bids_harmonize.cli.parser import CLIError, ExitCode, parse_args
+from bids_harmonize.cli.parser import CLIError, parse_args
 from bids_harmonize.config import RunConfig
-from bids_harmonize.runtime import ParticipantLocked, install_signal_handlers, participant_locks, remove_stale_temporaries
+from bids_harmonize.console import LogSettings
+from bids_harmonize.errors import ExitCode, HarmonizeError
+from bids_harmonize.runtime import install_signal_handlers, participant_locks, remove_stale_temporaries
 from bids_harmonize.sites import SiteAssignment, assign_sites, load_overrides, load_policy
-from bids_harmonize.sites.signature import PolicyError
-from bids_harmonize.sites.overrides import SiteTableError
 from bids_harmonize.sites.table import COLUMNS, assignment_row, format_table, sites_dictionary, summary_rows
 
 LOGGER = logging.getLogger("bids_harmonize")
 
-# Known failures -> exit code. Order matters only for subclasses.
-_EXIT_CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
-    (CLIError, ExitCode.USAGE),
-    (DatasetError, ExitCode.INVALID_BIDS),
-    (SelectionError, ExitCode.NOTHING_SELECTED),
-    (FilterFileError, ExitCode.USAGE),
-    (SiteTableError, ExitCode.USAGE),
-    (PolicyError, ExitCode.USAGE),
-    (derivatives.OutputDirError, ExitCode.USAGE),
-    (ParticipantLocked, ExitCode.FAILURE),
-)
-
-
-def setup_logging(verbosity: int) -> None:
-    level = logging.DEBUG if verbosity > 1 else logging.INFO if verbosity == 1 else logging.WARNING
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING, force=True)
-    LOGGER.setLevel(min(level, logging.INFO))  # our own progress lines always show
-    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
-        nipype_logger = logging.getLogger(name)
-        nipype_logger.propagate = False  # nipype has its own handler; ours would print every line twice
-        nipype_logger.setLevel(logging.INFO if verbosity else logging.WARNING)
-        nipype_logger.addFilter(_without_traceback)
-
-
-def _without_traceback(record: logging.LogRecord) -> bool:
-    """Nipype logs each crashed node with its traceback; the console gets the lines before it
-    (node, crash file), the traceback stays in the crash file."""
-    text = record.getMessage()
-    if "Traceback (most recent call last)" in text:
-        record.msg, record.args = text.split("Traceback (most recent call last)", 1)[0].rstrip(), ()
-    return True
 
 def discover(config: RunConfig) -> list[ImageRecord]:
     found = discover_images(
@@ -117,10 +88,10 @@ def site_inventory(config: RunConfig, images: list[ImageRecord], write: bool = T
 def run_sites_only(config: RunConfig) -> int:
     assignments = site_inventory(config, discover(config))
     n_sites = len({a.site for a in assignments})
-    print(f"\n{n_sites} site(s) at granularity '{config.site_granularity}' ({len(assignments)} images):\n")
-    print(format_table(summary_rows(assignments)))
+    console.result(f"\n{n_sites} site(s) at granularity '{config.site_granularity}' ({len(assignments)} images):\n")
+    console.result(format_table(summary_rows(assignments)))
     layout = OutputLayout(config.output_dir)
-    print(f"\nWrote {layout.sites_table} and {layout.sites_dictionary}")
+    console.result(f"\nWrote {layout.sites_table} and {layout.sites_dictionary}")
     return ExitCode.OK
 
 
@@ -154,58 +125,30 @@ def run_level(config: RunConfig) -> int:
         return runner(config, usable_images(config, images), site_inventory)
 
 
-def _known_failures() -> tuple[tuple[type[BaseException], ExitCode], ...]:
-    """Failures with a message that names the fix: no traceback, just the exit code."""
-    from bids_harmonize.model import BundleError, UnknownSiteError
-    from bids_harmonize.model.common import DeviceUnavailable
-    from bids_harmonize.model.launch import TrainingFailed
-    from bids_harmonize.preproc.brainmask import BrainMaskUnavailable
-    from bids_harmonize.templates import TemplateNotAvailable
-    from bids_harmonize.levels.run import WorkflowFailed
-
-    return _EXIT_CODES + (
-        (UnknownSiteError, ExitCode.USAGE),
-        (BundleError, ExitCode.INPUT_MISSING),
-        (TemplateNotAvailable, ExitCode.INPUT_MISSING),
-        (DeviceUnavailable, ExitCode.FAILURE),
-        (TrainingFailed, ExitCode.FAILURE),
-        (WorkflowFailed, ExitCode.FAILURE),
-        (BrainMaskUnavailable, ExitCode.INPUT_MISSING),
-    )
-
-
-def _exit_code(err: BaseException) -> ExitCode | None:
-    for kind, code in _known_failures():
-        if isinstance(err, kind):
-            return getattr(err, "exit_code", code)
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     command_line = ["bids_harmonize", *(sys.argv[1:] if argv is None else argv)]
     try:
         config = RunConfig.from_namespace(parse_args(argv), command_line)
     except CLIError as err:
-        print(f"error: {err}", file=sys.stderr)
+        console.error(f"error: {err}")
         return err.exit_code
-    setup_logging(config.verbosity)
+    console.configure(LogSettings(config.verbosity, str(OutputLayout(config.output_dir).node_log(config.run_id))))
     install_signal_handlers()
     try:
         config.output_dir.mkdir(parents=True, exist_ok=True)
         derivatives.write_run_config(config.output_dir, config.to_dict(), config.run_id)
         derivatives.write_dataset_description(config.output_dir, config.bids_dir)
         return int(run_level(config))
+    except HarmonizeError as err:  # a failure we name: its message says the fix, its class the code
+        console.error(f"error: {err}")
+        return int(err.exit_code)
     except Exception as err:
-        code = _exit_code(err)
-        if code is not None:
-            print(f"error: {err}", file=sys.stderr)
-            return int(code)
         text = traceback.format_exc()
         try:
             where = f"Full traceback: {derivatives.write_crash_report(config.output_dir, config.run_id, text)}"
         except OSError as write_error:  # the output folder itself failed: the traceback goes to stderr
             where = f"Could not write the crash report ({write_error}); traceback:\n{text}"
-        print(f"error: {err.__class__.__name__}: {err}\n{where}", file=sys.stderr)
+        console.error(f"error: {err.__class__.__name__}: {err}\n{where}")
         return int(ExitCode.FAILURE)
 
 

@@ -8,7 +8,8 @@ It lives outside bids_harmonize.simulate because importing that package already 
 from __future__ import annotations
 
 import importlib.util
-import sys
+
+from bids_harmonize import console
 
 EXTRA_MODULES = ("nilearn",)
 
@@ -16,10 +17,9 @@ EXTRA_MODULES = ("nilearn",)
 def main(argv: list[str] | None = None) -> int:
     missing = [name for name in EXTRA_MODULES if importlib.util.find_spec(name) is None]
     if missing:
-        print(
+        console.error(
             f"bids_harmonize-simulate: error: {', '.join(missing)} not installed; the simulator is an optional part "
-            "of bids_harmonize. Fix: pip install 'bids_harmonize[simulate]'",
-            file=sys.stderr,
+            "of bids_harmonize. Fix: pip install 'bids_harmonize[simulate]'"
         )
         return 1
     from bids_harmonize.simulate.cli import main as simulate

@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from bids_harmonize.bids.outputs import OutputLayout
 from bids_harmonize.config import DEFAULT_RESOLUTION, DEFAULT_TEMPLATE, RunConfig
-from bids_harmonize.model.bundle import CARD_NAME, BundleError, ContractMismatch, ModelBundle
+from bids_harmonize.model.card import CARD_NAME, BundleError, ContractMismatch, InputContract, ModelCard, read_card
 from bids_harmonize.preproc.operations import intensity_convention
 from bids_harmonize.workflows.participant import HarmonizationPlan
 
@@ -73,37 +72,36 @@ def _card_contrast(card_path: Path) -> str:
     return str(contract["contrast"])
 
 
-def check_contract(bundle: ModelBundle, contrast: str, config: RunConfig) -> dict[str, Any]:
+def check_contract(card: ModelCard, contrast: str, config: RunConfig) -> InputContract:
     """The bundle's input contract, refused where it cannot fit this run."""
-    card = bundle.directory / CARD_NAME
-    contract = bundle.input_contract
+    contract = card.input_contract
     if contract is None:
-        raise BundleError(f"{card} records no input contract (contrast, template, resolution). {_RETRAIN}.")
-    if contract["contrast"] != contrast:
+        raise BundleError(f"{card.path} records no input contract (contrast, template, resolution). {_RETRAIN}.")
+    if contract.contrast != contrast:
         raise ContractMismatch(
-            f"{card} is a {contract['contrast']} model, not {contrast}. Fix: pass the {contrast} bundle "
+            f"{card.path} is a {contract.contrast} model, not {contrast}. Fix: pass the {contrast} bundle "
             f"(e.g. OUT/models/{contrast}) or a folder of <contrast>/ bundles as --model."
         )
-    if contract["intensity"] != intensity_convention():
+    if contract.intensity != intensity_convention():
         raise ContractMismatch(
-            f"{card} was trained on intensities scaled as {contract['intensity']}; this version scales as "
+            f"{card.path} was trained on intensities scaled as {contract.intensity}; this version scales as "
             f"{intensity_convention()}. {_RETRAIN}."
         )
-    for option, key in (("--template", "template"), ("--template-resolution", "resolution")):
-        asked = getattr(config, "template" if key == "template" else "template_resolution")
-        if asked is not None and asked != contract[key]:
+    for option, asked, trained in (("--template", config.template, contract.template),
+                                   ("--template-resolution", config.template_resolution, contract.resolution)):
+        if asked is not None and asked != trained:
             raise ContractMismatch(
-                f"{option} {asked} contradicts the model {card}, trained on {contract['template']} at "
-                f"{contract['resolution']} mm. Fix: leave {option} out (the model's is used), or retrain with it."
+                f"{option} {asked} contradicts the model {card.path}, trained on {contract.template} at "
+                f"{contract.resolution} mm. Fix: leave {option} out (the model's is used), or retrain with it."
             )
     return contract
 
 
-def choose_template(config: RunConfig, contracts: dict[str, dict[str, Any]]) -> TemplateChoice:
+def choose_template(config: RunConfig, contracts: dict[str, InputContract]) -> TemplateChoice:
     """The model's template and resolution (all bundles of a run must agree), else the options."""
-    choices = {(c["template"], c["resolution"]) for c in contracts.values()}
+    choices = {(c.template, c.resolution) for c in contracts.values()}
     if len(choices) > 1:
-        listing = ", ".join(f"{k}: {c['template']} {c['resolution']} mm" for k, c in sorted(contracts.items()))
+        listing = ", ".join(f"{k}: {c.template} {c.resolution} mm" for k, c in sorted(contracts.items()))
         raise ContractMismatch(
             f"the model bundles of this run were trained on different grids ({listing}). Fix: retrain them at "
             "one resolution, or run each contrast separately with --contrasts."
@@ -114,42 +112,40 @@ def choose_template(config: RunConfig, contracts: dict[str, dict[str, Any]]) -> 
     return TemplateChoice(config.template or DEFAULT_TEMPLATE, config.template_resolution or DEFAULT_RESOLUTION)
 
 
-def check_grid(contract: dict[str, Any], card: Path, template_mask: str) -> None:
+def check_grid(contract: InputContract, card: Path, template_mask: str) -> None:
     """The template file at hand must be the grid the model was trained on (same TemplateFlow data)."""
     import nibabel as nb
 
-    shape = list(nb.load(template_mask).shape[:3])
-    if shape != list(contract["grid_shape"]):
+    shape = tuple(nb.load(template_mask).shape[:3])
+    if shape != contract.grid_shape:
         raise ContractMismatch(
-            f"{card} was trained on a {contract['template']} grid of shape {contract['grid_shape']}, but "
+            f"{card} was trained on a {contract.template} grid of shape {list(contract.grid_shape)}, but "
             f"{template_mask} has shape {shape}. Fix: use the same TemplateFlow template files as training."
         )
 
 
-def default_target(bundle: ModelBundle) -> str:
+def default_target(card: ModelCard) -> str:
     """The site with the most training images (ties: first by name): the best-estimated style."""
-    counts = {s["name"]: (s.get("signature") or {}).get("n_images", 0) for s in bundle.card["sites"]}
+    counts = {site: card.signature(site).get("n_images", 0) for site in card.sites}
     return sorted(counts, key=lambda name: (-counts[name], name))[0]
 
 
 def harmonization_plans(
     config: RunConfig, contrasts: list[str]
-) -> tuple[dict[str, HarmonizationPlan], dict[str, dict[str, Any]]]:
-    """Per contrast with a bundle: the plan, and the bundle's input contract."""
-    from bids_harmonize.model import load_bundle
-
+) -> tuple[dict[str, HarmonizationPlan], dict[str, InputContract]]:
+    """Per contrast with a bundle: the plan, and the bundle's input contract. Reads each card and
+    checks its weights file (read_card), without loading the weights."""
     plans, contracts = {}, {}
     for contrast, path in find_bundles(config, contrasts).items():
-        bundle = load_bundle(path, device="cpu")
-        contracts[contrast] = check_contract(bundle, contrast, config)
-        target = config.target_site or default_target(bundle)
-        index = bundle.site_index(target)  # UnknownSiteError lists the known sites
-        scale = (bundle.card["sites"][index].get("signature") or {}).get("intensity_scale")
+        card = read_card(path)
+        contracts[contrast] = check_contract(card, contrast, config)
+        target = config.target_site or default_target(card)
+        scale = card.signature(target).get("intensity_scale")  # UnknownSiteError lists the known sites
         style, _, argument = config.target_style.partition(":")
         plans[contrast] = HarmonizationPlan(
-            bundle_dir=str(path.resolve()), bundle_sha256=bundle.sha256, bundle_sites=tuple(bundle.sites),
+            bundle_dir=str(path.resolve()), bundle_sha256=card.sha256, bundle_sites=tuple(card.sites),
             target_site=target, target_scale=(scale["lo"], scale["hi"]) if scale else (-1.0, 1.0),
             style=style, seed=int(argument) if style == "random" else config.seed,
-            reference_image=argument if style == "reference" else None, card_sha256=bundle.card_sha256,
+            reference_image=argument if style == "reference" else None, card_sha256=card.card_sha256,
         )
     return plans, contracts

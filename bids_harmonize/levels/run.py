@@ -13,10 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bids_harmonize import console
 from bids_harmonize.bids import derivatives
 from bids_harmonize.bids.outputs import OutputLayout
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.config import MULTIPROC_DEFAULTS, RunConfig, read_plugin_file
+from bids_harmonize.errors import ExitCode, HarmonizeError
 from bids_harmonize.levels import scheduler
 from bids_harmonize.levels.bundles import (
     TemplateChoice,
@@ -41,8 +43,10 @@ LOGGER = logging.getLogger("bids_harmonize")
 SiteInventory = Callable[..., list[SiteAssignment]]
 
 
-class WorkflowFailed(RuntimeError):
+class WorkflowFailed(HarmonizeError, RuntimeError):
     """Some nodes crashed; the message lists the crash files (each names its image)."""
+
+    exit_code = ExitCode.FAILURE
 
 
 # ----------------------------------------------------------------------------- shared pieces
@@ -83,7 +87,8 @@ def training_threads(config: RunConfig) -> int:
 
 
 def execute(workflow: Any, config: RunConfig) -> None:
-    """Run with MultiProc (or the --use-plugin settings); crashes go to OUT/logs as text."""
+    """Run with MultiProc (or the --use-plugin settings); crashes go to OUT/logs as text, a
+    progress line per image and stage to the console (console.Progress)."""
     workflow.base_dir = str(config.work_dir / "nipype")
     workflow.config["execution"].update(
         {"crashdump_dir": str(derivatives.logs_dir(config.output_dir)), "crashfile_format": "txt",
@@ -93,9 +98,11 @@ def execute(workflow: Any, config: RunConfig) -> None:
     scheduler.set_environment(plugin)
     before = set(OutputLayout(config.output_dir).crash_files())
     on_stop = (lambda: scheduler.cancel_slurm_jobs(config.run_id)) if plugin == "SLURM" else (lambda: None)
+    if not plugin.endswith("Graph"):  # graph plugins submit the whole graph at once: no per-node status
+        plugin_args = {**plugin_args, "status_callback": console.Progress(workflow)}
     try:
         with stop_action(on_stop):
-            workflow.run(plugin=plugin, plugin_args=plugin_args)
+            workflow.run(plugin=console.node_runner(plugin, plugin_args), plugin_args=plugin_args)
     except RuntimeError as err:
         crashes = sorted(set(OutputLayout(config.output_dir).crash_files()) - before)
         listing = "\n  ".join(crash_summary(c) for c in crashes) or "(no crash file written)"
@@ -176,13 +183,13 @@ def run_participant(config: RunConfig, images: list[ImageRecord], site_inventory
     finally:  # a failed run still documents itself: every participant gets a report saying what failed
         reports = write_reports(config, template, assignments, plans, not_harmonized, started)
     harmonized = sum(a.image.suffix in plans for a in assignments) - len(not_harmonized)
-    print(f"Preprocessed {len(assignments)} image(s), harmonized {harmonized}; outputs in {config.output_dir}")
-    print("Reports: " + ", ".join(str(p) for p in reports))
+    console.result(f"Preprocessed {len(assignments)} image(s), harmonized {harmonized}; outputs in {config.output_dir}")
+    console.result("Reports: " + ", ".join(str(p) for p in reports))
     if config.export_bids:
         from bids_harmonize.bids.export import export_bids
 
         placed, kept = export_bids(config.bids_dir, config.output_dir, config.export_bids, images)
-        print(f"Exported a BIDS dataset to {config.export_bids}: {placed} harmonized image(s), {kept} kept raw")
+        console.result(f"Exported a BIDS dataset to {config.export_bids}: {placed} harmonized image(s), {kept} kept raw")
     return 0
 
 
@@ -209,8 +216,8 @@ def run_group(config: RunConfig, images: list[ImageRecord], site_inventory: Site
                        device, threads)
         for contrast in config.contrasts
     ]
-    print("\n".join(line for line in trained if line))
-    print("Report: " + ", ".join(str(p) for p in write_reports(config, template)))
+    console.result("\n".join(line for line in trained if line))
+    console.result("Report: " + ", ".join(str(p) for p in write_reports(config, template)))
     return 0
 
 

@@ -82,7 +82,7 @@ def train_contrast(
     import torch
 
     from bids_harmonize.model import preset_config
-    from bids_harmonize.model.bundle import record_input_contract
+    from bids_harmonize.model.card import InputContract
     from bids_harmonize.model.launch import TrainingJob, launch
     from bids_harmonize.model.recipes import RECIPES, recipe_for
 
@@ -125,15 +125,14 @@ def train_contrast(
         model_config=network.to_dict(), train_config=options.to_dict(), out_dir=str(out), work_dir=str(work),
         device=device, threads=max(1, threads // processes),
         site_signatures=site_signatures(store, rows, usable), progress=config.verbosity > 0,
+        input_contract=InputContract(
+            contrast=contrast, template=template.name, resolution=template.resolution, grid_shape=mask.shape,
+            image_size=network.image_size, slice_axis=SLICE_AXIS, intensity=intensity_convention(),
+        ).to_dict(),
     )
     LOGGER.info("training MURD for %s on %d images of %d sites (preset %s, %d iterations, %d process(es), %s)",
                 contrast, len(rows), len(sites), network.preset, options.iterations, processes, device)
     bundle_dir = launch(job.write(work / "job.json"), processes)
-    record_input_contract(bundle_dir, {
-        "contrast": contrast, "template": template.name, "resolution": template.resolution,
-        "grid_shape": list(mask.shape), "image_size": network.image_size, "slice_axis": SLICE_AXIS,
-        "intensity": intensity_convention(),
-    })
     log = work / "train_log.jsonl"
     if log.is_file():
         derivatives.atomic_copy(log, OutputLayout(config.output_dir).training_log(contrast, config.run_id))

@@ -4,11 +4,13 @@ Networks, losses, training, the volume inference engine and the model bundle. Th
 knows nothing about BIDS: it takes arrays (or NIfTI paths) and site labels, and writes a bundle.
 
     bundle_dir = train(volumes, site_labels, site_names, preset_config("tiny", 2), TrainConfig(), out_dir)
+    card = read_card(bundle_dir)  # the card and its checks, no weights loaded
     bundle = load_bundle(bundle_dir, device="cpu")
     harmonized = bundle.harmonize(volume, target_site="siteB", source_site="siteA")
 """
 
 from bids_harmonize.model.bundle import BundleError, ModelBundle, UnknownSiteError, load_bundle, save_bundle
+from bids_harmonize.model.card import InputContract, ModelCard, ModelInfo, read_card
 from bids_harmonize.model.common import DeviceUnavailable, resolve_device
 from bids_harmonize.model.infer import auto_batch_size, harmonize_volume, random_style, reference_style
 from bids_harmonize.model.losses import LossWeights
@@ -20,9 +22,12 @@ __all__ = [
     "PRESETS",
     "BundleError",
     "DeviceUnavailable",
+    "InputContract",
     "LossWeights",
     "MURDConfig",
     "ModelBundle",
+    "ModelCard",
+    "ModelInfo",
     "TrainConfig",
     "Trainer",
     "Translator",
@@ -32,6 +37,7 @@ __all__ = [
     "harmonize_volume",
     "load_bundle",
     "preset_config",
+    "read_card",
     "random_style",
     "reference_style",
     "resolve_device",

@@ -48,8 +48,8 @@ def load_if_resumable(path: Path, current: dict[str, Any], is_main: bool) -> dic
         dist.barrier()  # every rank has read the file before rank 0 moves it
     if not changes:
         if is_main:
-            LOGGER.warning("resuming training at step %d of %d from %s", state["step"],
-                           current["train_config"]["iterations"], path)
+            LOGGER.info("resuming training at step %d of %d from %s", state["step"],
+                        current["train_config"]["iterations"], path)
         return state
     if is_main:
         previous = path.with_name(PREVIOUS_NAME)

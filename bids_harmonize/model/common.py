@@ -8,11 +8,15 @@ from typing import Any, TypeVar
 
 import torch
 
+from bids_harmonize.errors import ExitCode, HarmonizeError
+
 T = TypeVar("T")
 
 
-class DeviceUnavailable(RuntimeError):
+class DeviceUnavailable(HarmonizeError, RuntimeError):
     """A GPU was asked for but torch sees none; the message says how to expose one."""
+
+    exit_code = ExitCode.FAILURE
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

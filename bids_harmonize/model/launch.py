@@ -1,7 +1,8 @@
 """A training job as a file, run in this process or by N DistributedDataParallel processes.
 
 The group level writes everything training needs into one JSON file (the store's rows and
-their sites, the model and training settings, where to write) and hands it here. With one
+their sites, the model and training settings, the input contract the bundle's card records,
+where to write) and hands it here. With one
 process the job runs in place; with N, torchrun starts N copies of this module, each opens the
 store itself (nothing is pickled across processes), and rank 0 writes the bundle:
 
@@ -20,6 +21,8 @@ from typing import Any
 
 import torch
 
+from bids_harmonize.errors import ExitCode, HarmonizeError
+from bids_harmonize.model.card import InputContract
 from bids_harmonize.model.networks import MURDConfig
 from bids_harmonize.model.store import StoredVolumes, VolumeStore
 from bids_harmonize.model.train import train
@@ -27,8 +30,10 @@ from bids_harmonize.model.train_config import TrainConfig
 from bids_harmonize.utils import atomic_write_json
 
 
-class TrainingFailed(RuntimeError):
+class TrainingFailed(HarmonizeError, RuntimeError):
     """The training processes did not finish; their messages are above this one."""
+
+    exit_code = ExitCode.FAILURE
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class TrainingJob:
     threads: int  # torch threads of each process
     site_signatures: dict[str, dict[str, Any]]
     progress: bool = True
+    input_contract: dict[str, Any] | None = None  # InputContract.to_dict(): written into the bundle's card
 
     def write(self, path: Path) -> Path:
         return atomic_write_json(path, dataclasses.asdict(self))
@@ -62,6 +68,7 @@ def run_job(job: TrainingJob) -> Path:
         StoredVolumes(store, job.rows), job.site_labels, job.site_names,
         MURDConfig.from_dict(job.model_config), TrainConfig.from_dict(job.train_config), job.out_dir,
         device=job.device, work_dir=job.work_dir, site_signatures=job.site_signatures, progress=job.progress,
+        input_contract=InputContract.from_dict(job.input_contract) if job.input_contract is not None else None,
     )
 
 

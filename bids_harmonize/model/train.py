@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from bids_harmonize.model.bundle import save_bundle
+from bids_harmonize.model.card import InputContract
 from bids_harmonize.model.checkpoint import (
     CHECKPOINT_NAME,
     global_rng_state,
@@ -272,6 +273,7 @@ def train(
     work_dir: str | os.PathLike | None = None,
     data_hash: str | None = None,
     site_signatures: dict[str, dict[str, Any]] | None = None,
+    input_contract: InputContract | None = None,
     slice_axis: int = 2,
     progress: bool = True,
     on_step: Callable[[Trainer], None] | None = None,
@@ -285,6 +287,7 @@ def train(
     workflow may put work_dir elsewhere); with `resume`, a checkpoint there written for the same
     data and settings is continued exactly, and any other is set aside with a warning.
     `data_hash` defaults to a SHA-256 over the volumes' values and their site names.
+    `input_contract` (how the volumes were prepared) goes into the bundle's card.
     Under torchrun (WORLD_SIZE > 1) every process runs this; rank 0 writes the files.
     `on_step(trainer)` runs after every iteration (e.g. to snapshot the EMA weights).
     Returns the bundle directory.
@@ -331,6 +334,7 @@ def train(
                 seed=train_config.seed,
                 site_signatures=site_signatures,
                 metrics=metrics,
+                input_contract=input_contract,
             )
         if context.world_size > 1:
             dist.barrier()

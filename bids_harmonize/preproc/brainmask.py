@@ -27,6 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from bids_harmonize.errors import ExitCode, HarmonizeError
 from bids_harmonize.utils import sha256_of
 
 LOGGER = logging.getLogger("bids_harmonize.preproc")
@@ -52,8 +53,10 @@ MIN_MASK_DICE = 0.90
 MAX_OUTLINE_MM = 7.5
 
 
-class BrainMaskUnavailable(RuntimeError):
+class BrainMaskUnavailable(HarmonizeError, RuntimeError):
     """The learned brain mask was asked for but deepbet is not installed."""
+
+    exit_code = ExitCode.INPUT_MISSING
 
 
 @dataclass(frozen=True)

@@ -7,16 +7,16 @@ import sys
 import time
 from pathlib import Path
 
+from bids_harmonize import console
+from bids_harmonize.errors import ExitCode
 from bids_harmonize.simulate.dataset import CONTRASTS, simulate_dataset
 from bids_harmonize.simulate.figure import plot_site_renders
-
-EXIT_USAGE = 64
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # exit code of the BIDS Apps draft, not argparse's 2
         self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(int(ExitCode.USAGE), f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,14 +53,14 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
         )
     except (FileExistsError, ValueError) as error:
-        print(f"bids_harmonize-simulate: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    print(
+        console.error(f"bids_harmonize-simulate: error: {error}")
+        return int(ExitCode.USAGE)
+    console.result(
         f"Simulated {len(dataset.subjects)} subjects at {len(dataset.sites)} sites "
         f"({', '.join(dataset.contrasts)}, {dataset.resolution_mm:g} mm) "
         f"in {time.perf_counter() - start:.1f} s\n"
         f"  BIDS dataset: {dataset.bids_root}\n  ground truth: {dataset.ground_truth_root}"
     )
     if args.figure:
-        print(f"  figure: {plot_site_renders(dataset, args.figure)}")
+        console.result(f"  figure: {plot_site_renders(dataset, args.figure)}")
     return 0

@@ -16,12 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bids_harmonize.bids.records import ImageRecord
+from bids_harmonize.errors import ExitCode, HarmonizeError
 
 MISSING = {"", "n/a", "na", "nan"}
 
 
-class SiteTableError(ValueError):
+class SiteTableError(HarmonizeError, ValueError):
     """A site table or TSV is unusable; the message names the file and the fix."""
+
+    exit_code = ExitCode.USAGE
 
 
 @dataclass(frozen=True)

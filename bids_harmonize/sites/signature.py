@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from bids_harmonize.errors import ExitCode, HarmonizeError
+
 DEFAULT_POLICY = Path(__file__).with_name("policy.yaml")
 SCANNER_KEYS = (
     "Manufacturer",
@@ -30,8 +32,10 @@ SCANNER_KEYS = (
 PROTOCOL_KEYS = ("RepetitionTime", "EchoTime", "InversionTime", "FlipAngle", "VoxelSize")
 
 
-class PolicyError(ValueError):
+class PolicyError(HarmonizeError, ValueError):
     """The site policy file is missing keys or has values of the wrong kind."""
+
+    exit_code = ExitCode.USAGE
 
 
 @dataclass(frozen=True)

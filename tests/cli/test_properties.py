@@ -65,7 +65,7 @@ def bundle_template(tmp_path_factory) -> Path:
 @given(data=st.data())
 def test_any_card_loads_within_bounds_or_is_refused_as_an_unusable_bundle(bundle_template, data):
     from bids_harmonize.model import BundleError, load_bundle
-    from bids_harmonize.model.bundle import MAX_STYLE_NORM
+    from bids_harmonize.model.card import MAX_STYLE_NORM
 
     card = json.loads((bundle_template / "model.json").read_text())
     paths = [p for p, _ in _leaves(card) if p]

@@ -91,7 +91,7 @@ def test_the_final_line_names_the_left_out_image_and_its_own_fix(tmp_path, capsy
 def test_a_crashed_node_is_one_console_line_and_its_traceback_stays_in_the_crash_file(tmp_path):
     import logging
 
-    from bids_harmonize.cli.run import _without_traceback
+    from bids_harmonize.console import _without_traceback
     from bids_harmonize.levels.run import crash_summary
 
     crash = tmp_path / "crash-x-scale.txt"

@@ -23,7 +23,9 @@ from bids_harmonize.model import (
     reference_style,
     save_bundle,
 )
-from bids_harmonize.model.bundle import CARD_NAME, WEIGHTS_NAME, record_input_contract, sha256_of
+from bids_harmonize.model.bundle import CARD_NAME, WEIGHTS_NAME, sha256_of
+from bids_harmonize.model.card import DEFAULT_LICENSE, DEFAULT_MODEL_VERSION, InputContract, ModelInfo, read_card
+from bids_harmonize.preproc.operations import intensity_convention
 
 
 @pytest.fixture()
@@ -36,7 +38,7 @@ def bundle_copy(small_bundle, tmp_path) -> Path:
 
 def test_card_records_sites_styles_config_hashes_and_versions(small_bundle, tiny_config, quick_train_config):
     card = json.loads((small_bundle / CARD_NAME).read_text())
-    assert card["schema_version"] == 2 and card["preset"] == "tiny"
+    assert card["schema_version"] == 3 and card["preset"] == "tiny"
     assert [site["name"] for site in card["sites"]] == ["siteA", "siteB"]
     assert all(len(site["style"]) == tiny_config.style_dim for site in card["sites"])
     assert card["sites"][0]["signature"] == {"Manufacturer": "Acme", "MagneticFieldStrength": 3.0}
@@ -47,6 +49,8 @@ def test_card_records_sites_styles_config_hashes_and_versions(small_bundle, tiny
     assert card["weights"]["sha256"] == sha256_of(small_bundle / WEIGHTS_NAME)
     assert card["software"] == {"bids_harmonize": bids_harmonize.__version__, "torch": torch.__version__}
     assert card["metrics"]["iterations"] == quick_train_config.iterations
+    assert (card["model_version"], card["license"]) == (DEFAULT_MODEL_VERSION, DEFAULT_LICENSE)
+    assert "structural MRI images" in card["intended_use"] and "Not for clinical use" in card["intended_use"]
 
 
 def test_weights_hold_the_inference_networks_only(small_bundle):
@@ -126,6 +130,7 @@ def test_tampered_weights_fail_the_checksum(bundle_copy):
         (lambda card: card["sites"][1].update(name="siteA"), "unique names"),
         (lambda card: card.update(schema_version=99), "upgrade bids_harmonize"),
         (lambda card: card["network"].update(depth=3), "unknown keys"),
+        (lambda card: card["network"].update(style_blocks=1023.0), "Numerical result out of range"),
     ],
 )
 def test_invalid_cards_are_rejected_naming_the_file_and_the_problem(bundle_copy, edit, message):
@@ -152,20 +157,80 @@ def test_missing_weights_file_is_a_clear_error(bundle_copy):
         load_bundle(bundle_copy)
 
 
-def test_input_contract_is_recorded_checked_and_the_card_hash_is_known(bundle_copy):
-    contract = {
-        "contrast": "T1w", "template": "MNI152NLin2009cSym", "resolution": 2, "grid_shape": [97, 115, 97],
-        "image_size": json.loads((bundle_copy / CARD_NAME).read_text())["network"]["image_size"], "slice_axis": 2,
-        "intensity": {"convention": "robust_scale", "low_percentile": 0.5, "high_percentile": 99.5,
-                      "range": [-1.0, 1.0], "background": -1.0},
-    }
-    assert load_bundle(bundle_copy).input_contract is None
-    record_input_contract(bundle_copy, contract)
+def _contract(bundle_dir: Path) -> InputContract:
+    image_size = json.loads((bundle_dir / CARD_NAME).read_text())["network"]["image_size"]
+    return InputContract("T1w", "MNI152NLin2009cSym", 2, (97, 115, 97), image_size, 2, intensity_convention())
+
+
+def _save(folder: Path, tiny_config, **options) -> Path:
+    styles = torch.zeros(2, tiny_config.style_dim)
+    return save_bundle(folder, build_translator(tiny_config), ["siteA", "siteB"], styles, data_hash="sha256:t", **options)
+
+
+def test_the_contract_and_model_info_are_written_once_with_the_bundle(small_bundle, tmp_path, tiny_config):
+    contract = _contract(small_bundle)
+    info = ModelInfo("2.1.0", "CC-BY-4.0", "Harmonizing the study's T1w images.")
+    folder = _save(tmp_path / "m", tiny_config, input_contract=contract, info=info)
+    bundle = load_bundle(folder)
+    assert bundle.input_contract == contract and bundle.model_card.info == info
+    assert bundle.card_sha256 == sha256_of(folder / CARD_NAME)
+    assert json.loads((folder / CARD_NAME).read_text())["input"]["grid_shape"] == [97, 115, 97]
+    default = read_card(_save(tmp_path / "d", tiny_config, input_contract=contract)).info
+    assert default.version == DEFAULT_MODEL_VERSION and "T1w images" in default.intended_use
+
+
+def test_a_contract_that_disagrees_with_the_network_is_never_written(small_bundle, tmp_path, tiny_config):
+    contract = _contract(small_bundle)
+    wrong = InputContract(**{**contract.__dict__, "image_size": contract.image_size + 16})
+    with pytest.raises(ValueError, match="image_size"):
+        _save(tmp_path / "m", tiny_config, input_contract=wrong)
+    assert not (tmp_path / "m" / CARD_NAME).exists()
+
+
+@pytest.mark.parametrize("schema_version", [1, 2])
+def test_cards_written_before_model_info_still_load(bundle_copy, toy_data, schema_version):
+    card_path = bundle_copy / CARD_NAME
+    card = json.loads(card_path.read_text())
+    for key in ("model_version", "license", "intended_use", "input"):
+        card.pop(key, None)
+    card["schema_version"] = schema_version
+    card_path.write_text(json.dumps(card))
     bundle = load_bundle(bundle_copy)
-    assert bundle.input_contract == contract
-    assert bundle.card_sha256 == sha256_of(bundle_copy / CARD_NAME)
-    with pytest.raises(BundleError, match="image_size"):
-        record_input_contract(bundle_copy, {**contract, "image_size": contract["image_size"] + 16})
-    with pytest.raises(BundleError, match="card.input.resolution"):
-        record_input_contract(bundle_copy, {**contract, "resolution": "2mm"})
-    assert load_bundle(bundle_copy).input_contract == contract  # a refused contract leaves the card as it was
+    assert bundle.model_card.info is None and bundle.input_contract is None
+    assert bundle.harmonize(toy_data[0][0], "siteB", source_site="siteA").shape == toy_data[0][0].shape
+
+
+def test_a_current_card_without_model_info_is_refused(bundle_copy):
+    card_path = bundle_copy / CARD_NAME
+    card = json.loads(card_path.read_text())
+    del card["license"]
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(BundleError, match="'license' is a required property"):
+        read_card(bundle_copy)
+
+
+def test_reading_the_card_checks_the_weights_but_loads_none(bundle_copy, monkeypatch):
+    import bids_harmonize.model.bundle as bundle_module
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("read_card loaded the weights")
+
+    monkeypatch.setattr(bundle_module, "load_file", no_loading)
+    card = read_card(bundle_copy / CARD_NAME)
+    assert card.sites == ["siteA", "siteB"] and card.sha256 == sha256_of(bundle_copy / WEIGHTS_NAME)
+    with pytest.raises(UnknownSiteError):
+        card.signature("siteC")
+    data = bytearray((bundle_copy / WEIGHTS_NAME).read_bytes())
+    data[-1] ^= 0x01
+    (bundle_copy / WEIGHTS_NAME).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="SHA-256"):
+        read_card(bundle_copy)
+
+
+def test_a_card_with_more_blocks_than_the_weights_hold_tensors_is_refused_at_once(bundle_copy):
+    card_path = bundle_copy / CARD_NAME
+    card = json.loads(card_path.read_text())
+    card["network"]["generator_res_blocks"] = 10**12  # building that many modules would never end
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(BundleError, match="weights do not fit the network"):
+        read_card(bundle_copy)

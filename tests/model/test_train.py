@@ -4,6 +4,7 @@ documented, and keeps DistributedDataParallel ranks in step."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -107,6 +108,7 @@ def test_changed_settings_or_data_start_afresh_and_say_why(tmp_path, toy_data, t
 
 
 def test_an_unchanged_run_resumes_and_says_so(tmp_path, toy_data, tiny_config, quick_train_config, caplog):
+    caplog.set_level(logging.INFO, logger="bids_harmonize")  # an INFO line: the CLI shows bids_harmonize at INFO
     volumes, labels = toy_data
     train(volumes, labels, SITES, tiny_config, quick_train_config, tmp_path, progress=False)
     train(volumes, labels, SITES, tiny_config, quick_train_config, tmp_path, progress=False)
