@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 export NIPYPE_NO_ET := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install test test-fast demo benchmark clean
+.PHONY: install lint test test-fast demo benchmark clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +27,16 @@ $(VENV)/.installed: $(PY) pyproject.toml
 
 install: $(VENV)/.installed
 
-test: install
+# ruff's lint rules and formatter (configured in pyproject.toml); `ruff check --fix .` and
+# `ruff format .` make most of what this reports go away.
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: install lint
 	$(PY) -m pytest -n 2 --dist loadfile --durations=15 $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install lint
 	$(PY) -m pytest -n 2 --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 demo: install
