@@ -87,8 +87,9 @@ def run_head(dataset: str, path: Path, template: dict[str, nb.Nifti1Image], thre
     old_mask = op.resample(template["mask"], corrected, op.inverse(old_transform), nearest=True)
     seconds_old = time.perf_counter() - start
     warped_old = op.resample(corrected, template["T1w"], old_transform)
-    spearman = template_agreement(np.asarray(warped_old.dataobj), np.asarray(template["T1w"].dataobj),
-                                  np.asarray(template["mask"].dataobj) > 0)
+    spearman = template_agreement(
+        np.asarray(warped_old.dataobj), np.asarray(template["T1w"].dataobj), np.asarray(template["mask"].dataobj) > 0
+    )
 
     start = time.perf_counter()
     new_transform = op.register_affine(corrected, template["T1w"], moving_mask=learned, fixed_mask=template["mask"])
@@ -99,11 +100,23 @@ def run_head(dataset: str, path: Path, template: dict[str, nb.Nifti1Image], thre
     wrong_check = brainmask.check_mask(learned, wrong)
     ml = brainmask.voxel_ml(corrected)
     result = HeadResult(
-        dataset, path.name.split("_")[0], "x".join(map(str, conformed.shape)),
-        brainmask.dice(np.asarray(old_mask.dataobj), np.asarray(learned.dataobj)), check.dice, check.boundary_mm, check.flagged,
-        wrong_check.dice, wrong_check.boundary_mm, wrong_check.flagged, spearman, bool(not np.isfinite(spearman) or spearman < POOR_AGREEMENT),
-        check.brain_volume_ml, float((np.asarray(old_mask.dataobj) > 0).sum()) * ml,
-        seconds_deepbet, seconds_old, seconds_new,
+        dataset,
+        path.name.split("_")[0],
+        "x".join(map(str, conformed.shape)),
+        brainmask.dice(np.asarray(old_mask.dataobj), np.asarray(learned.dataobj)),
+        check.dice,
+        check.boundary_mm,
+        check.flagged,
+        wrong_check.dice,
+        wrong_check.boundary_mm,
+        wrong_check.flagged,
+        spearman,
+        bool(not np.isfinite(spearman) or spearman < POOR_AGREEMENT),
+        check.brain_volume_ml,
+        float((np.asarray(old_mask.dataobj) > 0).sum()) * ml,
+        seconds_deepbet,
+        seconds_old,
+        seconds_new,
     )
     return result, {"image": corrected, "old": old_mask, "new": learned}
 
@@ -126,8 +139,11 @@ def picture(images: dict, title: str, out: Path) -> None:
         for mask, colour in ((old, "#ff3030"), (new, "#30ff30")):
             ax.contour(mask[tuple(cut)].T.astype(np.float32), levels=[0.5], colors=colour, linewidths=1.0)
         ax.axis("off")
-    fig.suptitle(title + "\nred: template mask (old, --brain-mask template); green: deepbet (new, default)",
-                 color="white", fontsize=10)
+    fig.suptitle(
+        title + "\nred: template mask (old, --brain-mask template); green: deepbet (new, default)",
+        color="white",
+        fontsize=10,
+    )
     fig.savefig(out, dpi=80, facecolor="black")
     plt.close(fig)
 
@@ -194,8 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="only the first N heads (0: all)")
     parser.add_argument("--datasets", nargs="+", default=["realmix", "ixi_hh"])
     parser.add_argument("--resolution", type=int, choices=(1, 2), default=2, help="template resolution (mm)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="rewrite brain_mask.md from brain_mask.csv with the current flag rule (no image work)")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite brain_mask.md from brain_mask.csv with the current flag rule (no image work)",
+    )
     args = parser.parse_args(argv)
     command = "python benchmarks/brain_mask.py " + " ".join(argv or sys.argv[1:])
     if args.report_only:
@@ -203,8 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     found = heads(args.data, tuple(args.datasets))[: args.limit or None]
     if not found:
         raise SystemExit(f"no T1w heads under {args.data}/ixi_hh or {args.data}/realmix")
-    template = {"T1w": nb.load(get_template(TEMPLATE, args.resolution, "T1w")),
-                "mask": nb.load(get_template(TEMPLATE, args.resolution, "mask", "brain"))}
+    template = {
+        "T1w": nb.load(get_template(TEMPLATE, args.resolution, "T1w")),
+        "mask": nb.load(get_template(TEMPLATE, args.resolution, "mask", "brain")),
+    }
     results, worst = [], {}
     for dataset, path in found:
         result, images = run_head(dataset, path, template, args.threads)
@@ -214,8 +235,12 @@ def main(argv: list[str] | None = None) -> int:
             worst[dataset] = (result, images)
     RESULTS.mkdir(exist_ok=True)
     for dataset, (result, images) in worst.items():
-        picture(images, f"{dataset} {result.subject}: worst Dice old vs new = {result.dice_old_new:.3f}; "
-                        f"mask check {result.qc_dice:.3f}", RESULTS / f"brain_mask_worst_{dataset}.png")
+        picture(
+            images,
+            f"{dataset} {result.subject}: worst Dice old vs new = {result.dice_old_new:.3f}; "
+            f"mask check {result.qc_dice:.3f}",
+            RESULTS / f"brain_mask_worst_{dataset}.png",
+        )
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(write_report(results, command, load).read_text())
     return 0
@@ -228,14 +253,22 @@ def _report_from_csv(command: str) -> int:
     results = []
     with open(RESULTS / "brain_mask.csv") as handle:
         for row in csv.DictReader(handle):
-            values = {k: (row[k] if k in ("dataset", "subject", "shape") else float(row[k])) for k in row
-                      if not k.endswith("flagged")}
+            values = {
+                k: (row[k] if k in ("dataset", "subject", "shape") else float(row[k]))
+                for k in row
+                if not k.endswith("flagged")
+            }
             check = lambda dice, mm: brainmask.MaskCheck(dice, mm, 0.0, 0.0).flagged  # noqa: E731
-            results.append(HeadResult(
-                **values, qc_flagged=check(values["qc_dice"], values["qc_boundary_mm"]),
-                broken_flagged=check(values["broken_qc_dice"], values["broken_boundary_mm"]),
-                old_flagged=bool(not np.isfinite(values["spearman_old"]) or values["spearman_old"] < POOR_AGREEMENT),
-            ))
+            results.append(
+                HeadResult(
+                    **values,
+                    qc_flagged=check(values["qc_dice"], values["qc_boundary_mm"]),
+                    broken_flagged=check(values["broken_qc_dice"], values["broken_boundary_mm"]),
+                    old_flagged=bool(
+                        not np.isfinite(values["spearman_old"]) or values["spearman_old"] < POOR_AGREEMENT
+                    ),
+                )
+            )
     print(write_report(results, command.replace(" --report-only", ""), load).read_text())
     return 0
 

@@ -47,22 +47,47 @@ def participant(args: argparse.Namespace) -> str:
         n = len(list(bids.glob("sub-*")))
         for mode in ("template", "deepbet"):
             out = Path(temporary) / f"out-{mode}"
-            argv = [str(bids), str(out), "participant", "--template-resolution", "2", "--nprocs", str(args.nprocs),
-                    "--contrasts", "T1w", "--skip-bids-validation", "--brain-mask", mode]
+            argv = [
+                str(bids),
+                str(out),
+                "participant",
+                "--template-resolution",
+                "2",
+                "--nprocs",
+                str(args.nprocs),
+                "--contrasts",
+                "T1w",
+                "--skip-bids-validation",
+                "--brain-mask",
+                mode,
+            ]
             start = time.perf_counter()
             code = cli(argv)
             times[mode] = (time.perf_counter() - start, code, os.getloadavg()[0])
             for sidecar in sorted(out.rglob("*_desc-brain_mask.json")):
                 check = json.loads(sidecar.read_text()).get("MaskCheck")
                 if check:
-                    rows.append(f"| {sidecar.name.split('_desc')[0]} | {check['TemplateMaskDice']:.3f} | "
-                                f"{check['BoundaryDistance95mm']:.1f} | {check['BrainVolumeML']:.0f} | "
-                                f"{'**flagged**' if check['Flagged'] else 'ok'} |")
-    lines = [f"## participant level, {n} real heads (realmix + {args.ixi} IXI), 2 mm template, --nprocs {args.nprocs}\n",
-             "| --brain-mask | wall time | per head | exit code | 1-min load at the end |", "|---|---|---|---|---|"]
-    lines += [f"| {mode} | {s:.0f} s | {s / n:.0f} s | {code} | {load:.1f} |" for mode, (s, code, load) in times.items()]
-    lines += ["", "Mask check of each image (default run):", "",
-              "| image | Dice | outline distance p95 (mm) | brain ml | flag |", "|---|---|---|---|---|", *rows]
+                    rows.append(
+                        f"| {sidecar.name.split('_desc')[0]} | {check['TemplateMaskDice']:.3f} | "
+                        f"{check['BoundaryDistance95mm']:.1f} | {check['BrainVolumeML']:.0f} | "
+                        f"{'**flagged**' if check['Flagged'] else 'ok'} |"
+                    )
+    lines = [
+        f"## participant level, {n} real heads (realmix + {args.ixi} IXI), 2 mm template, --nprocs {args.nprocs}\n",
+        "| --brain-mask | wall time | per head | exit code | 1-min load at the end |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {mode} | {s:.0f} s | {s / n:.0f} s | {code} | {load:.1f} |" for mode, (s, code, load) in times.items()
+    ]
+    lines += [
+        "",
+        "Mask check of each image (default run):",
+        "",
+        "| image | Dice | outline distance p95 (mm) | brain ml | flag |",
+        "|---|---|---|---|---|",
+        *rows,
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -84,14 +109,19 @@ def phantoms(args: argparse.Namespace) -> str:
                 truth = conform(dataset.native_truth(subject, site, contrast)[1])
                 dice = brainmask.dice(mask.dataobj, truth.dataobj)
                 dices.append((contrast, dice))
-                rows.append(f"| {subject} | {site} | {contrast} | {'x'.join(map(str, image.shape))} | {dice:.3f} | "
-                            f"{seconds:.1f} |")
+                rows.append(
+                    f"| {subject} | {site} | {contrast} | {'x'.join(map(str, image.shape))} | {dice:.3f} | "
+                    f"{seconds:.1f} |"
+                )
     summary = "; ".join(
         f"{c}: Dice {min(d for k, d in dices if k == c):.3f}-{max(d for k, d in dices if k == c):.3f}"
-        for c in ("T1w", "T2w"))
-    return (f"## deepbet on simulated phantoms ({args.subjects} subjects, 3 sites, 2 mm, seed 0)\n\n"
-            f"Against the simulator's true brain mask on each scan's native grid: {summary}.\n\n"
-            "| subject | site | contrast | grid | Dice | deepbet s |\n|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+        for c in ("T1w", "T2w")
+    )
+    return (
+        f"## deepbet on simulated phantoms ({args.subjects} subjects, 3 sites, 2 mm, seed 0)\n\n"
+        f"Against the simulator's true brain mask on each scan's native grid: {summary}.\n\n"
+        "| subject | site | contrast | grid | Dice | deepbet s |\n|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,14 +41,25 @@ def per_site_logits(discriminator, images: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bi,soi->bs", features, discriminator.heads.weight) + discriminator.heads.bias[:, 0]
 
 
-def train_and_score(preset: str, train_volumes, train_labels, test_volumes, test_labels, size: int, steps: int) -> float:
+def train_and_score(
+    preset: str, train_volumes, train_labels, test_volumes, test_labels, size: int, steps: int
+) -> float:
     torch.manual_seed(0)
     config = preset_config(preset, 3, image_size=size)
     discriminator = build_discriminator(config)
     optimizer = torch.optim.Adam(discriminator.parameters(), lr=5e-4, betas=(0.0, 0.99))
     stacked, _ = stack_volumes(train_volumes)
-    sampler = SliceSampler(stacked, train_labels, config, batch_size=8, site_balanced=True, min_foreground=0.05,
-                           content_noise_std=0.0, seed=0, device=torch.device("cpu"))
+    sampler = SliceSampler(
+        stacked,
+        train_labels,
+        config,
+        batch_size=8,
+        site_balanced=True,
+        min_foreground=0.05,
+        content_noise_std=0.0,
+        seed=0,
+        device=torch.device("cpu"),
+    )
     for _ in range(steps):
         batch = sampler.sample()
         loss = torch.nn.functional.cross_entropy(per_site_logits(discriminator, batch.images), batch.source_sites)
@@ -56,8 +67,17 @@ def train_and_score(preset: str, train_volumes, train_labels, test_volumes, test
         loss.backward()
         optimizer.step()
     test_stacked, _ = stack_volumes(test_volumes)
-    tester = SliceSampler(test_stacked, test_labels, config, batch_size=8, site_balanced=True, min_foreground=0.05,
-                          content_noise_std=0.0, seed=1, device=torch.device("cpu"))
+    tester = SliceSampler(
+        test_stacked,
+        test_labels,
+        config,
+        batch_size=8,
+        site_balanced=True,
+        min_foreground=0.05,
+        content_noise_std=0.0,
+        seed=1,
+        device=torch.device("cpu"),
+    )
     correct = total = 0
     with torch.no_grad():
         for chunk in torch.arange(len(tester.slice_volume)).split(64):
@@ -86,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as temporary:
-        dataset = simulated_phantom(args.work_dir or Path(temporary), 3, 8, args.reuse_dataset and args.work_dir is not None)
+        dataset = simulated_phantom(
+            args.work_dir or Path(temporary), 3, 8, args.reuse_dataset and args.work_dir is not None
+        )
         train, test = split_train_test(load_scans(dataset, "site1"))
     sites = sorted({scan.site for scan in train})
 

@@ -86,7 +86,7 @@ def assign_study_sites(ages: dict[str, float], seed: int = SEED) -> dict[str, st
     quarter = len(ordered) // 4
     assignment = {}
     for q in range(4):
-        members = list(rng.permutation(ordered[q * quarter:(q + 1) * quarter]))
+        members = list(rng.permutation(ordered[q * quarter : (q + 1) * quarter]))
         for site, counts in zip(SITES, AGE_CONFOUND, strict=True):
             for _ in range(counts[q]):
                 assignment[str(members.pop())] = site
@@ -96,12 +96,10 @@ def assign_study_sites(ages: dict[str, float], seed: int = SEED) -> dict[str, st
 def load_cohort(dataset: SimulatedDataset) -> Cohort:
     truth_layout = dataset.ground_truth
     subjects = list(dataset.site_of_subject)
-    study_subjects, traveling_subjects = subjects[: 4 * STUDY_PER_SITE], subjects[4 * STUDY_PER_SITE:]
+    study_subjects, traveling_subjects = subjects[: 4 * STUDY_PER_SITE], subjects[4 * STUDY_PER_SITE :]
     ages = participants_ages(dataset.bids_root)
     voxel_ml = RESOLUTION_MM**3 / 1000
-    truth = {
-        s: true_volumes({t: _array(truth_layout.probseg_path(s, t)) for t in TISSUES}, voxel_ml) for s in subjects
-    }
+    truth = {s: true_volumes({t: _array(truth_layout.probseg_path(s, t)) for t in TISSUES}, voxel_ml) for s in subjects}
     masks = {s: _array(truth_layout.mask_path(s)) > 0 for s in subjects}
     study = [
         Image(s, site, dataset.noisy_render(s, site, stream=SCAN_STREAM), masks[s])
@@ -145,7 +143,9 @@ def measure(harmonize: Harmonizer, cohort: Cohort) -> dict:
     def volumes(outputs: list[NDArray], images: list[Image]) -> list[dict[str, float]]:
         return [tissue_volumes(out, im.mask, cohort.voxel_ml) for out, im in zip(outputs, images, strict=True)]
 
-    similarities = [similarity(out, cohort.rescans[im.subject], im.mask) for out, im in zip(travel_out, cohort.traveling)]
+    similarities = [
+        similarity(out, cohort.rescans[im.subject], im.mask) for out, im in zip(travel_out, cohort.traveling)
+    ]
     masks, sites = [im.mask for im in cohort.traveling], [im.site for im in cohort.traveling]
     return {
         "study": volumes(study_out, cohort.study),
@@ -179,11 +179,23 @@ def run(args: argparse.Namespace, work_dir: Path) -> tuple[dict, dict, Cohort, f
         if name in ("none", "z-score", "WhiteStripe", "histogram matching", "Nyul (target site)"):
             print(f"measuring {name}", flush=True)
             measured[name] = cached(cache / f"{name}.json", lambda h=harmonize: measure(h, cohort))
-    measured["rescan"] = cached(cache / "rescan.json", lambda: {"traveling": [
-        tissue_volumes(cohort.rescans[s], mask, cohort.voxel_ml) for s, mask in _traveling_masks(cohort).items()]})
+    measured["rescan"] = cached(
+        cache / "rescan.json",
+        lambda: {
+            "traveling": [
+                tissue_volumes(cohort.rescans[s], mask, cohort.voxel_ml) for s, mask in _traveling_masks(cohort).items()
+            ]
+        },
+    )
     # The age-slope reference: every study subject as the target scanner measures it.
-    measured["rescan"].update(cached(cache / "rescan_study.json", lambda: {"study": [
-        tissue_volumes(cohort.rescans[im.subject], im.mask, cohort.voxel_ml) for im in cohort.study]}))
+    measured["rescan"].update(
+        cached(
+            cache / "rescan_study.json",
+            lambda: {
+                "study": [tissue_volumes(cohort.rescans[im.subject], im.mask, cohort.voxel_ml) for im in cohort.study]
+            },
+        )
+    )
     per_seed, seconds = {}, []
     for seed in [] if args.skip_murd else args.seeds:
         training = MurdTraining(args.murd_recipe, seed, args.murd_iterations)
@@ -224,9 +236,15 @@ def main(argv: list[str] | None = None) -> int:
         measured, per_seed, cohort, training_s = run(args, work_dir)
     rows, seed_rows, fidelity = summarise(measured, per_seed, cohort, TARGET, SITES)
     context = {
-        "command": command.strip(), "seconds": time.perf_counter() - start, "training_s": training_s,
-        "threads": cli_threads(), "recipe": args.murd_recipe, "iterations": args.murd_iterations,
-        "load": os.getloadavg()[1], "seeds": sorted(per_seed), "machine": machine(),
+        "command": command.strip(),
+        "seconds": time.perf_counter() - start,
+        "training_s": training_s,
+        "threads": cli_threads(),
+        "recipe": args.murd_recipe,
+        "iterations": args.murd_iterations,
+        "load": os.getloadavg()[1],
+        "seeds": sorted(per_seed),
+        "machine": machine(),
     }
     print(write_results(rows, seed_rows, fidelity, measured, per_seed, cohort, context))
     return 0

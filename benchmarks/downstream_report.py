@@ -30,10 +30,18 @@ from bids_harmonize.qc.volumes import TISSUES
 RESULTS = Path(__file__).parent / "results"
 NO_IMAGE = {"ssim": None, "psnr_db": None, "site_accuracy": None, "wasserstein": None}
 COLUMNS = {  # measure -> header
-    "avdp_GM": "GM AVDP %", "avdp_WM": "WM AVDP %", "avdp_CSF": "CSF AVDP %",
-    "cov_GM": "GM CoV %", "cov_WM": "WM CoV %",
-    "eta_GM": "GM site eta2", "eta_WM": "WM site eta2", "slope_GM": "GM age-slope ratio",
-    "ssim": "SSIM", "psnr_db": "PSNR dB", "site_accuracy": "site acc.", "wasserstein": "W1",
+    "avdp_GM": "GM AVDP %",
+    "avdp_WM": "WM AVDP %",
+    "avdp_CSF": "CSF AVDP %",
+    "cov_GM": "GM CoV %",
+    "cov_WM": "WM CoV %",
+    "eta_GM": "GM site eta2",
+    "eta_WM": "WM site eta2",
+    "slope_GM": "GM age-slope ratio",
+    "ssim": "SSIM",
+    "psnr_db": "PSNR dB",
+    "site_accuracy": "site acc.",
+    "wasserstein": "W1",
 }
 
 
@@ -41,8 +49,15 @@ def _table(rows: Sequence[Mapping[str, float]]) -> np.ndarray:
     return np.array([[row[t] for t in TISSUES] for row in rows], dtype=np.float64)
 
 
-def measures(study: np.ndarray, traveling: np.ndarray, reference: np.ndarray, cohort, target_index: int,
-             image: Mapping, slope_reference: np.ndarray | None) -> dict[str, Estimate | None]:
+def measures(
+    study: np.ndarray,
+    traveling: np.ndarray,
+    reference: np.ndarray,
+    cohort,
+    target_index: int,
+    image: Mapping,
+    slope_reference: np.ndarray | None,
+) -> dict[str, Estimate | None]:
     """All measures of one method. study: (subjects, tissues); traveling: (subjects, sites,
     tissues); reference: (subjects, tissues), the unharmonized target-site scans of the traveling
     subjects; slope_reference: GM of the study subjects as the target scanner measures it (None:
@@ -80,7 +95,7 @@ def _combat_rows(measured: Mapping, cohort, target: str) -> dict[str, tuple[np.n
     rows = {}
     for name, covariate in (("neuroCombat (age protected)", ages), ("neuroCombat (no covariate)", None)):
         adjusted = combat(table, sites, target, covariate)
-        rows[name] = (adjusted[: len(study)], adjusted[len(study):])
+        rows[name] = (adjusted[: len(study)], adjusted[len(study) :])
     return rows
 
 
@@ -97,15 +112,20 @@ def summarise(measured: Mapping, per_seed: Mapping, cohort, target: str, sites: 
     truth_study = np.array([[cohort.truth[im.subject][t] for t in TISSUES] for im in cohort.study])
     truth_travel = np.array([[cohort.truth[s][t] for t in TISSUES] for s in _traveling_subjects(cohort)])
     rows["ground truth (no scanner)"] = measures(
-        truth_study, np.repeat(truth_travel[:, None, :], n_sites, axis=1), truth_travel, cohort, k, NO_IMAGE, None)
+        truth_study, np.repeat(truth_travel[:, None, :], n_sites, axis=1), truth_travel, cohort, k, NO_IMAGE, None
+    )
     rescan = _table(measured["rescan"]["traveling"])
     rows["target-site rescan (noise floor)"] = _noise_floor(rescan, reference)
     for name, result in measured.items():
         if name == "rescan":
             continue
-        rows[name] = measures(_table(result["study"]), shaped(result["traveling"]), reference, cohort, k, result, at_target)
+        rows[name] = measures(
+            _table(result["study"]), shaped(result["traveling"]), reference, cohort, k, result, at_target
+        )
     for name, (study, traveling) in _combat_rows(measured, cohort, target).items():
-        rows[name] = measures(study, traveling.reshape(-1, n_sites, len(TISSUES)), reference, cohort, k, NO_IMAGE, at_target)
+        rows[name] = measures(
+            study, traveling.reshape(-1, n_sites, len(TISSUES)), reference, cohort, k, NO_IMAGE, at_target
+        )
     seed_rows = {
         seed: measures(_table(r["study"]), shaped(r["traveling"]), reference, cohort, k, r, at_target)
         for seed, r in per_seed.items()
@@ -140,8 +160,9 @@ def _over_seeds(rows: Sequence[Mapping[str, Estimate | None]]) -> dict[str, Esti
             continue
         lows = [e.low for e in estimates if np.isfinite(e.low)]
         highs = [e.high for e in estimates if np.isfinite(e.high)]
-        out[key] = Estimate(float(np.mean([e.value for e in estimates])),
-                            min(lows) if lows else np.nan, max(highs) if highs else np.nan)
+        out[key] = Estimate(
+            float(np.mean([e.value for e in estimates])), min(lows) if lows else np.nan, max(highs) if highs else np.nan
+        )
         out[f"{key}_sd"] = float(np.std([e.value for e in estimates], ddof=1)) if len(estimates) > 1 else 0.0
     return out
 
@@ -170,19 +191,36 @@ def target_checks(rows: Mapping[str, Mapping]) -> list[tuple[str, bool]]:
     if murd is None:
         return []
     none = rows["none"]
-    image_baselines = [row for name, row in rows.items()
-                       if row["ssim"] is not None and name not in ("none",) and not name.startswith("MURD")]
+    image_baselines = [
+        row
+        for name, row in rows.items()
+        if row["ssim"] is not None and name not in ("none",) and not name.startswith("MURD")
+    ]
     v = {key: (e.value if e is not None else np.nan) for key, e in murd.items() if key in COLUMNS}
     best = lambda key, pick: pick(row[key].value for row in image_baselines)  # noqa: E731
     return [
         ("GM and WM AVDP <= 3 %", v["avdp_GM"] <= 3 and v["avdp_WM"] <= 3),
-        ("GM and WM AVDP <= half the input's", all(v[f"avdp_{t}"] <= none[f"avdp_{t}"].value / 2 for t in ("GM", "WM"))),
-        ("between-site CoV <= half the input's (GM, WM)", all(v[f"cov_{t}"] <= none[f"cov_{t}"].value / 2 for t in ("GM", "WM"))),
-        ("between-site CoV below every image-level baseline (GM, WM)",
-         all(v[f"cov_{t}"] < best(f"cov_{t}", min) for t in ("GM", "WM"))),
+        (
+            "GM and WM AVDP <= half the input's",
+            all(v[f"avdp_{t}"] <= none[f"avdp_{t}"].value / 2 for t in ("GM", "WM")),
+        ),
+        (
+            "between-site CoV <= half the input's (GM, WM)",
+            all(v[f"cov_{t}"] <= none[f"cov_{t}"].value / 2 for t in ("GM", "WM")),
+        ),
+        (
+            "between-site CoV below every image-level baseline (GM, WM)",
+            all(v[f"cov_{t}"] < best(f"cov_{t}", min) for t in ("GM", "WM")),
+        ),
         ("GM age-slope ratio within 0.9-1.1", 0.9 <= v["slope_GM"] <= 1.1),
-        ("site partial eta2 <= half the input's (GM, WM)", all(v[f"eta_{t}"] <= none[f"eta_{t}"].value / 2 for t in ("GM", "WM"))),
-        ("SSIM and PSNR above every image-level baseline", v["ssim"] > best("ssim", max) and v["psnr_db"] > best("psnr_db", max)),
+        (
+            "site partial eta2 <= half the input's (GM, WM)",
+            all(v[f"eta_{t}"] <= none[f"eta_{t}"].value / 2 for t in ("GM", "WM")),
+        ),
+        (
+            "SSIM and PSNR above every image-level baseline",
+            v["ssim"] > best("ssim", max) and v["psnr_db"] > best("psnr_db", max),
+        ),
         ("site accuracy below the input's", v["site_accuracy"] < none["site_accuracy"].value),
         ("seed-to-seed SD of SSIM <= 0.002", murd.get("ssim_sd", np.inf) <= 0.002),
     ]
@@ -192,7 +230,9 @@ def write_results(rows, seed_rows, fidelity: Estimate, measured, per_seed, cohor
     RESULTS.mkdir(parents=True, exist_ok=True)
     checks = target_checks(rows)
     iterations = f", {context['iterations']} iterations" if context["iterations"] else ""
-    seeds_md = markdown({f"MURD seed {seed}": row for seed, row in seed_rows.items()}) if seed_rows else "(MURD not run)"
+    seeds_md = (
+        markdown({f"MURD seed {seed}": row for seed, row in seed_rows.items()}) if seed_rows else "(MURD not run)"
+    )
     text = (
         "# Downstream benchmark: volumes, site effect and age effect on a simulated consortium\n\n"
         f"Command: `{context['command']}`  \n"
@@ -202,13 +242,17 @@ def write_results(rows, seed_rows, fidelity: Estimate, measured, per_seed, cohor
         f"per seed on average. Total time {context['seconds'] / 60:.0f} min.  \n"
         "Cells: value [bootstrap 95 % interval over subjects]; MURD: mean ±SD over seeds [envelope of the seeds' "
         "intervals]. Study population: 48 subjects, one scan each, age confounded with site; traveling subjects: "
-        "8, scanned at all 4 sites. Definitions: docs/qc.md, \"Downstream measures\".  \n"
+        '8, scanned at all 4 sites. Definitions: docs/qc.md, "Downstream measures".  \n'
         "GM age-slope ratio: slope of GM on age in the (harmonized) study / the slope in the same subjects scanned at "
         f"the target site. The segmenter itself, on those target-site scans, recovers {fidelity} of the true GM "
         "age slope (partial volumes at 2 mm): the ratio compares with what the target scanner would show, not with "
         "the anatomy.\n\n"
-        + markdown(rows) + "\n\nPer seed:\n\n" + seeds_md + "\n\nIssue 16's targets (MURD, mean over seeds):\n\n"
-        + "\n".join(f"- [{'x' if ok else ' '}] {name}" for name, ok in checks) + "\n"
+        + markdown(rows)
+        + "\n\nPer seed:\n\n"
+        + seeds_md
+        + "\n\nIssue 16's targets (MURD, mean over seeds):\n\n"
+        + "\n".join(f"- [{'x' if ok else ' '}] {name}" for name, ok in checks)
+        + "\n"
     )
     (RESULTS / "downstream.md").write_text(text)
     _write_csv(RESULTS / "downstream.csv", rows)
@@ -239,5 +283,13 @@ def _write_volumes(path: Path, measured: Mapping, per_seed: Mapping, cohort) -> 
         for name, result in results.items():
             for part, images in (("study", cohort.study), ("traveling", cohort.traveling)):
                 for im, volumes in zip(images, result[part], strict=True):
-                    writer.writerow([name, part, im.subject, im.site, cohort.age[im.subject],
-                                     *(f"{volumes[t]:.2f}" for t in TISSUES)])
+                    writer.writerow(
+                        [
+                            name,
+                            part,
+                            im.subject,
+                            im.site,
+                            cohort.age[im.subject],
+                            *(f"{volumes[t]:.2f}" for t in TISSUES),
+                        ]
+                    )

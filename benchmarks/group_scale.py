@@ -104,8 +104,9 @@ def measure(layout: str, sessions: int, steps: int, threads: int, scratch: Path)
 
     recipe = RECIPES["cpu"]
     config = preset_config(recipe.preset, SITES, image_size=model_image_size(mask))
-    options = recipe.train_config(iterations=steps, batch_size=recipe.batch_size, log_every=10, checkpoint_every=steps,
-                                  style_slices_per_site=64)
+    options = recipe.train_config(
+        iterations=steps, batch_size=recipe.batch_size, log_every=10, checkpoint_every=steps, style_slices_per_site=64
+    )
     labels = [index % SITES for index in range(sessions)]
     started = time.perf_counter()
     train(volumes, labels, [f"site{s}" for s in range(SITES)], config, options, scratch / "bundle", progress=False)
@@ -113,8 +114,12 @@ def measure(layout: str, sessions: int, steps: int, threads: int, scratch: Path)
     log = [json.loads(line) for line in (scratch / "bundle" / "training" / "train_log.jsonl").read_text().splitlines()]
     steady = (log[-1]["elapsed_s"] - log[0]["elapsed_s"]) / (log[-1]["step"] - log[0]["step"])
     return {
-        "layout": layout, "sessions": sessions, "build_s": round(build_s, 1), "data_gb": round(size_gb, 2),
-        "train_s": round(train_s, 1), "samples_per_s": round(options.batch_size / steady, 1),
+        "layout": layout,
+        "sessions": sessions,
+        "build_s": round(build_s, 1),
+        "data_gb": round(size_gb, 2),
+        "train_s": round(train_s, 1),
+        "samples_per_s": round(options.batch_size / steady, 1),
         "peak_rss_build_gb": round(rss_after_build, 3),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3),
         "load_average": [round(x, 2) for x in os.getloadavg()],
@@ -123,8 +128,19 @@ def measure(layout: str, sessions: int, steps: int, threads: int, scratch: Path)
 
 def run_one(args: argparse.Namespace, layout: str, sessions: int) -> dict[str, Any]:
     scratch = Path(tempfile.mkdtemp(prefix=f"group_scale_{layout}_{sessions}_", dir=args.scratch))
-    command = [sys.executable, __file__, "--one", layout, str(sessions), "--steps", str(args.steps),
-               "--threads", str(args.threads), "--scratch", str(scratch)]
+    command = [
+        sys.executable,
+        __file__,
+        "--one",
+        layout,
+        str(sessions),
+        "--steps",
+        str(args.steps),
+        "--threads",
+        str(args.threads),
+        "--scratch",
+        str(scratch),
+    ]
     try:
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
@@ -138,9 +154,11 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace, out_dir:
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB"
     command = "python benchmarks/group_scale.py " + " ".join(sys.argv[1:])
     lines = [
-        "# Group training at scale: on-disk store vs RAM", "",
-        f"Command: `{command}`  ", f"Machine: {machine}; torch threads {args.threads}; "
-        f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
+        "# Group training at scale: on-disk store vs RAM",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine}; torch threads {args.threads}; date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
         "| layout | sessions | build s | data GB | peak RSS after build GB | peak RSS GB | train samples/s | load avg (1/5/15 min) |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
@@ -155,7 +173,9 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace, out_dir:
     lines += ["", *verdict(rows), "", *LEGEND]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "group_scale.md").write_text("\n".join(lines) + "\n")
-    (out_dir / "group_scale.json").write_text(json.dumps({"command": command, "machine": machine, "rows": rows}, indent=2) + "\n")
+    (out_dir / "group_scale.json").write_text(
+        json.dumps({"command": command, "machine": machine, "rows": rows}, indent=2) + "\n"
+    )
     print("\n".join(lines))
 
 

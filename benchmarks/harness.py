@@ -73,7 +73,9 @@ class MurdSetup:
 
         def harmonize(image: NDArray, mask: NDArray, source_site: str) -> NDArray:
             model_input = robust_scale(image, mask).to_model(image)
-            return self.target_scale.to_scanner(bundle.harmonize(model_input, self.target_site, source_site=source_site))
+            return self.target_scale.to_scanner(
+                bundle.harmonize(model_input, self.target_site, source_site=source_site)
+            )
 
         return harmonize
 
@@ -81,8 +83,18 @@ class MurdSetup:
         from bids_harmonize.model import load_bundle, train
 
         started = time.perf_counter()
-        bundle_dir = train(self.volumes, self.labels, self.names, self.config, self.options, work_dir / "murd",
-                           work_dir=work_dir / "murd_training", resume=False, progress=False, on_step=on_step)
+        bundle_dir = train(
+            self.volumes,
+            self.labels,
+            self.names,
+            self.config,
+            self.options,
+            work_dir / "murd",
+            work_dir=work_dir / "murd_training",
+            resume=False,
+            progress=False,
+            on_step=on_step,
+        )
         run.seconds = time.perf_counter() - started
         run.load = os.getloadavg()[1]
         return self.harmonizer(load_bundle(bundle_dir))

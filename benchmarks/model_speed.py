@@ -115,11 +115,21 @@ def measure_inference(config, device: torch.device, args: argparse.Namespace) ->
 def build_trainer(config, device: torch.device, args: argparse.Namespace, compile_networks: bool) -> Trainer:
     volumes = smooth_volumes(4, config.image_size, 32).half()
     sampler = SliceSampler(
-        volumes, [0, 0, 1, 1], config, batch_size=args.batch_size, site_balanced=True, min_foreground=0.05,
-        content_noise_std=1.0, seed=0, device=device,
+        volumes,
+        [0, 0, 1, 1],
+        config,
+        batch_size=args.batch_size,
+        site_balanced=True,
+        min_foreground=0.05,
+        content_noise_std=1.0,
+        seed=0,
+        device=device,
     )
     train_config = TrainConfig(
-        iterations=args.warmup + args.steps + 2, batch_size=args.batch_size, log_every=1, checkpoint_every=1,
+        iterations=args.warmup + args.steps + 2,
+        batch_size=args.batch_size,
+        log_every=1,
+        checkpoint_every=1,
         compile=compile_networks,
     )
     return Trainer(config, train_config, sampler, device)
@@ -161,7 +171,11 @@ def device_peak(device: torch.device) -> tuple[float | None, str]:
 def machine_description(device: torch.device) -> dict[str, Any]:
     cpu_model = "unknown"
     if Path("/proc/cpuinfo").exists():
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
         cpu_model = names[0] if names else cpu_model
     description = {
         "cpu": cpu_model,

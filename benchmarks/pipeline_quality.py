@@ -74,8 +74,21 @@ def _run(step: str, argv: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def run_pipeline(dataset: SimulatedDataset, out: Path, work: Path, target: str, iterations: int | None) -> dict[str, float]:
-    common = ["--template-resolution", "2", "--contrasts", CONTRAST, "--nprocs", "2", "-w", str(work), "--seed", str(SEED)]
+def run_pipeline(
+    dataset: SimulatedDataset, out: Path, work: Path, target: str, iterations: int | None
+) -> dict[str, float]:
+    common = [
+        "--template-resolution",
+        "2",
+        "--contrasts",
+        CONTRAST,
+        "--nprocs",
+        "2",
+        "-w",
+        str(work),
+        "--seed",
+        str(SEED),
+    ]
     bids = str(dataset.bids_root)
     train = ["--iterations", str(iterations)] if iterations else []
     return {
@@ -100,7 +113,9 @@ def load_subjects(dataset: SimulatedDataset, out: Path, target_site: str) -> lis
                 harmonized=_data(_derivative(out, label, f"desc-harmonized_{CONTRAST}")),
                 pipeline_mask=_data(_derivative(out, label, "desc-brain_mask")) > 0,
                 template_preproc=_data(_derivative(out, label, f"space-{TEMPLATE}_res-2_desc-preproc_{CONTRAST}")),
-                template_harmonized=_data(_derivative(out, label, f"space-{TEMPLATE}_res-2_desc-harmonized_{CONTRAST}")),
+                template_harmonized=_data(
+                    _derivative(out, label, f"space-{TEMPLATE}_res-2_desc-harmonized_{CONTRAST}")
+                ),
                 rescan=add_rician_noise(truth, noise_sigma(target), rng, offset=target.intensity_offset),
                 truth=truth,
                 mask=np.asarray(mask_img.dataobj) > 0,
@@ -109,7 +124,9 @@ def load_subjects(dataset: SimulatedDataset, out: Path, target_site: str) -> lis
     return subjects
 
 
-def score(native: list[NDArray], template: list[NDArray], subjects: list[Subject], template_mask: NDArray, target_site: str) -> dict[str, float]:
+def score(
+    native: list[NDArray], template: list[NDArray], subjects: list[Subject], template_mask: NDArray, target_site: str
+) -> dict[str, float]:
     similarities = [similarity(o, s.rescan, s.mask) for o, s in zip(native, subjects, strict=True)]
     sites = [s.site for s in subjects]
     masks = [template_mask] * len(subjects)
@@ -119,7 +136,9 @@ def score(native: list[NDArray], template: list[NDArray], subjects: list[Subject
         "psnr_db": float(np.mean([x.psnr for x in similarities])),
         "mae": float(np.mean([x.mae for x in similarities])),
         "ssim_clean": float(np.mean([similarity(o, s.truth, s.mask).ssim for o, s in zip(native, subjects)])),
-        "self_ssim": float(np.mean([similarity(o, s.preproc, s.mask).ssim for o, s in zip(native, subjects) if s.site == target_site])),
+        "self_ssim": float(
+            np.mean([similarity(o, s.preproc, s.mask).ssim for o, s in zip(native, subjects) if s.site == target_site])
+        ),
         "site_accuracy": classifier.accuracy,
         "chance": classifier.chance,
         "wasserstein": between_site_wasserstein(template, masks, sites),
@@ -131,15 +150,23 @@ def score(native: list[NDArray], template: list[NDArray], subjects: list[Subject
 
 def score_all(subjects: list[Subject], template_mask: NDArray, target_site: str) -> dict[str, dict[str, float]]:
     sites = [s.site for s in subjects]
-    native_baselines = baseline_harmonizers([s.preproc for s in subjects], [s.pipeline_mask for s in subjects], sites, target_site, CONTRAST)
-    template_baselines = baseline_harmonizers([s.template_preproc for s in subjects], [template_mask] * len(subjects), sites, target_site, CONTRAST)
+    native_baselines = baseline_harmonizers(
+        [s.preproc for s in subjects], [s.pipeline_mask for s in subjects], sites, target_site, CONTRAST
+    )
+    template_baselines = baseline_harmonizers(
+        [s.template_preproc for s in subjects], [template_mask] * len(subjects), sites, target_site, CONTRAST
+    )
     scores = {}
     for name, harmonize in native_baselines.items():
         native = [harmonize(s.preproc, s.pipeline_mask, s.site) for s in subjects]
         template = [template_baselines[name](s.template_preproc, template_mask, s.site) for s in subjects]
         scores[name] = score(native, template, subjects, template_mask, target_site)
     scores["MURD (pipeline)"] = score(
-        [s.harmonized for s in subjects], [s.template_harmonized for s in subjects], subjects, template_mask, target_site
+        [s.harmonized for s in subjects],
+        [s.template_harmonized for s in subjects],
+        subjects,
+        template_mask,
+        target_site,
     )
     return scores
 
@@ -151,10 +178,16 @@ def main(args: argparse.Namespace, command: str) -> int:
     with tempfile.TemporaryDirectory() as temporary:
         root = args.work_dir or Path(temporary)
         start = time.perf_counter()
-        dataset = simulated_phantom(root / "phantom", n_sites, per_site, args.reuse_dataset and args.work_dir is not None)
+        dataset = simulated_phantom(
+            root / "phantom", n_sites, per_site, args.reuse_dataset and args.work_dir is not None
+        )
         timings = {"simulate": time.perf_counter() - start}
         out = root / "out"
-        timings.update(run_pipeline(dataset, out, root / "work", _target_label(out, dataset, args.target_site), args.murd_iterations))
+        timings.update(
+            run_pipeline(
+                dataset, out, root / "work", _target_label(out, dataset, args.target_site), args.murd_iterations
+            )
+        )
         template_mask = _data(get_template(TEMPLATE, 2, "mask", "brain")) > 0
         scores = score_all(load_subjects(dataset, out, args.target_site), template_mask, args.target_site)
     chance = next(iter(scores.values()))["chance"]

@@ -69,7 +69,9 @@ def baselines_factory(train: Sequence[Scan], target_site: str, contrast: str) ->
     )
 
 
-def score_outputs(outputs: Sequence[NDArray], test: Sequence[Scan], target_site: str, contrast: str) -> dict[str, float]:
+def score_outputs(
+    outputs: Sequence[NDArray], test: Sequence[Scan], target_site: str, contrast: str
+) -> dict[str, float]:
     """All metrics of one method's harmonized held-out scans (docs/qc.md).
 
     Similarity and anatomy: every held-out scan against its rescan at the target site (and the
@@ -100,9 +102,7 @@ def score_outputs(outputs: Sequence[NDArray], test: Sequence[Scan], target_site:
     }
 
 
-def score_harmonizer(
-    harmonize: Harmonizer, test: Sequence[Scan], target_site: str, contrast: str
-) -> dict[str, float]:
+def score_harmonizer(harmonize: Harmonizer, test: Sequence[Scan], target_site: str, contrast: str) -> dict[str, float]:
     start = time.perf_counter()
     outputs = [harmonize(scan.image, scan.mask, scan.site) for scan in test]
     seconds_per_image = (time.perf_counter() - start) / len(test)
@@ -120,9 +120,7 @@ def run_benchmark(
     methods = dict(baselines_factory(train, target_site, contrast))
     for name, factory in (factories or {}).items():
         methods[name] = factory(train, target_site, contrast)
-    return {
-        name: score_harmonizer(harmonize, test, target_site, contrast) for name, harmonize in methods.items()
-    }
+    return {name: score_harmonizer(harmonize, test, target_site, contrast) for name, harmonize in methods.items()}
 
 
 @dataclass
@@ -147,8 +145,13 @@ def murd_factory(run: MurdRun, work_dir: Path, test: Sequence[Scan] = ()) -> Har
 
     def build(train_scans: Sequence[Scan], target_site: str, contrast: str) -> Harmonizer:
         training = MurdTraining(run.recipe, SEED, run.iterations)
-        setup = prepare_murd([s.image for s in train_scans], [s.mask for s in train_scans],
-                             [s.site for s in train_scans], target_site, training)
+        setup = prepare_murd(
+            [s.image for s in train_scans],
+            [s.mask for s in train_scans],
+            [s.site for s in train_scans],
+            target_site,
+            training,
+        )
         score = lambda bundle: score_harmonizer(setup.harmonizer(bundle), test, target_site, contrast)  # noqa: E731
         harmonize = setup.train(training, work_dir, on_step=_snapshotter(run, setup.names, work_dir, score))
         run.seconds = training.seconds - sum(s["scoring_s"] for s in run.snapshots)
@@ -174,15 +177,20 @@ def _snapshotter(run: MurdRun, sites: list[str], work_dir: Path, score: Callable
             return
         began = time.perf_counter()
         minutes = marks.pop(0)
-        styles = compute_site_styles(trainer.ema, trainer.sampler, trainer.train_config.style_slices_per_site,
-                                     trainer.train_config.batch_size)
+        styles = compute_site_styles(
+            trainer.ema, trainer.sampler, trainer.train_config.style_slices_per_site, trainer.train_config.batch_size
+        )
         path = save_bundle(work_dir / f"snapshot-{minutes:g}min", trainer.ema, sites, styles, data_hash="snapshot")
         scores = score(load_bundle(path))
         clock["paused"] += time.perf_counter() - began
-        run.snapshots.append({"minutes": minutes, "iterations": trainer.step, **scores,
-                              "scoring_s": time.perf_counter() - began})
-        print(f"  snapshot after {minutes:g} min ({trainer.step} iterations): SSIM {scores['ssim']:.4f}, "
-              f"site acc. {scores['site_accuracy']:.3f}", flush=True)
+        run.snapshots.append(
+            {"minutes": minutes, "iterations": trainer.step, **scores, "scoring_s": time.perf_counter() - began}
+        )
+        print(
+            f"  snapshot after {minutes:g} min ({trainer.step} iterations): SSIM {scores['ssim']:.4f}, "
+            f"site acc. {scores['site_accuracy']:.3f}",
+            flush=True,
+        )
 
     return on_step
 
@@ -200,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse-dataset", action="store_true", help="use the dataset already in --work-dir")
     parser.add_argument("--murd-recipe", default="cpu", help="training recipe (bids_harmonize/model/recipes.py)")
     parser.add_argument("--murd-iterations", type=int, help="override the recipe's iterations (0: skip MURD)")
-    parser.add_argument("--snapshot-minutes", type=float, nargs="*", default=(), help="also score MURD after these training minutes")
+    parser.add_argument(
+        "--snapshot-minutes", type=float, nargs="*", default=(), help="also score MURD after these training minutes"
+    )
     parser.add_argument("--pipeline", action="store_true", help="run the real CLI and score native outputs instead")
     parser.add_argument("--threads", type=int, help="torch threads for MURD (default: torch's)")
     args = parser.parse_args(argv)
@@ -236,9 +246,12 @@ def main(argv: list[str] | None = None) -> int:
         f"Data: {n_sites} sites x {per_site} subjects, {CONTRAST}, 2 mm, seed {SEED}; "
         f"train/test = first/second half of each site's subjects; target site {args.target_site}.  \n"
         f"Time: simulation {simulated:.0f} s, total {total:.0f} s. Metrics: docs/qc.md.  \n"
-        + (f"MURD: recipe {run.recipe!r}{f', {run.iterations} iterations' if run.iterations else ''}, trained in "
-           f"{run.seconds / 60:.1f} min on {device_name()}, 5-minute load average {run.load:.1f} when it ended."
-           if factories else "MURD: not run.")
+        + (
+            f"MURD: recipe {run.recipe!r}{f', {run.iterations} iterations' if run.iterations else ''}, trained in "
+            f"{run.seconds / 60:.1f} min on {device_name()}, 5-minute load average {run.load:.1f} when it ended."
+            if factories
+            else "MURD: not run."
+        )
     )
     print(f"{header}\n\n{table}")
     save_results(scores, table, "quality_quick" if args.quick else "quality", header)

@@ -30,17 +30,27 @@ TEMPLATE = "MNI152NLin2009cSym"
 
 
 def template(resolution: int = 2) -> TemplateFiles:
-    return TemplateFiles(TEMPLATE, resolution, {c: str(get_template(TEMPLATE, resolution, c)) for c in ("T1w", "T2w")},
-                         str(get_template(TEMPLATE, resolution, "mask", "brain")))
+    return TemplateFiles(
+        TEMPLATE,
+        resolution,
+        {c: str(get_template(TEMPLATE, resolution, c)) for c in ("T1w", "T2w")},
+        str(get_template(TEMPLATE, resolution, "mask", "brain")),
+    )
 
 
 def items_of(out: Path, subject: str) -> list[ImageOutputs]:
     rows = [r for r in read_sites_table(out) if r["participant_id"] == f"sub-{subject}"]
     if not rows:  # a participant-only run writes no sites.tsv: take what OUT holds
-        rows = [{"path": p.relative_to(out).as_posix().replace("_desc-preproc", ""), "site": "n/a",
-                 "provenance": "n/a", "evidence": "n/a"}
-                for p in sorted((out / f"sub-{subject}").rglob(f"sub-{subject}*_desc-preproc_T*w.nii.gz"))
-                if "space-" not in p.name]
+        rows = [
+            {
+                "path": p.relative_to(out).as_posix().replace("_desc-preproc", ""),
+                "site": "n/a",
+                "provenance": "n/a",
+                "evidence": "n/a",
+            }
+            for p in sorted((out / f"sub-{subject}").rglob(f"sub-{subject}*_desc-preproc_T*w.nii.gz"))
+            if "space-" not in p.name
+        ]
     items = []
     for row in rows:
         record: ImageRecord = record_from_relpath(out, row["path"])
@@ -48,8 +58,11 @@ def items_of(out: Path, subject: str) -> list[ImageOutputs]:
         item = ImageOutputs(record, out, derivative_files(out, record, template()), site)
         sidecar = item.sidecar("native_preproc")
         if site["site"] == "n/a" and sidecar:
-            item.site = {"site": sidecar.get("SourceSite", "n/a"), "provenance": sidecar.get("SourceSiteProvenance", "n/a"),
-                         "evidence": sidecar.get("SourceSiteEvidence", "n/a")}
+            item.site = {
+                "site": sidecar.get("SourceSite", "n/a"),
+                "provenance": sidecar.get("SourceSiteProvenance", "n/a"),
+                "evidence": sidecar.get("SourceSiteEvidence", "n/a"),
+            }
         items.append(item)
     return items
 
@@ -66,9 +79,21 @@ def shoot(html: Path, png: Path, height: int) -> None:
     if browser is None:
         sys.exit("chromium not found: apt-get install -y chromium")
     png.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--screenshot={png}", f"--window-size=1280,{height}", html.resolve().as_uri()],
-                   check=True, capture_output=True, timeout=180)
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--screenshot={png}",
+            f"--window-size=1280,{height}",
+            html.resolve().as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
     print(f"  screenshot {png}")
 
 
@@ -82,14 +107,18 @@ def main(argv: list[str] | None = None) -> int:
     out, tpl = args.demo_out.resolve(), template()
     methods_file = out / "logs" / "CITATION.md"
     methods = methods_file.read_text() if methods_file.is_file() else None
-    report = timed(f"sub-{args.subject}", lambda: participant_report(out, args.subject, items_of(out, args.subject), tpl, methods))
+    report = timed(
+        f"sub-{args.subject}", lambda: participant_report(out, args.subject, items_of(out, args.subject), tpl, methods)
+    )
     shoot(report, args.img / "report_participant.png", 2000)
     bundles = {c: out / "models" / c for c in ("T1w", "T2w") if (out / "models" / c / "model.json").is_file()}
     group = timed("group", lambda: group_report(out, tpl, bundles, methods))
     shoot(group, args.img / "report_group.png", 2000)
     if args.realmix_out:
         real = args.realmix_out.resolve()
-        decub = timed("realmix sub-decub01", lambda: participant_report(real, "decub01", items_of(real, "decub01"), tpl))
+        decub = timed(
+            "realmix sub-decub01", lambda: participant_report(real, "decub01", items_of(real, "decub01"), tpl)
+        )
         shoot(decub, args.img / "report_realmix_decub01.png", 1100)
     return 0
 

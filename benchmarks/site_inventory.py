@@ -47,15 +47,22 @@ def generate(root: Path, n_images: int) -> None:
     """n_images/4 subjects x 2 sessions x (T1w, T2w); scanner k = subject % 20."""
     root.mkdir(parents=True)
     (root / "dataset_description.json").write_text(json.dumps({"Name": "scale", "BIDSVersion": "1.9.0"}))
-    (root / "T1w.json").write_text(json.dumps({"RepetitionTime": 2.3, "EchoTime": 0.003, "InversionTime": 0.9, "FlipAngle": 9}))
+    (root / "T1w.json").write_text(
+        json.dumps({"RepetitionTime": 2.3, "EchoTime": 0.003, "InversionTime": 0.9, "FlipAngle": 9})
+    )
     (root / "T2w.json").write_text(json.dumps({"RepetitionTime": 3.2, "EchoTime": 0.56, "FlipAngle": 120}))
     images = {v: tiny_nifti_bytes(v) for v in (1.0, 1.2)}
     for subject in range(n_images // 4):
         unit = subject % 20
         vendor, model, field = VENDORS[unit % 3]
         sidecar = json.dumps(
-            {"Manufacturer": vendor, "ManufacturersModelName": model, "MagneticFieldStrength": field,
-             "DeviceSerialNumber": f"SN{unit:04d}", "StationName": f"ST{unit:04d}"}
+            {
+                "Manufacturer": vendor,
+                "ManufacturersModelName": model,
+                "MagneticFieldStrength": field,
+                "DeviceSerialNumber": f"SN{unit:04d}",
+                "StationName": f"ST{unit:04d}",
+            }
         )
         for session in ("1", "2"):
             folder = root / f"sub-{subject:05d}" / f"ses-{session}" / "anat"
@@ -78,7 +85,9 @@ def timed_run(command: list[str]) -> tuple[float, float, int]:
 
 
 def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    model = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?"
+    )
     return f"{model}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}"
 
 
@@ -101,9 +110,17 @@ def main() -> int:
         table = ["| run | wall time (s) | peak RSS (MiB) | exit |", "|---|---:|---:|---:|"]
         table += [f"| {name} | {s:.1f} | {rss:.0f} | {code} |" for name, s, rss, code in rows]
         report = "\n".join(
-            [f"# Site inventory benchmark: {args.images} images", "", f"Machine: {machine()}", "",
-             f"Command: `python benchmarks/site_inventory.py --images {args.images}`", "", *table, "",
-             f"Warm speed-up: {cold[0] / warm[0]:.1f}x (target >= 5x); cold target < 60 s."]
+            [
+                f"# Site inventory benchmark: {args.images} images",
+                "",
+                f"Machine: {machine()}",
+                "",
+                f"Command: `python benchmarks/site_inventory.py --images {args.images}`",
+                "",
+                *table,
+                "",
+                f"Warm speed-up: {cold[0] / warm[0]:.1f}x (target >= 5x); cold target < 60 s.",
+            ]
         )
         print(report)
         if args.images == 10000:

@@ -55,18 +55,30 @@ def read_plugin_file(path: Path) -> tuple[str, dict[str, Any]]:
         raise PluginFileError(f"--use-plugin {path}: {plugin!r} is not a Nipype plugin (e.g. MultiProc, SLURM, SGE).")
     for key, minimum in _NUMERIC_PLUGIN_ARGS.items():
         value = args.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum
-                                  or (key in _INTEGER_PLUGIN_ARGS and not float(value).is_integer())):
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or value < minimum
+            or (key in _INTEGER_PLUGIN_ARGS and not float(value).is_integer())
+        ):
             kind = "a whole number" if key in _INTEGER_PLUGIN_ARGS else "a number"
-            raise PluginFileError(f"--use-plugin {path}: plugin_args.{key} must be {kind} of at least {minimum}, "
-                                  f"got {value!r}. {example}")
+            raise PluginFileError(
+                f"--use-plugin {path}: plugin_args.{key} must be {kind} of at least {minimum}, got {value!r}. {example}"
+            )
     return plugin, args
 
 
 # Nipype's numeric plugin arguments and their smallest sensible values; a string there would
 # otherwise surface as a bare TypeError from inside the scheduler.
-_NUMERIC_PLUGIN_ARGS = {"n_procs": 1, "n_gpu_procs": 0, "memory_gb": 0.1, "max_jobs": 1, "poll_sleep_duration": 0,
-                        "max_tries": 1, "retry_timeout": 0}
+_NUMERIC_PLUGIN_ARGS = {
+    "n_procs": 1,
+    "n_gpu_procs": 0,
+    "memory_gb": 0.1,
+    "max_jobs": 1,
+    "poll_sleep_duration": 0,
+    "max_tries": 1,
+    "retry_timeout": 0,
+}
 _INTEGER_PLUGIN_ARGS = {"n_procs", "n_gpu_procs", "max_jobs", "max_tries"}
 
 
@@ -129,7 +141,7 @@ class RunConfig:
         return self.work_dir / "bids_db"
 
     @classmethod
-    def from_namespace(cls, opts: argparse.Namespace, command_line: list[str]) -> "RunConfig":
+    def from_namespace(cls, opts: argparse.Namespace, command_line: list[str]) -> RunConfig:
         output_dir = opts.output_dir.resolve()
         return cls(
             bids_dir=opts.bids_dir.resolve(),
@@ -153,7 +165,10 @@ class RunConfig:
             export_bids=opts.export_bids.resolve() if opts.export_bids else None,
             brain_mask=getattr(opts, "brain_mask", "deepbet"),
             training=TrainingOptions(
-                recipe=opts.recipe, preset=opts.preset, iterations=opts.iterations, batch_size=opts.batch_size,
+                recipe=opts.recipe,
+                preset=opts.preset,
+                iterations=opts.iterations,
+                batch_size=opts.batch_size,
                 processes=opts.train_processes,
             ),
             device=opts.device,

@@ -111,7 +111,9 @@ def node_runner(plugin: str, plugin_args: dict[str, Any]) -> Any:
             super().__init__(plugin_args=plugin_args)
             self.pool.shutdown(wait=False)  # no worker started yet: replace the pool by one with our initializer
             self.pool = ProcessPoolExecutor(
-                max_workers=self.processors, initializer=_start_worker, initargs=(self._cwd, _settings),
+                max_workers=self.processors,
+                initializer=_start_worker,
+                initargs=(self._cwd, _settings),
                 mp_context=multiprocessing.get_context(self.plugin_args.get("mp_context")),
             )
 
@@ -131,8 +133,12 @@ class Progress:
     harmonization, writing its outputs), with how many stages are done and left and the time
     since the workflow started. A stage is one top-level sub-workflow or node of the workflow."""
 
-    STAGES = (("preproc_reference_", "reference image preprocessed"), ("preproc_", "preprocessed"),
-              ("harmonize_", "harmonized"), ("sink_", "outputs written"))
+    STAGES = (
+        ("preproc_reference_", "reference image preprocessed"),
+        ("preproc_", "preprocessed"),
+        ("harmonize_", "harmonized"),
+        ("sink_", "outputs written"),
+    )
 
     def __init__(self, workflow: Any) -> None:
         self.left = stage_sizes(workflow)  # nodes still to finish, per stage
@@ -160,7 +166,9 @@ class Progress:
         left = self.total - self.done - self.failed
         elapsed = time.strftime("%H:%M:%S", time.gmtime(time.monotonic() - self.started))
         tally = f"{self.done} of {self.total} stages done" + (f", {self.failed} failed" if self.failed else "")
-        LOGGER.info("[%s] %s: %s (%s, %d left)", elapsed, image_label(stage[len(prefix):]), failure or what, tally, left)
+        LOGGER.info(
+            "[%s] %s: %s (%s, %d left)", elapsed, image_label(stage[len(prefix) :]), failure or what, tally, left
+        )
 
 
 def stage_sizes(workflow: Any) -> Counter[str]:

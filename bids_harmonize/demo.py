@@ -55,12 +55,14 @@ def _scans(out: Path) -> list[Scan]:
     scans = []
     for row in read_tsv(layout.sites_table):
         image = ImageRecord(Path(row["path"]), row["path"], row["participant_id"][4:], None, "T1w")
-        scans.append(Scan(
-            subject=image.subject,
-            site=row["site"],
-            preproc=layout.output(image, "template_preproc", TEMPLATE, 2),
-            harmonized=layout.output(image, "template_harmonized", TEMPLATE, 2),
-        ))
+        scans.append(
+            Scan(
+                subject=image.subject,
+                site=row["site"],
+                preproc=layout.output(image, "template_preproc", TEMPLATE, 2),
+                harmonized=layout.output(image, "template_harmonized", TEMPLATE, 2),
+            )
+        )
     return scans
 
 
@@ -94,13 +96,19 @@ def score(out: Path, dataset, target_site: str) -> list[tuple[str, str, str]]:
         ssim.append(float(np.mean(values)))
     chance = accuracy[0].chance
     return downstream_rows(scans, before, after, dataset, target_sim) + [
-        (f"site-classifier accuracy (chance {chance:.2f})", f"{accuracy[0].accuracy:.3f}", f"{accuracy[1].accuracy:.3f}"),
+        (
+            f"site-classifier accuracy (chance {chance:.2f})",
+            f"{accuracy[0].accuracy:.3f}",
+            f"{accuracy[1].accuracy:.3f}",
+        ),
         ("between-site Wasserstein (brain, normalised)", f"{distance[0]:.4f}", f"{distance[1]:.4f}"),
         (f"SSIM to a rescan at the target site (n={len(scans)})", f"{ssim[0]:.3f}", f"{ssim[1]:.3f}"),
     ]
 
 
-def downstream_rows(scans: list[Scan], before: list, after: list, dataset, target_sim: str) -> list[tuple[str, str, str]]:
+def downstream_rows(
+    scans: list[Scan], before: list, after: list, dataset, target_sim: str
+) -> list[tuple[str, str, str]]:
     """What a study analyses (docs/qc.md, "Downstream measures"): Atropos GM/WM volumes of every
     scan not from the target site against the same subject rescanned at the target site (AVDP),
     and the GM age slope over all scans against the slope in their target-site rescans (the
@@ -111,18 +119,30 @@ def downstream_rows(scans: list[Scan], before: list, after: list, dataset, targe
     ages = {row["participant_id"][4:]: float(row["age"]) for row in read_tsv(dataset.bids_root / "participants.tsv")}
     masks = [_load(dataset.ground_truth.mask_path(scan.subject)) > 0 for scan in scans]
     voxel_ml = dataset.resolution_mm**3 / 1000
-    volumes = [[tissue_volumes(image, mask, voxel_ml) for image, mask in zip(images, masks)] for images in (before, after)]
-    at_target = [tissue_volumes(dataset.noisy_render(scan.subject, target_sim, "T1w", stream=RESCAN_STREAM), mask, voxel_ml)
-                 for scan, mask in zip(scans, masks)]
+    volumes = [
+        [tissue_volumes(image, mask, voxel_ml) for image, mask in zip(images, masks)] for images in (before, after)
+    ]
+    at_target = [
+        tissue_volumes(dataset.noisy_render(scan.subject, target_sim, "T1w", stream=RESCAN_STREAM), mask, voxel_ml)
+        for scan, mask in zip(scans, masks)
+    ]
     away = [i for i, scan in enumerate(scans) if dataset.site_of_subject[scan.subject] != target_sim]
     rows = []
     for tissue in ("GM", "WM"):
-        cells = [np.mean([absolute_volume_difference(v[i][tissue], at_target[i][tissue]) for i in away]) for v in volumes]
-        rows.append((f"{tissue} volume difference to the target site, % (n={len(away)})", f"{cells[0]:.1f}", f"{cells[1]:.1f}"))
+        cells = [
+            np.mean([absolute_volume_difference(v[i][tissue], at_target[i][tissue]) for i in away]) for v in volumes
+        ]
+        rows.append(
+            (f"{tissue} volume difference to the target site, % (n={len(away)})", f"{cells[0]:.1f}", f"{cells[1]:.1f}")
+        )
     age, reference = [ages[scan.subject] for scan in scans], [v["GM"] for v in at_target]
     ratios = [slope_ratio([v_i["GM"] for v_i in v], reference, age) for v in volumes]
-    rows.append((f"GM age-slope ratio to the target site's (1 = kept; n={len(scans)})",
-                 *(f"{r.value:.2f} [{r.low:.2f}, {r.high:.2f}]" for r in ratios)))
+    rows.append(
+        (
+            f"GM age-slope ratio to the target site's (1 = kept; n={len(scans)})",
+            *(f"{r.value:.2f} [{r.low:.2f}, {r.high:.2f}]" for r in ratios),
+        )
+    )
     return rows
 
 
@@ -135,7 +155,11 @@ def figure(out: Path, png: Path, subject: str) -> Path:
     scan = next(s for s in _scans(out) if s.subject == subject)
     before, after = _load(scan.preproc), _load(scan.harmonized)
     k = before.shape[2] // 2 + 5
-    panels = [(before[:, :, k], "before (own site)"), (after[:, :, k], "harmonized"), (after[:, :, k] - before[:, :, k], "difference")]
+    panels = [
+        (before[:, :, k], "before (own site)"),
+        (after[:, :, k], "harmonized"),
+        (after[:, :, k] - before[:, :, k], "difference"),
+    ]
     fig, axes = plt.subplots(1, 3, figsize=(9, 3.6))
     for ax, (data, title) in zip(axes, panels):
         ax.imshow(np.rot90(data), cmap="RdBu_r" if title == "difference" else "gray")
@@ -161,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     root = args.out_dir.resolve()
     console.result(f"== simulate: 3 sites x {args.subjects} subjects (T1w, 2 mm) into {root / 'bids'}")
-    dataset = simulate_dataset(root / "bids", n_sites=3, n_subjects=args.subjects, resolution_mm=2.0, seed=0, overwrite=True)
+    dataset = simulate_dataset(
+        root / "bids", n_sites=3, n_subjects=args.subjects, resolution_mm=2.0, seed=0, overwrite=True
+    )
     bids, out = str(dataset.bids_root), str(root / "derivatives")
     common = ["--template-resolution", "2", "--contrasts", "T1w", "--nprocs", "2", "-w", str(root / "work")]
     timings = {"simulate": time.perf_counter() - start}
@@ -179,14 +205,18 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - start
     width = max(len(r[0]) for r in rows)
     training = card.data["training"]
-    console.result(f"\nHarmonized to target site {target} ({training['iterations']} iterations, {card.config.preset} preset)\n")
+    console.result(
+        f"\nHarmonized to target site {target} ({training['iterations']} iterations, {card.config.preset} preset)\n"
+    )
     console.result(f"{'metric'.ljust(width)}  {'before':>8}  {'after':>8}")
     for name, b, a in rows:
         console.result(f"{name.ljust(width)}  {b:>8}  {a:>8}")
     console.result("\nWall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; total {total:.0f} s")
     console.result(f"Outputs: {out} (sites.tsv, models/T1w/, sub-*/anat/); figure: {png}")
     layout = OutputLayout(out)
-    console.result(f"Reports: {layout.participant_report(dataset.subjects[0])} (one per participant) and {layout.group_report}")
+    console.result(
+        f"Reports: {layout.participant_report(dataset.subjects[0])} (one per participant) and {layout.group_report}"
+    )
     return 0
 
 

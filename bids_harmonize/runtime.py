@@ -90,8 +90,12 @@ def stop_action(action: Callable[[], None]) -> Iterator[None]:
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)  # one clean stop, however many signals arrive
-    print(f"bids_harmonize: received {signal.Signals(signum).name}; stopping all worker processes, exit code "
-          f"{128 + signum}", file=sys.stderr, flush=True)
+    print(
+        f"bids_harmonize: received {signal.Signals(signum).name}; stopping all worker processes, exit code "
+        f"{128 + signum}",
+        file=sys.stderr,
+        flush=True,
+    )
     for action in list(_STOP_ACTIONS):
         try:
             action()
@@ -194,7 +198,11 @@ def remove_stale_temporaries(folder: Path, skip: Path | None = None) -> list[Pat
             path = Path(root, name)
             same_host = match["host"] == host
             with contextlib.suppress(FileNotFoundError):
-                stale = not _alive(int(match["pid"])) if same_host else time.time() - path.stat().st_mtime > _FOREIGN_TEMPORARY_AGE_S
+                stale = (
+                    not _alive(int(match["pid"]))
+                    if same_host
+                    else time.time() - path.stat().st_mtime > _FOREIGN_TEMPORARY_AGE_S
+                )
                 if stale:
                     path.unlink()
                     removed.append(path)
@@ -234,8 +242,13 @@ def participant_locks(folder: Path, labels: list[str] | None) -> Iterator[None]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        _lock(stack, folder / "all.lock", labels is None, "the dataset is" if labels is None else "all participants are",
-              folder.parent)
+        _lock(
+            stack,
+            folder / "all.lock",
+            labels is None,
+            "the dataset is" if labels is None else "all participants are",
+            folder.parent,
+        )
         for label in sorted(set(labels or [])):
             _lock(stack, folder / f"{label}.lock", True, f"{label} is", folder.parent)
         yield

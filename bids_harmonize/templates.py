@@ -14,7 +14,7 @@ Any other template must already be complete in TEMPLATEFLOW_HOME; a missing one 
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import nibabel as nb
@@ -129,7 +129,7 @@ def provision_default_template(home: Path | None = None) -> Path:
     return home
 
 
-@lru_cache(maxsize=None)
+@cache
 def get_template(
     template: str = DEFAULT_TEMPLATE, resolution: int = 1, suffix: str = "T1w", desc: str | None = None
 ) -> Path:
@@ -152,7 +152,7 @@ def get_template(
             f"Template image {template} res-{resolution} desc-{desc} {suffix} is not available "
             f"offline in TEMPLATEFLOW_HOME={home} (found {len(real)} real files). Fix: on a machine "
             f"with internet, run `python -c \"from templateflow import api; api.get('{template}', "
-            f"resolution={resolution})\"` with the same TEMPLATEFLOW_HOME, or use the default "
+            f'resolution={resolution})"` with the same TEMPLATEFLOW_HOME, or use the default '
             f"--template {DEFAULT_TEMPLATE}."
         )
     return real[0]

@@ -12,14 +12,33 @@ import numpy as np
 
 # Three vendors, four physical units, real-world spellings (trailing spaces, casing, aliases).
 SCANNERS: dict[str, dict[str, Any]] = {
-    "siemens_a": {"Manufacturer": "SIEMENS ", "ManufacturersModelName": "Prisma_fit", "MagneticFieldStrength": 2.89,
-                  "DeviceSerialNumber": "67060", "StationName": "MRC35131", "SoftwareVersions": "syngo MR E11"},
-    "siemens_b": {"Manufacturer": "Siemens", "ManufacturersModelName": "MAGNETOM Prisma Fit", "MagneticFieldStrength": 3,
-                  "DeviceSerialNumber": "67093", "SoftwareVersions": "syngo MR XA30"},
-    "ge": {"Manufacturer": "GE MEDICAL SYSTEMS", "ManufacturersModelName": "DISCOVERY MR750", "MagneticFieldStrength": 3.0,
-           "DeviceSerialNumber": "0000000414555MR3"},
-    "philips": {"Manufacturer": "Philips Medical Systems", "ManufacturersModelName": "Ingenia", "MagneticFieldStrength": 1.5,
-                "StationName": "PHILIPS-ABC1"},
+    "siemens_a": {
+        "Manufacturer": "SIEMENS ",
+        "ManufacturersModelName": "Prisma_fit",
+        "MagneticFieldStrength": 2.89,
+        "DeviceSerialNumber": "67060",
+        "StationName": "MRC35131",
+        "SoftwareVersions": "syngo MR E11",
+    },
+    "siemens_b": {
+        "Manufacturer": "Siemens",
+        "ManufacturersModelName": "MAGNETOM Prisma Fit",
+        "MagneticFieldStrength": 3,
+        "DeviceSerialNumber": "67093",
+        "SoftwareVersions": "syngo MR XA30",
+    },
+    "ge": {
+        "Manufacturer": "GE MEDICAL SYSTEMS",
+        "ManufacturersModelName": "DISCOVERY MR750",
+        "MagneticFieldStrength": 3.0,
+        "DeviceSerialNumber": "0000000414555MR3",
+    },
+    "philips": {
+        "Manufacturer": "Philips Medical Systems",
+        "ManufacturersModelName": "Ingenia",
+        "MagneticFieldStrength": 1.5,
+        "StationName": "PHILIPS-ABC1",
+    },
 }
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "T1w": {"RepetitionTime": 2.3, "EchoTime": 0.00298, "InversionTime": 0.9, "FlipAngle": 9},
@@ -38,7 +57,9 @@ class Scan:
     sidecar: bool = True
 
 
-def write_nifti(path: Path, voxel: tuple[float, float, float] = (1.0, 1.0, 1.0), shape=(6, 6, 6), seed: int = 0) -> Path:
+def write_nifti(
+    path: Path, voxel: tuple[float, float, float] = (1.0, 1.0, 1.0), shape=(6, 6, 6), seed: int = 0
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = head_phantom(shape, seed)
     nb.Nifti1Image(data, np.diag([*voxel, 1.0])).to_filename(path)
@@ -64,8 +85,13 @@ def scan_path(root: Path, scan: Scan) -> Path:
     return folder / "anat" / f"{stem}_{scan.suffix}.nii.gz"
 
 
-def make_bids(root: Path, scans: list[Scan], dataset_sidecars: dict[str, dict] | None = None,
-              participants_site: dict[str, str] | None = None, shape: tuple[int, int, int] = (6, 6, 6)) -> Path:
+def make_bids(
+    root: Path,
+    scans: list[Scan],
+    dataset_sidecars: dict[str, dict] | None = None,
+    participants_site: dict[str, str] | None = None,
+    shape: tuple[int, int, int] = (6, 6, 6),
+) -> Path:
     """Write a BIDS dataset with one image (and sidecar) per scan: tiny by default (enough for
     discovery and site inference; too small for the participant/group levels, which need
     ``shape`` of at least 16 voxels and 100 mm per axis)."""
@@ -91,12 +117,17 @@ def make_bids(root: Path, scans: list[Scan], dataset_sidecars: dict[str, dict] |
 def standard_scans() -> list[Scan]:
     """Eight participants over four units and three vendors, some with two sessions and T2w."""
     return [
-        Scan("01", "siemens_a", "1"), Scan("01", "siemens_a", "2"), Scan("01", "siemens_a", "1", "T2w"),
+        Scan("01", "siemens_a", "1"),
+        Scan("01", "siemens_a", "2"),
+        Scan("01", "siemens_a", "1", "T2w"),
         Scan("02", "siemens_a", "1"),
-        Scan("03", "siemens_b", voxel=(2.0, 2.0, 2.0)), Scan("04", "siemens_b", voxel=(2.0, 2.0, 2.0)),
-        Scan("05", "ge", voxel=(1.0, 1.0, 1.2)), Scan("06", "ge", voxel=(1.0, 1.0, 1.2)),
+        Scan("03", "siemens_b", voxel=(2.0, 2.0, 2.0)),
+        Scan("04", "siemens_b", voxel=(2.0, 2.0, 2.0)),
+        Scan("05", "ge", voxel=(1.0, 1.0, 1.2)),
+        Scan("06", "ge", voxel=(1.0, 1.0, 1.2)),
         Scan("06", "ge", suffix="T2w"),
-        Scan("07", "philips"), Scan("08", "philips"),
+        Scan("07", "philips"),
+        Scan("08", "philips"),
     ]
 
 
@@ -109,14 +140,19 @@ def bids_validator_errors(root: Path) -> list[str]:
 
     import pytest
 
-    validator = shutil.which("bids-validator-deno", path=str(Path(sys.executable).parent)) or shutil.which("bids-validator-deno")
+    validator = shutil.which("bids-validator-deno", path=str(Path(sys.executable).parent)) or shutil.which(
+        "bids-validator-deno"
+    )
     if validator is None:
         pytest.skip("bids-validator-deno is not installed (pip install bids-validator-deno)")
     done = subprocess.run([validator, "--json", str(root)], capture_output=True, text=True, timeout=600)
     report = json.loads(done.stdout)
     issues = report["issues"]["issues"]
-    return [f"{i['code']}: {i.get('location', '')} {i.get('issueMessage', '')}".strip()
-            for i in issues if i.get("severity") == "error"]
+    return [
+        f"{i['code']}: {i.get('location', '')} {i.get('issueMessage', '')}".strip()
+        for i in issues
+        if i.get("severity") == "error"
+    ]
 
 
 def write_bundle(folder: Path, *, resolution: int = 2, edit=None) -> Path:
@@ -131,11 +167,25 @@ def write_bundle(folder: Path, *, resolution: int = 2, edit=None) -> Path:
     config = preset_config("tiny", 2, image_size=112)
     torch.manual_seed(0)
     grid = list(nb.load(get_template("MNI152NLin2009cSym", resolution, "mask", "brain")).shape)
-    contract = InputContract(contrast="T1w", template="MNI152NLin2009cSym", resolution=resolution,
-                             grid_shape=tuple(grid), image_size=112, slice_axis=2, intensity=intensity_convention())
+    contract = InputContract(
+        contrast="T1w",
+        template="MNI152NLin2009cSym",
+        resolution=resolution,
+        grid_shape=tuple(grid),
+        image_size=112,
+        slice_axis=2,
+        intensity=intensity_convention(),
+    )
     signatures = {s: {"n_images": 1, "intensity_scale": {"lo": 0.0, "hi": 500.0}} for s in ("A", "B")}
-    save_bundle(folder, build_translator(config), ["A", "B"], torch.zeros(2, config.style_dim), data_hash="sha256:t",
-                site_signatures=signatures, input_contract=contract)
+    save_bundle(
+        folder,
+        build_translator(config),
+        ["A", "B"],
+        torch.zeros(2, config.style_dim),
+        data_hash="sha256:t",
+        site_signatures=signatures,
+        input_contract=contract,
+    )
     if edit is not None:
         card = json.loads((folder / "model.json").read_text())
         edit(card)

@@ -31,13 +31,16 @@ def _package(tmp_path: Path, files: dict[str, str]) -> Path:
 
 
 def test_an_upward_import_a_cycle_and_an_undeclared_unit_are_caught(tmp_path):
-    package = _package(tmp_path, {
-        "__init__.py": "",
-        "bids/__init__.py": "",
-        "bids/a.py": "def f():\n    from bids_harmonize.workflows import b\n",  # lazy, still upward
-        "workflows/__init__.py": "",
-        "workflows/b.py": "from ..bids import a\n",  # relative import
-    })
+    package = _package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "bids/__init__.py": "",
+            "bids/a.py": "def f():\n    from bids_harmonize.workflows import b\n",  # lazy, still upward
+            "workflows/__init__.py": "",
+            "workflows/b.py": "from ..bids import a\n",  # relative import
+        },
+    )
     done = _run("--package-dir", str(package))
     assert done.returncode == 1
     assert "bids -> workflows: bids_harmonize.bids.a:2" in done.stdout

@@ -52,8 +52,14 @@ def test_stopping_the_main_process_stops_every_worker(tmp_path, sig, group):
     """SIGINT to the whole process group is a terminal's Ctrl-C; a stop prints one line."""
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
-    main = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=tmp_path, start_new_session=True)
+    main = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
     try:
         workers = [int(p) for p in main.stdout.readline().split()]
         assert len(workers) == 2 and all(_running(p) for p in workers)
@@ -88,14 +94,22 @@ def test_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
 
 def test_a_participant_cannot_be_run_twice_at_once_into_one_output(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from bids_harmonize.runtime import "
-         "participant_locks\nwith participant_locks(Path(sys.argv[1]), ['sub-01']):\n print('held', flush=True); "
-         "time.sleep(60)", str(tmp_path)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from bids_harmonize.runtime import "
+            "participant_locks\nwith participant_locks(Path(sys.argv[1]), ['sub-01']):\n print('held', flush=True); "
+            "time.sleep(60)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(ParticipantLocked, match=rf"sub-01 is being processed.*pid {holder.pid}.*--participant-label"):
+        with pytest.raises(
+            ParticipantLocked, match=rf"sub-01 is being processed.*pid {holder.pid}.*--participant-label"
+        ):
             with participant_locks(tmp_path, ["sub-02", "sub-01"]):
                 pass
         with participant_locks(tmp_path, ["sub-02"]):  # other participants are free

@@ -37,8 +37,19 @@ from bids_harmonize.utils import atomic_write, atomic_write_json
 LOGGER = logging.getLogger("bids_harmonize")
 # Keys of a harmonized derivative sidecar that describe the harmonization (not the acquisition).
 PROVENANCE_KEYS = (
-    "SourceSite", "SourceSiteProvenance", "SourceSiteEvidence", "TargetSite", "TargetStyle", "TargetIntensityScale", "OutputRange",
-    "ModelBundle", "GeneratedBy", "PackageVersions", "CommandLine", "StartTime", "EndTime",
+    "SourceSite",
+    "SourceSiteProvenance",
+    "SourceSiteEvidence",
+    "TargetSite",
+    "TargetStyle",
+    "TargetIntensityScale",
+    "OutputRange",
+    "ModelBundle",
+    "GeneratedBy",
+    "PackageVersions",
+    "CommandLine",
+    "StartTime",
+    "EndTime",
 )
 
 
@@ -154,12 +165,15 @@ def export_bids(bids_dir: Path, out_dir: Path, export_dir: Path, images: Iterabl
     if kept:
         LOGGER.warning(
             "--export-bids: %d image(s) were not harmonized and are exported unchanged: %s",
-            len(kept), ", ".join(kept[:10]) + (" ..." if len(kept) > 10 else ""),
+            len(kept),
+            ", ".join(kept[:10]) + (" ..." if len(kept) > 10 else ""),
         )
     if absent:
         LOGGER.warning(
             "--export-bids: %d file(s) have no content here (DataLad: annexed content not fetched) and are not "
-            "exported: %s. Fix: `datalad get` them in %s and export again", len(absent),
-            " ".join(absent[:10]) + (" ..." if len(absent) > 10 else ""), bids_dir,
+            "exported: %s. Fix: `datalad get` them in %s and export again",
+            len(absent),
+            " ".join(absent[:10]) + (" ..." if len(absent) > 10 else ""),
+            bids_dir,
         )
     return len(images) - len(kept), len(kept)

@@ -57,20 +57,28 @@ class OutputRange:
 
     def record(self, clipped: int) -> dict[str, Any]:
         """The sidecar's ``OutputRange`` entry."""
-        return {"Min": self.lo, "Max": self.hi, "Policy": POLICY, "ClippedVoxels": int(clipped),
-                "Description": "harmonized values outside [Min, Max] were clipped to it (bids_harmonize "
-                               "output invariant: the model range [-1, 1] widened to [-1.5, 3] of the target scale)"}
+        return {
+            "Min": self.lo,
+            "Max": self.hi,
+            "Policy": POLICY,
+            "ClippedVoxels": int(clipped),
+            "Description": "harmonized values outside [Min, Max] were clipped to it (bids_harmonize "
+            "output invariant: the model range [-1, 1] widened to [-1.5, 3] of the target scale)",
+        }
 
 
 def _fix(bundle: str | None) -> str:
     if bundle:
-        return (f"Fix: the model bundle {bundle} renders this image implausibly; check its model.json "
-                "(intensity scales, style codes) or retrain it at group level")
+        return (
+            f"Fix: the model bundle {bundle} renders this image implausibly; check its model.json "
+            "(intensity scales, style codes) or retrain it at group level"
+        )
     return "Fix: check the input image; convert it again from the source data"
 
 
-def enforce(data: np.ndarray, *, image: str, bundle: str | None = None,
-            bounds: OutputRange | None = None) -> tuple[np.ndarray, int]:
+def enforce(
+    data: np.ndarray, *, image: str, bundle: str | None = None, bounds: OutputRange | None = None
+) -> tuple[np.ndarray, int]:
     """``data`` made to satisfy the invariant, and how many voxels were clipped.
 
     Raises OutputInvariantError naming ``image`` (and ``bundle``) for non-finite values, or

@@ -197,7 +197,9 @@ def open_layout(bids_dir: Path, database_root: Path | None, validate: bool = Tru
         cache_file = db_dir / "cache.json"
         if cache_file.is_file() and (db_dir / "layout_index.sqlite").is_file():
             cache = json.loads(cache_file.read_text())
-            layout = _build_layout(bids_dir, validate, {**cache["invalid_sidecars"], **cache["absent_sidecars"]}, db_dir)
+            layout = _build_layout(
+                bids_dir, validate, {**cache["invalid_sidecars"], **cache["absent_sidecars"]}, db_dir
+            )
             return OpenedLayout(layout, cache, db_dir, reused=True)
     invalid = {str(p): why for p, why in find_invalid_sidecars(json_files)}
     # Sidecars without content are left out of the index (pybids would fail reading them) and
@@ -339,8 +341,12 @@ def discover_images(
         for path, ents in index.entities.items()
         if ents.get("datatype") == "anat" and ents.get("extension") in IMAGE_EXTENSIONS
     }
-    subjects = _check_labels("participant", participant_labels, sorted({str(e["subject"]) for e in anat.values() if "subject" in e}))
-    sessions = _check_labels("session", session_labels, sorted({str(e["session"]) for e in anat.values() if "session" in e}))
+    subjects = _check_labels(
+        "participant", participant_labels, sorted({str(e["subject"]) for e in anat.values() if "subject" in e})
+    )
+    sessions = _check_labels(
+        "session", session_labels, sorted({str(e["session"]) for e in anat.values() if "session" in e})
+    )
     known_entities = bids_entity_names()
     skipped = [f"{p}: invalid sidecar, left out ({why})" for p, why in cache["invalid_sidecars"].items()]
     images: list[ImageRecord] = []
@@ -353,7 +359,11 @@ def discover_images(
             query["subject"] = subjects
         if sessions:
             query["session"] = sessions
-        matched = [(path, ents) for path, ents in sorted(anat.items()) if all(_matches(ents.get(k), v) for k, v in query.items())]
+        matched = [
+            (path, ents)
+            for path, ents in sorted(anat.items())
+            if all(_matches(ents.get(k), v) for k, v in query.items())
+        ]
         if not matched and (filters or {}).get(contrast.lower()):
             LOGGER.warning("%s: the filter %s matches no %s image", filter_source, filters[contrast.lower()], contrast)
         for path, ents in matched:
@@ -415,8 +425,10 @@ def _image_record(
         except Exception as err:  # nibabel raises several types for corrupt files
             geometry = headers[key] = f"unreadable image ({err})"
     if isinstance(geometry, str):
-        skipped.append(f"{relpath}: {geometry}; left out. Fix: convert or copy it again from the source data, or "
-                       "leave it out with .bidsignore")
+        skipped.append(
+            f"{relpath}: {geometry}; left out. Fix: convert or copy it again from the source data, or "
+            "leave it out with .bidsignore"
+        )
         return None
     return ImageRecord(
         path=path,

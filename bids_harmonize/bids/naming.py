@@ -16,8 +16,16 @@ from typing import Any
 from bids_harmonize.errors import ExitCode, HarmonizeError
 
 # Names this package uses in its own calls (pybids' or the schema's) -> the schema's names.
-_ALIASES = {"inv": "inversion", "mt": "mtransfer", "proc": "processing", "hemi": "hemisphere",
-            "desc": "description", "res": "resolution", "den": "density", "seg": "segmentation"}
+_ALIASES = {
+    "inv": "inversion",
+    "mt": "mtransfer",
+    "proc": "processing",
+    "hemi": "hemisphere",
+    "desc": "description",
+    "res": "resolution",
+    "den": "density",
+    "seg": "segmentation",
+}
 # Transform entities of BIDS-Derivatives practice (fMRIPrep's *_xfm names); not in the schema's
 # entity list, placed where fMRIPrep puts them: after the acquisition entities, before space.
 _TRANSFORM_ENTITIES = (("from", "from"), ("to", "to"), ("mode", "mode"))
@@ -100,8 +108,14 @@ def build_relpath(entities: dict[str, Any], suffix: str, extension: str, datatyp
     return path
 
 
-def derived_relpath(source_relpath: str, *, suffix: str | None = None, extension: str | None = None,
-                    datatype: str = "anat", **changes: Any) -> str:
+def derived_relpath(
+    source_relpath: str,
+    *,
+    suffix: str | None = None,
+    extension: str | None = None,
+    datatype: str = "anat",
+    **changes: Any,
+) -> str:
     """The path of a file derived from ``source_relpath``: every source entity kept, ``changes``
     applied (a value of None removes an entity)."""
     entities, source_suffix, source_extension = parse_name(source_relpath)

@@ -45,11 +45,22 @@ OUTPUTS: dict[str, dict[str, Any]] = {
     "template_preproc": {"entities": {"space": "TEMPLATE", "resolution": "RES", "description": "preproc"}},
     # A T1w and a T2w of one session have different native grids, so their masks need different
     # names: the T1w one keeps fMRIPrep's plain name, others name their grid (space-T2w).
-    "native_mask": {"entities": {"space": "NATIVE", "description": "brain"}, "suffix": "mask", "native": True, "mask": True},
-    "transform": {"entities": {"from": "SUFFIX", "to": "TEMPLATE", "mode": "image"}, "suffix": "xfm", "extension": ".txt"},
+    "native_mask": {
+        "entities": {"space": "NATIVE", "description": "brain"},
+        "suffix": "mask",
+        "native": True,
+        "mask": True,
+    },
+    "transform": {
+        "entities": {"from": "SUFFIX", "to": "TEMPLATE", "mode": "image"},
+        "suffix": "xfm",
+        "extension": ".txt",
+    },
     "native_harmonized": {"entities": {"description": "harmonized"}, "native": True, "harmonized": True},
-    "template_harmonized": {"entities": {"space": "TEMPLATE", "resolution": "RES", "description": "harmonized"},
-                            "harmonized": True},
+    "template_harmonized": {
+        "entities": {"space": "TEMPLATE", "resolution": "RES", "description": "harmonized"},
+        "harmonized": True,
+    },
 }
 
 
@@ -71,10 +82,17 @@ def output_path(out_dir: Path, record: ImageRecord, name: str, template: str, re
     """Where the output `name` (a key of OUTPUTS) of `record` lies: the one naming rule, used by
     the sink that writes and by the reports that read."""
     spec = OUTPUTS[name]
-    values = {"TEMPLATE": template, "SUFFIX": record.suffix, "RES": str(resolution),
-              "NATIVE": None if record.suffix == "T1w" else record.suffix}
+    values = {
+        "TEMPLATE": template,
+        "SUFFIX": record.suffix,
+        "RES": str(resolution),
+        "NATIVE": None if record.suffix == "T1w" else record.suffix,
+    }
     return derivative_path(
-        out_dir, record, suffix=spec.get("suffix"), extension=spec.get("extension", ".nii.gz"),
+        out_dir,
+        record,
+        suffix=spec.get("suffix"),
+        extension=spec.get("extension", ".nii.gz"),
         **{key: values.get(value, value) for key, value in spec["entities"].items()},
     )
 

@@ -29,17 +29,27 @@ class ImageRecord:
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form, for passing a record through Nipype node inputs."""
         return {
-            "path": str(self.path), "relpath": self.relpath, "subject": self.subject, "session": self.session,
-            "suffix": self.suffix, "entities": self.entities, "metadata": self.metadata,
+            "path": str(self.path),
+            "relpath": self.relpath,
+            "subject": self.subject,
+            "session": self.session,
+            "suffix": self.suffix,
+            "entities": self.entities,
+            "metadata": self.metadata,
             "voxel_size": list(self.voxel_size) if self.voxel_size else None,
             "shape": list(self.shape) if self.shape else None,
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "ImageRecord":
+    def from_json(cls, data: dict[str, Any]) -> ImageRecord:
         return cls(
-            path=Path(data["path"]), relpath=data["relpath"], subject=data["subject"], session=data["session"],
-            suffix=data["suffix"], entities=data["entities"], metadata=data["metadata"],
+            path=Path(data["path"]),
+            relpath=data["relpath"],
+            subject=data["subject"],
+            session=data["session"],
+            suffix=data["suffix"],
+            entities=data["entities"],
+            metadata=data["metadata"],
             voxel_size=tuple(data["voxel_size"]) if data["voxel_size"] else None,
             shape=tuple(data["shape"]) if data["shape"] else None,
         )

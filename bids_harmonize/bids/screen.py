@@ -78,25 +78,33 @@ def image_problem(path: Path) -> str | None:
         img = nb.load(path)
         shape = img.shape
         if len(shape) > 3 and int(np.prod(shape[3:])) > 1:
-            return (f"is a 4D image of shape {tuple(shape)}, not one 3D volume. Fix: split it into one file per "
-                    "volume (e.g. with run-<index> entities), or leave it out with .bidsignore")
+            return (
+                f"is a 4D image of shape {tuple(shape)}, not one 3D volume. Fix: split it into one file per "
+                "volume (e.g. with run-<index> entities), or leave it out with .bidsignore"
+            )
         data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape[:3])
     except Exception as err:  # nibabel/gzip/zlib raise many types for truncated or corrupt files
-        return (f"cannot be read ({err.__class__.__name__}: {err}); it is probably truncated or corrupt. Fix: "
-                "convert or copy it again from the source data")
+        return (
+            f"cannot be read ({err.__class__.__name__}: {err}); it is probably truncated or corrupt. Fix: "
+            "convert or copy it again from the source data"
+        )
     zooms = [float(z) for z in img.header.get_zooms()[:3]]
     fov = [n * z for n, z in zip(shape[:3], zooms)]
     if min(shape[:3]) < MIN_VOXELS_PER_AXIS or min(fov) < MIN_FIELD_OF_VIEW_MM:
-        return (f"is too small to hold a head ({'x'.join(map(str, shape[:3]))} voxels of "
-                f"{'x'.join(f'{z:g}' for z in zooms)} mm). Fix: check the conversion; bids_harmonize needs at least "
-                f"{MIN_VOXELS_PER_AXIS} voxels and {MIN_FIELD_OF_VIEW_MM:g} mm along every axis")
+        return (
+            f"is too small to hold a head ({'x'.join(map(str, shape[:3]))} voxels of "
+            f"{'x'.join(f'{z:g}' for z in zooms)} mm). Fix: check the conversion; bids_harmonize needs at least "
+            f"{MIN_VOXELS_PER_AXIS} voxels and {MIN_FIELD_OF_VIEW_MM:g} mm along every axis"
+        )
     finite = np.isfinite(data)
     if not finite.any():
         return "holds no finite value (all NaN or infinite). Fix: convert it again from the source data"
     values = data[finite]
     if values.min() == values.max():
-        return (f"has the same value ({values.min():g}) in every voxel, so no image content. Fix: convert it "
-                "again from the source data")
+        return (
+            f"has the same value ({values.min():g}) in every voxel, so no image content. Fix: convert it "
+            "again from the source data"
+        )
     return not_a_head(np.where(finite, data, values.min()))
 
 
@@ -109,14 +117,18 @@ def not_a_head(data: np.ndarray) -> str | None:
     """
     above = int(np.count_nonzero(data > data.min()))
     if above < MIN_FOREGROUND_SHARE * data.size:
-        return (f"has only {above} voxel(s) above its background value ({data.min():g}) of {data.size}; a head "
-                f"fills at least {MIN_FOREGROUND_SHARE:.0%} of its grid. Fix: convert it again from the source "
-                "data, or leave it out with .bidsignore")
+        return (
+            f"has only {above} voxel(s) above its background value ({data.min():g}) of {data.size}; a head "
+            f"fills at least {MIN_FOREGROUND_SHARE:.0%} of its grid. Fix: convert it again from the source "
+            "data, or leave it out with .bidsignore"
+        )
     correlation = neighbour_correlation(data)
     if correlation < MIN_NEIGHBOUR_CORRELATION:
-        return (f"has no anatomical structure (neighbouring voxels correlate {correlation:.2f}, a head's "
-                f"{MIN_NEIGHBOUR_CORRELATION:g} or more): it looks like noise. Fix: check that this file is the "
-                "anatomical image (convert it again from the source data), or leave it out with .bidsignore")
+        return (
+            f"has no anatomical structure (neighbouring voxels correlate {correlation:.2f}, a head's "
+            f"{MIN_NEIGHBOUR_CORRELATION:g} or more): it looks like noise. Fix: check that this file is the "
+            "anatomical image (convert it again from the source data), or leave it out with .bidsignore"
+        )
     return None
 
 

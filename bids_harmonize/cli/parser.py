@@ -66,8 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "analysis_level",
         choices=("participant", "group"),
-        help="participant: preprocess (and harmonize when a model exists); group: site inventory "
-        "and MURD training",
+        help="participant: preprocess (and harmonize when a model exists); group: site inventory and MURD training",
     )
     parser.add_argument("--version", action="version", version=f"bids_harmonize {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
@@ -76,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL")
     select.add_argument("--session-label", nargs="+", metavar="LABEL")
     select.add_argument("--bids-filter-file", type=Path, metavar="JSON", help='e.g. {"t1w": {"acquisition": "mprage"}}')
-    select.add_argument("--skip-bids-validation", action="store_true", help="index files whose names are not strict BIDS")
+    select.add_argument(
+        "--skip-bids-validation", action="store_true", help="index files whose names are not strict BIDS"
+    )
     select.add_argument("--contrasts", nargs="+", choices=("T1w", "T2w"), default=["T1w", "T2w"])
 
     sites = parser.add_argument_group("sites")
@@ -86,8 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     sites.add_argument("--site-policy", type=Path, metavar="YAML", help="replacement for the packaged site policy")
 
     harmonize = parser.add_argument_group("harmonization")
-    harmonize.add_argument("--model", type=Path, metavar="BUNDLE", help="model bundle folder (default: OUT/models/<contrast>)")
-    harmonize.add_argument("--target-site", metavar="SITE", help="site whose appearance outputs take (default: the bundle's)")
+    harmonize.add_argument(
+        "--model", type=Path, metavar="BUNDLE", help="model bundle folder (default: OUT/models/<contrast>)"
+    )
+    harmonize.add_argument(
+        "--target-site", metavar="SITE", help="site whose appearance outputs take (default: the bundle's)"
+    )
     harmonize.add_argument(
         "--target-style",
         default="site",
@@ -95,22 +100,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="site (the bundle's deterministic site style), random:SEED, or reference:PATH",
     )
     harmonize.add_argument(
-        "--template", help="TemplateFlow template for the model grid (default: the model's; without a model "
-        f"{DEFAULT_TEMPLATE})"
+        "--template",
+        help=f"TemplateFlow template for the model grid (default: the model's; without a model {DEFAULT_TEMPLATE})",
     )
     harmonize.add_argument(
-        "--template-resolution", type=int, choices=(1, 2),
+        "--template-resolution",
+        type=int,
+        choices=(1, 2),
         help=f"template resolution in mm (default: the model's; without a model {DEFAULT_RESOLUTION})",
     )
     harmonize.add_argument(
-        "--export-bids", type=Path, metavar="DIR",
+        "--export-bids",
+        type=Path,
+        metavar="DIR",
         help="participant: also write a BIDS raw dataset in which each harmonized image takes its raw image's "
         "place (for fMRIPrep, sMRIPrep, MRIQC)",
     )
 
     preproc = parser.add_argument_group("preprocessing")
     preproc.add_argument(
-        "--brain-mask", choices=("deepbet", "template"), default="deepbet",
+        "--brain-mask",
+        choices=("deepbet", "template"),
+        default="deepbet",
         help="deepbet: a learned brain mask (Fisch et al. 2024) drives the registration to the template and is "
         "checked against the registered template mask; template: the template's brain mask carried back through "
         "a whole-head registration (the earlier default, kept so the change stays measurable)",
@@ -118,14 +129,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = parser.add_argument_group("training (group level)")
     train.add_argument(
-        "--recipe", choices=("auto", "cpu", "gpu"), default="auto",
+        "--recipe",
+        choices=("auto", "cpu", "gpu"),
+        default="auto",
         help="training recipe: network preset and optimisation settings (auto: gpu on a CUDA device, else cpu)",
     )
     train.add_argument("--preset", choices=NETWORK_PRESETS, help="network layout and size (default: the recipe's)")
     train.add_argument("--iterations", type=_positive_int, help="training iterations (default: the recipe's)")
     train.add_argument("--batch-size", type=_positive_int, help="slices per step and process (default: the recipe's)")
     train.add_argument(
-        "--train-processes", type=_positive_int, default=1, metavar="N",
+        "--train-processes",
+        type=_positive_int,
+        default=1,
+        metavar="N",
         help="train with N DistributedDataParallel processes under torchrun: one per GPU (N GPUs), or N CPU "
         "processes with gloo; the batch size is per process",
     )
@@ -153,11 +169,11 @@ def validate(opts: argparse.Namespace) -> argparse.Namespace:
     """Checks that need the file system; each error names the fix."""
     bids_dir = opts.bids_dir.resolve()
     if not bids_dir.is_dir():
-        raise CLIError(f"bids_dir {opts.bids_dir} does not exist. Fix: give the BIDS dataset root.", ExitCode.INPUT_MISSING)
+        raise CLIError(
+            f"bids_dir {opts.bids_dir} does not exist. Fix: give the BIDS dataset root.", ExitCode.INPUT_MISSING
+        )
     output_dir = opts.output_dir.resolve()
-    if output_dir == bids_dir or (
-        _inside(output_dir, bids_dir) and not _inside(output_dir, bids_dir / "derivatives")
-    ):
+    if output_dir == bids_dir or (_inside(output_dir, bids_dir) and not _inside(output_dir, bids_dir / "derivatives")):
         raise CLIError(
             f"output_dir {output_dir} is inside the input dataset {bids_dir}, where its files would be "
             f"indexed as raw data. Fix: use a folder outside it, or {bids_dir / 'derivatives' / 'bids_harmonize'}."
@@ -217,13 +233,22 @@ def _target_style(style: str) -> str:
 
 def _check_training(opts: argparse.Namespace) -> None:
     """Training options only act where the group level trains: refuse them elsewhere."""
-    given = [flag for flag, value, default in (
-        ("--recipe", opts.recipe, "auto"), ("--preset", opts.preset, None), ("--iterations", opts.iterations, None),
-        ("--batch-size", opts.batch_size, None), ("--train-processes", opts.train_processes, 1),
-    ) if value != default]
+    given = [
+        flag
+        for flag, value, default in (
+            ("--recipe", opts.recipe, "auto"),
+            ("--preset", opts.preset, None),
+            ("--iterations", opts.iterations, None),
+            ("--batch-size", opts.batch_size, None),
+            ("--train-processes", opts.train_processes, 1),
+        )
+        if value != default
+    ]
     if given and (opts.analysis_level != "group" or opts.sites_only):
-        raise CLIError(f"{', '.join(given)} set(s) how the group level trains MURD; this run trains nothing. "
-                       "Fix: drop it, or pass it to `bids_harmonize BIDS OUT group`.")
+        raise CLIError(
+            f"{', '.join(given)} set(s) how the group level trains MURD; this run trains nothing. "
+            "Fix: drop it, or pass it to `bids_harmonize BIDS OUT group`."
+        )
 
 
 def _check_export(opts: argparse.Namespace, bids_dir: Path, output_dir: Path) -> None:

@@ -48,7 +48,8 @@ def discover(config: RunConfig) -> list[ImageRecord]:
     if not found.images and reasons:
         raise SelectionError(
             "None of the selected images can be used; each was left out for the reason given, with its fix:\n  "
-            + "\n  ".join(reasons[:20]) + ("\n  ..." if len(reasons) > 20 else "")
+            + "\n  ".join(reasons[:20])
+            + ("\n  ..." if len(reasons) > 20 else "")
         )
     if not found.images:
         raise SelectionError(
@@ -104,9 +105,7 @@ def usable_images(config: RunConfig, images: list[ImageRecord]) -> list[ImageRec
             raise CLIError(f"--target-style reference image {reference} {problem}.", ExitCode.INPUT_MISSING)
     screened = screen_images(images, workers=config.nprocs)
     if not screened.usable:
-        raise SelectionError(
-            "None of the selected images can be processed:\n  " + "\n  ".join(screened.rejected)
-        )
+        raise SelectionError("None of the selected images can be processed:\n  " + "\n  ".join(screened.rejected))
     return screened.usable
 
 
@@ -119,7 +118,9 @@ def run_level(config: RunConfig) -> int:
     resolve_device(config)  # an asked-for GPU that is absent fails before anything else
     images = discover(config)
     whole = config.analysis_level == "group" or not config.participant_labels
-    with participant_locks(OutputLayout(config.output_dir).locks, None if whole else [f"sub-{i.subject}" for i in images]):
+    with participant_locks(
+        OutputLayout(config.output_dir).locks, None if whole else [f"sub-{i.subject}" for i in images]
+    ):
         for path in remove_stale_temporaries(config.output_dir, skip=config.work_dir):
             LOGGER.info("removed %s, left by an interrupted run", path)
         return runner(config, usable_images(config, images), site_inventory)

@@ -25,9 +25,22 @@ from bids_harmonize.preproc.operations import restore_orientation
 
 # Raw sidecar fields that stay true of a bias-corrected or resampled copy of the image.
 ACQUISITION_FIELDS = (
-    "Manufacturer", "ManufacturersModelName", "MagneticFieldStrength", "DeviceSerialNumber", "StationName",
-    "InstitutionName", "SoftwareVersions", "RepetitionTime", "EchoTime", "InversionTime", "FlipAngle",
-    "MRAcquisitionType", "PulseSequenceType", "ScanningSequence", "SequenceVariant", "SliceThickness",
+    "Manufacturer",
+    "ManufacturersModelName",
+    "MagneticFieldStrength",
+    "DeviceSerialNumber",
+    "StationName",
+    "InstitutionName",
+    "SoftwareVersions",
+    "RepetitionTime",
+    "EchoTime",
+    "InversionTime",
+    "FlipAngle",
+    "MRAcquisitionType",
+    "PulseSequenceType",
+    "ScanningSequence",
+    "SequenceVariant",
+    "SliceThickness",
 )
 
 
@@ -79,8 +92,16 @@ class DerivativesSink(SimpleInterface):
 
 
 class _Writer:
-    def __init__(self, out_dir: Path, record: ImageRecord, provenance: derivatives.Provenance, template: str, site: dict):
-        self.out_dir, self.record, self.provenance, self.template, self.site = out_dir, record, provenance, template, site
+    def __init__(
+        self, out_dir: Path, record: ImageRecord, provenance: derivatives.Provenance, template: str, site: dict
+    ):
+        self.out_dir, self.record, self.provenance, self.template, self.site = (
+            out_dir,
+            record,
+            provenance,
+            template,
+            site,
+        )
         self.written: list[Path] = []
         self.resolution = 1
         self.mask_fields: dict[str, Any] = {}  # MaskMethod (+ MaskCheck) of the brain mask's sidecar
@@ -108,7 +129,9 @@ class _Writer:
         scale = harmonization["TargetIntensityScale"]
         bounds = invariant.OutputRange.for_target(scale["lo"], scale["hi"])
         data, clipped = invariant.enforce(
-            np.asarray(img.dataobj, np.float32), image=self.record.relpath, bundle=harmonization["ModelBundle"]["Path"],
+            np.asarray(img.dataobj, np.float32),
+            image=self.record.relpath,
+            bundle=harmonization["ModelBundle"]["Path"],
             bounds=bounds,
         )
         out = nb.Nifti1Image(data, img.affine, img.header)
@@ -131,8 +154,10 @@ class _Writer:
         if not spec.get("native"):
             extra["SpatialReference"] = self.template
             # BIDS requires Resolution wherever res- is used: what each res value means.
-            extra["Resolution"] = {str(self.resolution): f"{self.resolution} mm isotropic grid of {self.template} "
-                                   f"(TemplateFlow res-{self.resolution})"}
+            extra["Resolution"] = {
+                str(self.resolution): f"{self.resolution} mm isotropic grid of {self.template} "
+                f"(TemplateFlow res-{self.resolution})"
+            }
         if spec.get("mask"):
             extra = {"Type": "Brain", "SpatialReference": "native", **self.mask_fields}
         if spec.get("harmonized") and harmonization:

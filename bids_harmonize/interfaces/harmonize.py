@@ -13,7 +13,15 @@ from pathlib import Path
 
 import nibabel as nb
 import numpy as np
-from nipype.interfaces.base import BaseInterfaceInputSpec, Directory, File, SimpleInterface, TraitedSpec, isdefined, traits
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    Directory,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
 
 from bids_harmonize.preproc import operations as op
 
@@ -56,7 +64,9 @@ class HarmonizeVolume(SimpleInterface):
         reference = None
         if self.inputs.style == "reference" and isdefined(self.inputs.reference_file):
             reference = np.asarray(nb.load(self.inputs.reference_file).dataobj, np.float32)
-        style = bundle.style_code(self.inputs.target_site, self.inputs.style, reference=reference, seed=self.inputs.seed)
+        style = bundle.style_code(
+            self.inputs.target_site, self.inputs.style, reference=reference, seed=self.inputs.seed
+        )
         source = bundle.source_style(volume, self.inputs.source_site)
         harmonized = harmonize_volume(
             bundle.translator, volume, style, source_style=source, batch_size=self.inputs.batch_size or None
@@ -117,12 +127,17 @@ class HarmonizedToNative(SimpleInterface):
         residual = harmonized_model - apply_lookup(np.asarray(nb.load(self.inputs.model_input).dataobj), *lookup)
         to_native = op.inverse(op.load_transform(Path(self.inputs.transform)))
         # Linear interpolation with 0 outside the template grid: the residual fades to nothing there.
-        residual_native = op.resample(nb.Nifti1Image(residual, harmonized.affine), native, to_native).get_fdata(dtype=np.float32)
+        residual_native = op.resample(nb.Nifti1Image(residual, harmonized.affine), native, to_native).get_fdata(
+            dtype=np.float32
+        )
         raw = np.asarray(native.dataobj, np.float32)
         native_model = 2.0 * (raw - source.lo) / (source.hi - source.lo) - 1.0  # unclipped model range
         result = target.to_scanner(apply_lookup(native_model, *lookup) + residual_native)
         in_template = nb.Nifti1Image(target.to_scanner(harmonized_model), harmonized.affine)
-        paths = {"native_file": Path(runtime.cwd) / "native.nii.gz", "template_file": Path(runtime.cwd) / "template.nii.gz"}
+        paths = {
+            "native_file": Path(runtime.cwd) / "native.nii.gz",
+            "template_file": Path(runtime.cwd) / "template.nii.gz",
+        }
         nb.Nifti1Image(result.astype(np.float32), native.affine, native.header).to_filename(paths["native_file"])
         in_template.to_filename(paths["template_file"])
         self._results.update({k: str(v) for k, v in paths.items()})

@@ -87,8 +87,10 @@ def check_contract(card: ModelCard, contrast: str, config: RunConfig) -> InputCo
             f"{card.path} was trained on intensities scaled as {contract.intensity}; this version scales as "
             f"{intensity_convention()}. {_RETRAIN}."
         )
-    for option, asked, trained in (("--template", config.template, contract.template),
-                                   ("--template-resolution", config.template_resolution, contract.resolution)):
+    for option, asked, trained in (
+        ("--template", config.template, contract.template),
+        ("--template-resolution", config.template_resolution, contract.resolution),
+    ):
         if asked is not None and asked != trained:
             raise ContractMismatch(
                 f"{option} {asked} contradicts the model {card.path}, trained on {contract.template} at "
@@ -143,9 +145,14 @@ def harmonization_plans(
         scale = card.signature(target).get("intensity_scale")  # UnknownSiteError lists the known sites
         style, _, argument = config.target_style.partition(":")
         plans[contrast] = HarmonizationPlan(
-            bundle_dir=str(path.resolve()), bundle_sha256=card.sha256, bundle_sites=tuple(card.sites),
-            target_site=target, target_scale=(scale["lo"], scale["hi"]) if scale else (-1.0, 1.0),
-            style=style, seed=int(argument) if style == "random" else config.seed,
-            reference_image=argument if style == "reference" else None, card_sha256=card.card_sha256,
+            bundle_dir=str(path.resolve()),
+            bundle_sha256=card.sha256,
+            bundle_sites=tuple(card.sites),
+            target_site=target,
+            target_scale=(scale["lo"], scale["hi"]) if scale else (-1.0, 1.0),
+            style=style,
+            seed=int(argument) if style == "random" else config.seed,
+            reference_image=argument if style == "reference" else None,
+            card_sha256=card.card_sha256,
         )
     return plans, contracts

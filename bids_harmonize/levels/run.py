@@ -59,7 +59,8 @@ def resolve_device(config: RunConfig) -> str:
 def template_files(config: RunConfig, choice: TemplateChoice) -> TemplateFiles:
     name, res = choice.name, choice.resolution
     return TemplateFiles(
-        name=name, resolution=res,
+        name=name,
+        resolution=res,
         images={c: str(get_template(name, res, c)) for c in config.contrasts},
         mask=str(get_template(name, res, "mask", "brain")),
     )
@@ -91,8 +92,12 @@ def execute(workflow: Any, config: RunConfig) -> None:
     progress line per image and stage to the console (console.Progress)."""
     workflow.base_dir = str(config.work_dir / "nipype")
     workflow.config["execution"].update(
-        {"crashdump_dir": str(derivatives.logs_dir(config.output_dir)), "crashfile_format": "txt",
-         "stop_on_first_crash": False, "remove_unnecessary_outputs": False}
+        {
+            "crashdump_dir": str(derivatives.logs_dir(config.output_dir)),
+            "crashfile_format": "txt",
+            "stop_on_first_crash": False,
+            "remove_unnecessary_outputs": False,
+        }
     )
     plugin, plugin_args = plugin_settings(config)
     scheduler.set_environment(plugin)
@@ -116,8 +121,13 @@ def crash_summary(crash: Path) -> str:
     """'node: last error line (crash file)': what the console shows instead of a traceback."""
     lines = crash.read_text(errors="replace").splitlines()
     node = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Node:")), crash.stem)
-    errors = [line.strip() for line in lines if line.strip() and not line.startswith((" ", "\t", "Traceback"))
-              and ("Error" in line.split(":", 1)[0] or "Exception" in line.split(":", 1)[0])]
+    errors = [
+        line.strip()
+        for line in lines
+        if line.strip()
+        and not line.startswith((" ", "\t", "Traceback"))
+        and ("Error" in line.split(":", 1)[0] or "Exception" in line.split(":", 1)[0])
+    ]
     return f"{node}: {errors[-1] if errors else 'see the crash file'} ({crash})"
 
 
@@ -147,7 +157,9 @@ def with_recorded_sites(config: RunConfig, assignments: list[SiteAssignment]) ->
     for a in assignments:
         row = recorded.get(a.image.relpath)
         if row and row["site"] != a.site:
-            a = SiteAssignment(a.image, row["site"], row["provenance"], row["evidence"], a.scanner, a.protocol, a.warnings)
+            a = SiteAssignment(
+                a.image, row["site"], row["provenance"], row["evidence"], a.scanner, a.protocol, a.warnings
+            )
         result.append(a)
     return result
 
@@ -165,14 +177,23 @@ def run_participant(config: RunConfig, images: list[ImageRecord], site_inventory
     if not plans:
         LOGGER.warning(
             "No model bundle found (--model, or %s): writing preprocessed outputs only. To train one: "
-            "`bids_harmonize %s %s group`.", OutputLayout(config.output_dir).models, config.bids_dir, config.output_dir,
+            "`bids_harmonize %s %s group`.",
+            OutputLayout(config.output_dir).models,
+            config.bids_dir,
+            config.output_dir,
         )
     for contrast in sorted(set(present) - set(plans)):
         if plans:
             LOGGER.warning("%s: no model bundle for this contrast; its images are preprocessed only.", contrast)
     workflow, not_harmonized = init_participant_wf(
-        assignments=assignments, out_dir=config.output_dir, template=template, plans=plans,
-        provenance=provenance(config), device=device, omp_nthreads=omp_threads(config), seed=config.seed,
+        assignments=assignments,
+        out_dir=config.output_dir,
+        template=template,
+        plans=plans,
+        provenance=provenance(config),
+        device=device,
+        omp_nthreads=omp_threads(config),
+        seed=config.seed,
         brain_mask=config.brain_mask,
     )
     for message in not_harmonized:
@@ -189,7 +210,9 @@ def run_participant(config: RunConfig, images: list[ImageRecord], site_inventory
         from bids_harmonize.bids.export import export_bids
 
         placed, kept = export_bids(config.bids_dir, config.output_dir, config.export_bids, images)
-        console.result(f"Exported a BIDS dataset to {config.export_bids}: {placed} harmonized image(s), {kept} kept raw")
+        console.result(
+            f"Exported a BIDS dataset to {config.export_bids}: {placed} harmonized image(s), {kept} kept raw"
+        )
     return 0
 
 
@@ -205,15 +228,29 @@ def run_group(config: RunConfig, images: list[ImageRecord], site_inventory: Site
         LOGGER.info("preprocessing %d image(s) not yet preprocessed", len(missing))
         check_available(config.brain_mask)
         workflow, _ = init_participant_wf(
-            assignments=missing, out_dir=config.output_dir, template=template, plans={},
-            provenance=provenance(config), device=device, omp_nthreads=omp_threads(config), seed=config.seed,
-            brain_mask=config.brain_mask, name="group_preproc_wf",
+            assignments=missing,
+            out_dir=config.output_dir,
+            template=template,
+            plans={},
+            provenance=provenance(config),
+            device=device,
+            omp_nthreads=omp_threads(config),
+            seed=config.seed,
+            brain_mask=config.brain_mask,
+            name="group_preproc_wf",
         )
         execute(workflow, config)
     threads = training_threads(config)
     trained = [
-        train_contrast(config, contrast, assignments, template, lambda image: template_preproc_path(config, template, image),
-                       device, threads)
+        train_contrast(
+            config,
+            contrast,
+            assignments,
+            template,
+            lambda image: template_preproc_path(config, template, image),
+            device,
+            threads,
+        )
         for contrast in config.contrasts
     ]
     console.result("\n".join(line for line in trained if line))
@@ -223,8 +260,11 @@ def run_group(config: RunConfig, images: list[ImageRecord], site_inventory: Site
 
 # ----------------------------------------------------------------------------- reports
 def write_reports(
-    config: RunConfig, template: TemplateFiles, assignments: list[SiteAssignment] | None = None,
-    plans: dict[str, HarmonizationPlan] | None = None, not_harmonized: list[str] | None = None,
+    config: RunConfig,
+    template: TemplateFiles,
+    assignments: list[SiteAssignment] | None = None,
+    plans: dict[str, HarmonizationPlan] | None = None,
+    not_harmonized: list[str] | None = None,
     since: float | None = None,
 ) -> list[Path]:
     """Methods text, then participant reports (participant level) and the group report (group
@@ -237,16 +277,33 @@ def write_reports(
         bundles = {}
     plans = plans or {}
     models = tuple(
-        ModelUse(c, Path(plans[c].bundle_dir), plans[c].target_site, plans[c].style) if c in plans else ModelUse(c, path)
-        for c, path in bundles.items() if config.analysis_level == "group" or c in plans
+        ModelUse(c, Path(plans[c].bundle_dir), plans[c].target_site, plans[c].style)
+        if c in plans
+        else ModelUse(c, path)
+        for c, path in bundles.items()
+        if config.analysis_level == "group" or c in plans
     )
-    facts = MethodsFacts(tuple(config.contrasts), template.name, template.resolution, config.site_granularity,
-                         models, dict(derivatives.software_versions()), _mask_method(config.brain_mask))
+    facts = MethodsFacts(
+        tuple(config.contrasts),
+        template.name,
+        template.resolution,
+        config.site_granularity,
+        models,
+        dict(derivatives.software_versions()),
+        _mask_method(config.brain_mask),
+    )
     hint = f"--model {config.model}" if config.model else f"none in {OutputLayout(config.output_dir).models}"
     reasons = skip_reasons(assignments or [], set(plans), not_harmonized or [], hint)
-    return build(out_dir=config.output_dir, template=template, facts=facts, bundles=bundles,
-                 assignments=assignments or [], reasons=reasons, since=since,
-                 group=config.analysis_level == "group" or bool(plans))
+    return build(
+        out_dir=config.output_dir,
+        template=template,
+        facts=facts,
+        bundles=bundles,
+        assignments=assignments or [],
+        reasons=reasons,
+        since=since,
+        group=config.analysis_level == "group" or bool(plans),
+    )
 
 
 def _mask_method(method: str) -> dict[str, Any]:

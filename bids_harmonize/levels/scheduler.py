@@ -41,11 +41,17 @@ def tag_slurm_jobs(plugin_args: dict[str, Any], run_id: str) -> dict[str, Any]:
 
 def cancel_slurm_jobs(run_id: str) -> list[str]:
     """Cancel this user's queued or running jobs tagged with `run_id`; returns their ids."""
-    listing = subprocess.run(["squeue", "--noheader", f"--user={os.getuid()}", "--format=%i %k"],
-                             capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=True)
+    listing = subprocess.run(
+        ["squeue", "--noheader", f"--user={os.getuid()}", "--format=%i %k"],
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT_S,
+        check=True,
+    )
     tag = f"{COMMENT_PREFIX}{run_id}"
-    ids = [fields[0] for fields in (line.split(maxsplit=1) for line in listing.stdout.splitlines())
-           if fields[1:] == [tag]]
+    ids = [
+        fields[0] for fields in (line.split(maxsplit=1) for line in listing.stdout.splitlines()) if fields[1:] == [tag]
+    ]
     if ids:
         subprocess.run(["scancel", *ids], timeout=COMMAND_TIMEOUT_S, check=True)
         print(f"bids_harmonize: cancelled {len(ids)} Slurm job(s) of this run: {' '.join(ids)}", file=sys.stderr)

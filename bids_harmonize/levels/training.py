@@ -74,8 +74,13 @@ def site_signatures(store: VolumeStore, rows: list[int], usable: list[SiteAssign
 
 
 def train_contrast(
-    config: RunConfig, contrast: str, assignments: list[SiteAssignment], template: TemplateFiles,
-    preproc_path: Callable[[ImageRecord], Path], device: str, threads: int,
+    config: RunConfig,
+    contrast: str,
+    assignments: list[SiteAssignment],
+    template: TemplateFiles,
+    preproc_path: Callable[[ImageRecord], Path],
+    device: str,
+    threads: int,
 ) -> str:
     """Train the contrast's bundle into OUT/models/<contrast> from each image's template-space
     preprocessed file (`preproc_path`); returns a line for the user."""
@@ -96,7 +101,11 @@ def train_contrast(
             "%s: %d site(s) with images; harmonization needs at least 2. Not training. Fix: images of one scanner "
             "have nothing to harmonize; if they come from several, see how they were grouped with `bids_harmonize "
             "%s %s group --sites-only`, then split them with --site-granularity protocol or name each image's site "
-            "with --site-table.", contrast, len(sites), config.bids_dir, config.output_dir,
+            "with --site-table.",
+            contrast,
+            len(sites),
+            config.bids_dir,
+            config.output_dir,
         )
         return ""
     mask = np.asarray(nb.load(template.mask).dataobj) > 0
@@ -107,31 +116,61 @@ def train_contrast(
     for a in usable:
         path = preproc_path(a.image)
         rows.append(store_image(store, path, str(path.relative_to(config.output_dir)), mask))
-    LOGGER.info("%s: volume store %s holds %d volumes (%d added now, %.2f GB)", contrast, store.folder,
-                len(store), len(store) - before, store.nbytes / 1e9)
+    LOGGER.info(
+        "%s: volume store %s holds %d volumes (%d added now, %.2f GB)",
+        contrast,
+        store.folder,
+        len(store),
+        len(store) - before,
+        store.nbytes / 1e9,
+    )
 
     training = config.training
     recipe = RECIPES[training.recipe] if training.recipe != "auto" else recipe_for(torch.device(device).type)
     network = preset_config(training.preset or recipe.preset, len(sites), image_size=model_image_size(mask))
     iterations = training.iterations or recipe.iterations
     options = recipe.train_config(
-        iterations=iterations, batch_size=training.batch_size or recipe.batch_size, seed=config.seed,
-        checkpoint_every=max(1, iterations // 10 // 10) * 10, log_every=10,
+        iterations=iterations,
+        batch_size=training.batch_size or recipe.batch_size,
+        seed=config.seed,
+        checkpoint_every=max(1, iterations // 10 // 10) * 10,
+        log_every=10,
     )
     processes = training.processes
     out = OutputLayout(config.output_dir).model(contrast)
     job = TrainingJob(
-        store=str(store.folder), rows=rows, site_labels=[sites.index(a.site) for a in usable], site_names=sites,
-        model_config=network.to_dict(), train_config=options.to_dict(), out_dir=str(out), work_dir=str(work),
-        device=device, threads=max(1, threads // processes),
-        site_signatures=site_signatures(store, rows, usable), progress=config.verbosity > 0,
+        store=str(store.folder),
+        rows=rows,
+        site_labels=[sites.index(a.site) for a in usable],
+        site_names=sites,
+        model_config=network.to_dict(),
+        train_config=options.to_dict(),
+        out_dir=str(out),
+        work_dir=str(work),
+        device=device,
+        threads=max(1, threads // processes),
+        site_signatures=site_signatures(store, rows, usable),
+        progress=config.verbosity > 0,
         input_contract=InputContract(
-            contrast=contrast, template=template.name, resolution=template.resolution, grid_shape=mask.shape,
-            image_size=network.image_size, slice_axis=SLICE_AXIS, intensity=intensity_convention(),
+            contrast=contrast,
+            template=template.name,
+            resolution=template.resolution,
+            grid_shape=mask.shape,
+            image_size=network.image_size,
+            slice_axis=SLICE_AXIS,
+            intensity=intensity_convention(),
         ).to_dict(),
     )
-    LOGGER.info("training MURD for %s on %d images of %d sites (preset %s, %d iterations, %d process(es), %s)",
-                contrast, len(rows), len(sites), network.preset, options.iterations, processes, device)
+    LOGGER.info(
+        "training MURD for %s on %d images of %d sites (preset %s, %d iterations, %d process(es), %s)",
+        contrast,
+        len(rows),
+        len(sites),
+        network.preset,
+        options.iterations,
+        processes,
+        device,
+    )
     bundle_dir = launch(job.write(work / "job.json"), processes)
     log = work / "train_log.jsonl"
     if log.is_file():

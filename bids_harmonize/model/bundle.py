@@ -41,8 +41,20 @@ from bids_harmonize.model.networks import MURDConfig, Translator
 from bids_harmonize.utils import atomic_write, atomic_write_json, sha256_of
 
 __all__ = [
-    "CARD_NAME", "STYLE_KINDS", "WEIGHTS_NAME", "BundleError", "ContractMismatch", "InputContract", "ModelBundle",
-    "ModelCard", "ModelInfo", "UnknownSiteError", "load_bundle", "read_card", "save_bundle", "sha256_of",
+    "CARD_NAME",
+    "STYLE_KINDS",
+    "WEIGHTS_NAME",
+    "BundleError",
+    "ContractMismatch",
+    "InputContract",
+    "ModelBundle",
+    "ModelCard",
+    "ModelInfo",
+    "UnknownSiteError",
+    "load_bundle",
+    "read_card",
+    "save_bundle",
+    "sha256_of",
 ]
 
 STYLE_KINDS = ("site", "reference", "random")
@@ -213,7 +225,9 @@ class ModelBundle:
             self.translator, volume, code, source_style=source, batch_size=batch_size, slice_axis=slice_axis
         )
 
-    def source_style(self, volume: np.ndarray | Tensor, source_site: str | None, *, slice_axis: int = 2) -> Tensor | None:
+    def source_style(
+        self, volume: np.ndarray | Tensor, source_site: str | None, *, slice_axis: int = 2
+    ) -> Tensor | None:
         """The volume's own style (mean over its foreground slices), or None for the paper layout."""
         if not self.translator.needs_source_style:
             return None

@@ -42,7 +42,13 @@ MAX_STYLE_NORM = 1000.0
 MIN_RELATIVE_SPAN = 1e-5
 
 # MURDConfig fields that count modules (each module holds at least one tensor of the weights).
-_MODULE_COUNTS = ("encoder_downsamplings", "content_res_blocks", "generator_res_blocks", "style_blocks", "mapping_layers")
+_MODULE_COUNTS = (
+    "encoder_downsamplings",
+    "content_res_blocks",
+    "generator_res_blocks",
+    "style_blocks",
+    "mapping_layers",
+)
 
 DEFAULT_MODEL_VERSION = "1.0.0"
 DEFAULT_LICENSE = "unspecified"
@@ -109,8 +115,11 @@ class ModelInfo:
 
     def card_fields(self, contrast: str | None) -> dict[str, str]:
         what = f"{contrast} images" if contrast else "structural MRI images"
-        return {"model_version": self.version, "license": self.license,
-                "intended_use": self.intended_use or _INTENDED_USE.format(what=what)}
+        return {
+            "model_version": self.version,
+            "license": self.license,
+            "intended_use": self.intended_use or _INTENDED_USE.format(what=what),
+        }
 
 
 @lru_cache(maxsize=1)
@@ -136,13 +145,20 @@ def _json_path(error: jsonschema.ValidationError) -> str:
 def validate_card(card: Any) -> MURDConfig:
     """Check a card against card.schema.json, that every number is finite, and that its parts
     agree; returns its network config or raises ValueError naming every problem."""
-    if isinstance(card, dict) and isinstance(card.get("schema_version"), int) and card["schema_version"] > SCHEMA_VERSION:
+    if (
+        isinstance(card, dict)
+        and isinstance(card.get("schema_version"), int)
+        and card["schema_version"] > SCHEMA_VERSION
+    ):
         raise ValueError(
             f"schema_version {card['schema_version']} is newer than this bids_harmonize reads "
             f"({SCHEMA_VERSION}); upgrade bids_harmonize"
         )
     validator = jsonschema.Draft202012Validator(card_schema())
-    errors = [f"{_json_path(e)}: {e.message}" for e in sorted(validator.iter_errors(card), key=lambda e: list(e.absolute_path))]
+    errors = [
+        f"{_json_path(e)}: {e.message}"
+        for e in sorted(validator.iter_errors(card), key=lambda e: list(e.absolute_path))
+    ]
     errors += non_finite_numbers(card)
     if errors:
         raise ValueError(_listing(errors))
@@ -158,7 +174,9 @@ def validate_card(card: Any) -> MURDConfig:
     contract = card.get("input")
     if contract is not None:
         if contract["image_size"] != config.image_size:
-            errors.append(f"card.input.image_size {contract['image_size']} differs from card.network.image_size {config.image_size}")
+            errors.append(
+                f"card.input.image_size {contract['image_size']} differs from card.network.image_size {config.image_size}"
+            )
         if not contract["intensity"]["high_percentile"] > contract["intensity"]["low_percentile"]:
             errors.append("card.input.intensity: high_percentile must exceed low_percentile")
     if errors:
@@ -182,8 +200,10 @@ def _implausible_site(site: dict[str, Any], index: int) -> list[str]:
     if scale and not scale["hi"] > scale["lo"]:
         errors.append(f"card.sites[{index}].signature.intensity_scale must have hi > lo")
     elif scale and scale["hi"] - scale["lo"] < MIN_RELATIVE_SPAN * max(1.0, abs(scale["hi"]), abs(scale["lo"])):
-        errors.append(f"card.sites[{index}].signature.intensity_scale spans too little for float32 images "
-                      f"(hi - lo must be at least {MIN_RELATIVE_SPAN:g} of max(1, |lo|, |hi|))")
+        errors.append(
+            f"card.sites[{index}].signature.intensity_scale spans too little for float32 images "
+            f"(hi - lo must be at least {MIN_RELATIVE_SPAN:g} of max(1, |lo|, |hi|))"
+        )
     return errors
 
 
@@ -288,13 +308,21 @@ def _check_weights_fit(config: MURDConfig, weights_path: Path, card_path: Path) 
     # fit, and building millions of modules (even on the meta device) would take hours.
     counts = {name: getattr(config, name) for name in _MODULE_COUNTS}
     if any(isinstance(count, int) and count > len(stored) for count in counts.values()):
-        raise BundleError(f"{weights_path}: weights do not fit the network in {card_path} ({counts}, but the "
-                          f"file holds {len(stored)} tensors). {fix}")
+        raise BundleError(
+            f"{weights_path}: weights do not fit the network in {card_path} ({counts}, but the "
+            f"file holds {len(stored)} tensors). {fix}"
+        )
     try:
         with torch.device("meta"):
             expected = {k: tuple(v.shape) for k, v in Translator(config).state_dict().items()}
     except Exception as error:  # TypeError/ValueError/RuntimeError for values the network cannot take
-        raise BundleError(f"{card_path}: card.network cannot describe a network ({error.__class__.__name__}: {error}). {fix}") from error
+        raise BundleError(
+            f"{card_path}: card.network cannot describe a network ({error.__class__.__name__}: {error}). {fix}"
+        ) from error
     if stored != expected:
-        differing = sorted(set(stored) ^ set(expected) | {k for k in set(stored) & set(expected) if stored[k] != expected[k]})
-        raise BundleError(f"{weights_path}: weights do not fit the network in {card_path} (e.g. {differing[:3]}). {fix}")
+        differing = sorted(
+            set(stored) ^ set(expected) | {k for k in set(stored) & set(expected) if stored[k] != expected[k]}
+        )
+        raise BundleError(
+            f"{weights_path}: weights do not fit the network in {card_path} (e.g. {differing[:3]}). {fix}"
+        )

@@ -31,8 +31,11 @@ def checkpoint_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[s
         changes.append(f"other training data ({saved.get('n_volumes', '?')} volumes then, {current['n_volumes']} now)")
     for part, label in (("model_config", "model setting"), ("train_config", "training setting")):
         before, after = saved.get(part, {}), current[part]
-        changes += [f"{label} {name}: {before.get(name)!r} -> {after.get(name)!r}"
-                    for name in sorted(set(before) | set(after)) if before.get(name) != after.get(name)]
+        changes += [
+            f"{label} {name}: {before.get(name)!r} -> {after.get(name)!r}"
+            for name in sorted(set(before) | set(after))
+            if before.get(name) != after.get(name)
+        ]
     ranks = len(saved.get("per_rank", []))
     if ranks != current["world_size"]:
         changes.append(f"{ranks} training process(es) then, {current['world_size']} now")
@@ -48,14 +51,19 @@ def load_if_resumable(path: Path, current: dict[str, Any], is_main: bool) -> dic
         dist.barrier()  # every rank has read the file before rank 0 moves it
     if not changes:
         if is_main:
-            LOGGER.info("resuming training at step %d of %d from %s", state["step"],
-                        current["train_config"]["iterations"], path)
+            LOGGER.info(
+                "resuming training at step %d of %d from %s", state["step"], current["train_config"]["iterations"], path
+            )
         return state
     if is_main:
         previous = path.with_name(PREVIOUS_NAME)
         os.replace(path, previous)
-        LOGGER.warning("%s cannot be continued: %s. Starting training afresh (the old checkpoint is now %s).",
-                       path, "; ".join(changes), previous)
+        LOGGER.warning(
+            "%s cannot be continued: %s. Starting training afresh (the old checkpoint is now %s).",
+            path,
+            "; ".join(changes),
+            previous,
+        )
     return None
 
 

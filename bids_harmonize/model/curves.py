@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-
 # Every segment keeps at least this share of the identity's slope, so the inverse stays well
 # conditioned (a flat segment would squeeze many inputs into a range fp32 cannot separate).
 MIN_SLOPE = 0.1

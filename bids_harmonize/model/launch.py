@@ -65,9 +65,16 @@ def run_job(job: TrainingJob) -> Path:
     torch.set_num_threads(job.threads)
     store = VolumeStore.open_existing(Path(job.store))
     return train(
-        StoredVolumes(store, job.rows), job.site_labels, job.site_names,
-        MURDConfig.from_dict(job.model_config), TrainConfig.from_dict(job.train_config), job.out_dir,
-        device=job.device, work_dir=job.work_dir, site_signatures=job.site_signatures, progress=job.progress,
+        StoredVolumes(store, job.rows),
+        job.site_labels,
+        job.site_names,
+        MURDConfig.from_dict(job.model_config),
+        TrainConfig.from_dict(job.train_config),
+        job.out_dir,
+        device=job.device,
+        work_dir=job.work_dir,
+        site_signatures=job.site_signatures,
+        progress=job.progress,
         input_contract=InputContract.from_dict(job.input_contract) if job.input_contract is not None else None,
     )
 
@@ -87,8 +94,16 @@ def launch(job_path: Path, processes: int) -> Path:
     check_processes(job.device, processes)
     if processes == 1:
         return run_job(job)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", __name__, str(job_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "-m",
+        __name__,
+        str(job_path),
+    ]
     result = subprocess.run(command, check=False)
     if result.returncode != 0:
         raise TrainingFailed(

@@ -82,6 +82,7 @@ def r1_penalty(real_logits: Tensor, real_images: Tensor) -> Tensor:
 
 def image_gradient_l1(images: Tensor, reconstructions: Tensor) -> Tensor:
     """L1 distance of finite-difference gradients along rows and columns (edge fidelity)."""
+
     def gradients(x: Tensor) -> tuple[Tensor, Tensor]:
         return x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
 

@@ -61,8 +61,14 @@ class StoreEntry:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        record = {"row": self.row, "key": self.key, "stamp": self.stamp, "sha256": self.sha256,
-                  "foreground": [float(value) for value in self.foreground], "extra": self.extra}
+        record = {
+            "row": self.row,
+            "key": self.key,
+            "stamp": self.stamp,
+            "sha256": self.sha256,
+            "foreground": [float(value) for value in self.foreground],
+            "extra": self.extra,
+        }
         return json.dumps(record)
 
     @classmethod
@@ -96,8 +102,9 @@ class VolumeStore:
             found = json.loads((folder / HEADER_NAME).read_text())
             if found == header:
                 return cls(folder, shape, _read_index(folder, shape, repair=True))
-            LOGGER.warning("%s holds volumes of another grid or format (%s); starting a new store for %s",
-                           folder, found, header)
+            LOGGER.warning(
+                "%s holds volumes of another grid or format (%s); starting a new store for %s", folder, found, header
+            )
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / DATA_NAME).touch()
@@ -130,8 +137,10 @@ class VolumeStore:
         unchanged file, e.g. after the participant level ran again, is not stored twice)."""
         volume = np.asarray(volume)
         if volume.shape != self.shape:
-            raise ValueError(f"{key}: shape {volume.shape} (slices first) differs from the store's {self.shape} "
-                             f"({self.folder}); training volumes must share one template grid")
+            raise ValueError(
+                f"{key}: shape {volume.shape} (slices first) differs from the store's {self.shape} "
+                f"({self.folder}); training volumes must share one template grid"
+            )
         check_intensity_range(volume, key)
         values = np.clip(volume, -1.0, 1.0).astype(DTYPE)
         digest = volume_digest(values)
@@ -203,8 +212,10 @@ def _read_index(folder: Path, shape: tuple[int, ...], repair: bool) -> list[Stor
             elif entry.row < len(entries):
                 entries[entry.row] = entry  # a later stamp of a stored volume
             else:
-                raise ValueError(f"{folder / INDEX_NAME}: row {entry.row} follows row {len(entries) - 1}; "
-                                 f"remove {folder} to rebuild the store")
+                raise ValueError(
+                    f"{folder / INDEX_NAME}: row {entry.row} follows row {len(entries) - 1}; "
+                    f"remove {folder} to rebuild the store"
+                )
     data_size = len(entries) * int(np.prod(shape)) * DTYPE.itemsize
     if (folder / DATA_NAME).stat().st_size < data_size:
         raise ValueError(f"{folder / DATA_NAME} is shorter than its index says; remove {folder} to rebuild it")

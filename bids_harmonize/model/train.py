@@ -114,7 +114,9 @@ class Trainer:
             lr=train_config.lr,
             betas=betas,
         )
-        self.discriminator_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=train_config.lr, betas=betas)
+        self.discriminator_optimizer = torch.optim.Adam(
+            self.discriminator.parameters(), lr=train_config.lr, betas=betas
+        )
         schedule = functools.partial(
             lr_factor, iterations=train_config.iterations, decay_start=train_config.decay_start_step
         )
@@ -222,9 +224,13 @@ class Trainer:
 
     def run_facts(self, data_hash: str) -> dict[str, Any]:
         """What a checkpoint must match to be continued by this run (see checkpoint.py)."""
-        return {"data_hash": data_hash, "n_volumes": self.sampler.volumes.shape[0],
-                "model_config": self.config.to_dict(), "train_config": self.train_config.to_dict(),
-                "world_size": self.context.world_size}
+        return {
+            "data_hash": data_hash,
+            "n_volumes": self.sampler.volumes.shape[0],
+            "model_config": self.config.to_dict(),
+            "train_config": self.train_config.to_dict(),
+            "world_size": self.context.world_size,
+        }
 
     def save_checkpoint(self, path: Path, data_hash: str) -> None:
         """Write atomically (temp file, then rename) so a crash never leaves half a checkpoint."""
@@ -253,9 +259,7 @@ def compute_site_styles(translator: Translator, sampler: SliceSampler, slices_pe
         volume_index, centre = sampler.site_positions(site)
         chosen = torch.linspace(0, len(centre) - 1, min(slices_per_site, len(centre)), device=centre.device)
         chosen = chosen.round().long()
-        batches = (
-            sampler.stacks(volume_index[chunk], centre[chunk]) for chunk in chosen.split(batch_size)
-        )
+        batches = (sampler.stacks(volume_index[chunk], centre[chunk]) for chunk in chosen.split(batch_size))
         styles.append(mean_style(translator, batches, site))
     return torch.stack(styles)
 
@@ -354,7 +358,9 @@ def _volume_set(volumes: Sequence[VolumeSource] | VolumeSet, slice_axis: int) ->
 
 def _check_sites(site_labels: Sequence[int], site_names: Sequence[str], config: MURDConfig) -> None:
     if len(site_names) != config.num_sites or len(set(site_names)) != len(site_names):
-        raise ValueError(f"config.num_sites is {config.num_sites} but {len(site_names)} site names were given (must be unique)")
+        raise ValueError(
+            f"config.num_sites is {config.num_sites} but {len(site_names)} site names were given (must be unique)"
+        )
     if config.num_sites < 2:
         raise ValueError("MURD translates between sites: training needs volumes from at least 2 sites")
     bad = sorted({label for label in site_labels if not 0 <= label < config.num_sites})

@@ -35,12 +35,16 @@ LOGGER = logging.getLogger("bids_harmonize.preproc")
 METHODS = ("deepbet", "template")
 DEFAULT_METHOD = "deepbet"
 DEEPBET_VERSION = "1.0.2"
-DEEPBET_CITATION = ("Fisch L, Zumdick S, Barkhau C, et al. deepbet: Fast brain extraction of T1-weighted MRI using "
-                    "Convolutional Neural Networks. Computers in Biology and Medicine 179 (2024) 108845. "
-                    "doi:10.1016/j.compbiomed.2024.108845")
-INSTALL_HINT = (f"install it without its GUI dependency: `pip install --no-deps deepbet=={DEEPBET_VERSION} "
-                "connected-components-3d fill_voids` (the Docker and Singularity images have it), or run with "
-                "--brain-mask template")
+DEEPBET_CITATION = (
+    "Fisch L, Zumdick S, Barkhau C, et al. deepbet: Fast brain extraction of T1-weighted MRI using "
+    "Convolutional Neural Networks. Computers in Biology and Medicine 179 (2024) 108845. "
+    "doi:10.1016/j.compbiomed.2024.108845"
+)
+INSTALL_HINT = (
+    f"install it without its GUI dependency: `pip install --no-deps deepbet=={DEEPBET_VERSION} "
+    "connected-components-3d fill_voids` (the Docker and Singularity images have it), or run with "
+    "--brain-mask template"
+)
 
 # The mask check flags an image when the learned mask and the template mask carried back by the
 # registration overlap less than MIN_MASK_DICE, or when their outlines lie further apart than
@@ -73,23 +77,29 @@ class MaskCheck:
         return not (np.isfinite(self.dice) and self.dice >= MIN_MASK_DICE and self.boundary_mm <= MAX_OUTLINE_MM)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"TemplateMaskDice": round(self.dice, 4), "BoundaryDistance95mm": round(self.boundary_mm, 2),
-                "BrainVolumeML": round(self.brain_volume_ml, 1),
-                "TemplateMaskVolumeML": round(self.template_mask_volume_ml, 1),
-                "Thresholds": {"MinDice": MIN_MASK_DICE, "MaxBoundaryDistance95mm": MAX_OUTLINE_MM},
-                "Flagged": self.flagged}
+        return {
+            "TemplateMaskDice": round(self.dice, 4),
+            "BoundaryDistance95mm": round(self.boundary_mm, 2),
+            "BrainVolumeML": round(self.brain_volume_ml, 1),
+            "TemplateMaskVolumeML": round(self.template_mask_volume_ml, 1),
+            "Thresholds": {"MinDice": MIN_MASK_DICE, "MaxBoundaryDistance95mm": MAX_OUTLINE_MM},
+            "Flagged": self.flagged,
+        }
 
 
 def _deepbet_models() -> dict[str, Path]:
     try:
         from deepbet.utils import DATA_PATH
     except ImportError as err:
-        raise BrainMaskUnavailable(f"the learned brain mask needs deepbet, which is not installed ({err}); "
-                                   + INSTALL_HINT) from err
+        raise BrainMaskUnavailable(
+            f"the learned brain mask needs deepbet, which is not installed ({err}); " + INSTALL_HINT
+        ) from err
     models = {name: Path(DATA_PATH) / "models" / name for name in ("model.pt", "bbox_model.pt")}
     missing = [str(p) for p in models.values() if not p.is_file()]
     if missing:
-        raise BrainMaskUnavailable(f"deepbet's weights are missing ({', '.join(missing)}): reinstall it; " + INSTALL_HINT)
+        raise BrainMaskUnavailable(
+            f"deepbet's weights are missing ({', '.join(missing)}): reinstall it; " + INSTALL_HINT
+        )
     return models
 
 
@@ -107,9 +117,12 @@ def method_record(method: str) -> dict[str, Any]:
     if method == "template":
         return {"Name": "template", "Description": "template brain mask carried back through the affine registration"}
     models = _deepbet_models()
-    return {"Name": "deepbet", "Version": metadata.version("deepbet"),
-            "WeightsSHA256": {name: sha256_of(path) for name, path in models.items()},
-            "Citation": DEEPBET_CITATION}
+    return {
+        "Name": "deepbet",
+        "Version": metadata.version("deepbet"),
+        "WeightsSHA256": {name: sha256_of(path) for name, path in models.items()},
+        "Citation": DEEPBET_CITATION,
+    }
 
 
 def learned_mask(img: nb.Nifti1Image, device: str = "cpu", threads: int = 1) -> nb.Nifti1Image:
@@ -152,8 +165,10 @@ def boundary_distance(a: NDArray, b: NDArray, zooms: tuple[float, ...], percenti
     a, b = np.asarray(a) > 0, np.asarray(b) > 0
     if not a.any() or not b.any():
         return float("inf")
-    distances = [ndimage.distance_transform_edt(~_surface(target), sampling=zooms)[_surface(source)]
-                 for source, target in ((a, b), (b, a))]
+    distances = [
+        ndimage.distance_transform_edt(~_surface(target), sampling=zooms)[_surface(source)]
+        for source, target in ((a, b), (b, a))
+    ]
     return float(np.percentile(np.concatenate(distances), percentile))
 
 

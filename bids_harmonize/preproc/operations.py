@@ -60,7 +60,12 @@ def n4_bias_correct(
     n4.SetMaximumNumberOfIterations(list(iterations))
     n4.Execute(small + 1.0, _head_mask(small))
     log_field = sitk.Resample(
-        n4.GetLogBiasFieldAsImage(small), image, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32,
+        n4.GetLogBiasFieldAsImage(small),
+        image,
+        sitk.Transform(),
+        sitk.sitkLinear,
+        0.0,
+        sitk.sitkFloat32,
         useNearestNeighborExtrapolator=True,
     )
     field = sitk.Exp(log_field)
@@ -108,8 +113,11 @@ def skull_strip(img: nb.Nifti1Image, mask: nb.Nifti1Image) -> sitk.Image:
 
 
 def register_affine(
-    moving: nb.Nifti1Image, fixed: nb.Nifti1Image, seed: int = 0,
-    moving_mask: nb.Nifti1Image | None = None, fixed_mask: nb.Nifti1Image | None = None,
+    moving: nb.Nifti1Image,
+    fixed: nb.Nifti1Image,
+    seed: int = 0,
+    moving_mask: nb.Nifti1Image | None = None,
+    fixed_mask: nb.Nifti1Image | None = None,
 ) -> sitk.AffineTransform:
     """Moving (native) -> fixed (template) affine, as an ITK transform mapping fixed points to moving.
 
@@ -207,8 +215,13 @@ LOW_PERCENTILE, HIGH_PERCENTILE = 0.5, 99.5
 
 def intensity_convention() -> dict[str, object]:
     """How images are scaled for the model; a bundle trained otherwise is refused."""
-    return {"convention": "robust_scale", "low_percentile": LOW_PERCENTILE, "high_percentile": HIGH_PERCENTILE,
-            "range": [-1.0, 1.0], "background": -1.0}
+    return {
+        "convention": "robust_scale",
+        "low_percentile": LOW_PERCENTILE,
+        "high_percentile": HIGH_PERCENTILE,
+        "range": [-1.0, 1.0],
+        "background": -1.0,
+    }
 
 
 def robust_scale(

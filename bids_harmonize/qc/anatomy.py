@@ -31,9 +31,7 @@ class AnatomyScores:
         return float(np.mean(np.abs(list(self.relative_volume_error.values()))))
 
 
-def segment_tissues(
-    image: NDArray, mask: NDArray[np.bool_], contrast: str = "T1w", seed: int = 0
-) -> NDArray[np.uint8]:
+def segment_tissues(image: NDArray, mask: NDArray[np.bool_], contrast: str = "T1w", seed: int = 0) -> NDArray[np.uint8]:
     """Three-class Gaussian mixture on the intensities inside `mask`; classes named by their
     mean intensity in the order the contrast implies. Labels: 0 outside, 1 CSF, 2 GM, 3 WM.
 

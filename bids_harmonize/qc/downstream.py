@@ -137,8 +137,11 @@ def combat(
         continuous = ["age"]
     with _numpy_int_alias(), redirect_stdout(io.StringIO()):  # it prints each step
         result = neuroCombat(
-            dat=np.asarray(volumes, dtype=np.float64).T, covars=covariates, batch_col="site",
-            continuous_cols=continuous, ref_batch=reference_site,
+            dat=np.asarray(volumes, dtype=np.float64).T,
+            covars=covariates,
+            batch_col="site",
+            continuous_cols=continuous,
+            ref_batch=reference_site,
         )
     adjusted = np.asarray(result["data"]).T
     if not np.isfinite(adjusted).all():

@@ -83,9 +83,7 @@ def site_classifier_accuracy(
         groups += [index] * len(rows)
     labels = np.asarray(labels)
     classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    folds = StratifiedGroupKFold(
-        n_splits=min(max_splits, int(images_per_site.min())), shuffle=True, random_state=seed
-    )
+    folds = StratifiedGroupKFold(n_splits=min(max_splits, int(images_per_site.min())), shuffle=True, random_state=seed)
     scores = cross_val_score(classifier, np.concatenate(features), labels, groups=groups, cv=folds)
     chance = np.unique(labels, return_counts=True)[1].max() / len(labels)
     return SiteClassification(float(scores.mean()), float(chance), len(images), len(labels))

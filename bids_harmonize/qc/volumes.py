@@ -37,9 +37,7 @@ class SegmenterInfo:
         return version("antspyx")
 
 
-def tissue_volumes(
-    image: NDArray, mask: NDArray, voxel_volume_ml: float, contrast: str = "T1w"
-) -> dict[str, float]:
+def tissue_volumes(image: NDArray, mask: NDArray, voxel_volume_ml: float, contrast: str = "T1w") -> dict[str, float]:
     """CSF, GM and WM volumes (ml) of `image` inside the brain `mask`.
 
     The image is rescaled to its 1st-99th brain percentiles (and clipped there) first, so its units (a vendor's 12-bit

@@ -2,7 +2,6 @@
 OUT/logs/CITATION.md (+ .bib). See docs/reports.md."""
 
 from bids_harmonize.reports.build import skip_reasons, write_reports
-from bids_harmonize.reports.citation import ModelUse
-from bids_harmonize.reports.citation import MethodsFacts
+from bids_harmonize.reports.citation import MethodsFacts, ModelUse
 
 __all__ = ["MethodsFacts", "ModelUse", "skip_reasons", "write_reports"]

@@ -69,13 +69,18 @@ def write_reports(
     by_subject: dict[str, list[ImageOutputs]] = {}
     for a in assignments:
         item = ImageOutputs(
-            record=a.image, out_dir=out_dir, files=derivative_files(out_dir, a.image, template),
+            record=a.image,
+            out_dir=out_dir,
+            files=derivative_files(out_dir, a.image, template),
             site={"site": a.site, "provenance": a.provenance, "evidence": a.evidence, "warnings": list(a.warnings)},
-            skip_reason=(reasons or {}).get(a.image.relpath), crashes=crash_files(out_dir, a.image.relpath, since),
+            skip_reason=(reasons or {}).get(a.image.relpath),
+            crashes=crash_files(out_dir, a.image.relpath, since),
         )
         by_subject.setdefault(a.image.subject, []).append(item)
     written = [
-        _timed(f"report of sub-{subject}", lambda s=subject, i=items: participant_report(out_dir, s, i, template, methods))
+        _timed(
+            f"report of sub-{subject}", lambda s=subject, i=items: participant_report(out_dir, s, i, template, methods)
+        )
         for subject, items in sorted(by_subject.items())
     ]
     if group:

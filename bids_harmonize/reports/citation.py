@@ -38,41 +38,41 @@ class MethodsFacts:
 
 BIBTEX = {
     "murd": "@article{murd,\n  author = {Liu, Siyuan and Yap, Pew-Thian},\n  title = {Learning multi-site harmonization "
-            "of magnetic resonance images without traveling human phantoms},\n  journal = {Communications Engineering},\n"
-            "  volume = {3},\n  pages = {6},\n  year = {2024},\n  doi = {10.1038/s44172-023-00140-w}\n}",
+    "of magnetic resonance images without traveling human phantoms},\n  journal = {Communications Engineering},\n"
+    "  volume = {3},\n  pages = {6},\n  year = {2024},\n  doi = {10.1038/s44172-023-00140-w}\n}",
     "nipype": "@article{nipype,\n  author = {Gorgolewski, Krzysztof and Burns, Christopher D. and Madison, Cindee and "
-              "Clark, Dav and Halchenko, Yaroslav O. and Waskom, Michael L. and Ghosh, Satrajit S.},\n  title = {Nipype: "
-              "a flexible, lightweight and extensible neuroimaging data processing framework in Python},\n  journal = "
-              "{Frontiers in Neuroinformatics},\n  volume = {5},\n  pages = {13},\n  year = {2011},\n"
-              "  doi = {10.3389/fninf.2011.00013}\n}",
+    "Clark, Dav and Halchenko, Yaroslav O. and Waskom, Michael L. and Ghosh, Satrajit S.},\n  title = {Nipype: "
+    "a flexible, lightweight and extensible neuroimaging data processing framework in Python},\n  journal = "
+    "{Frontiers in Neuroinformatics},\n  volume = {5},\n  pages = {13},\n  year = {2011},\n"
+    "  doi = {10.3389/fninf.2011.00013}\n}",
     "pybids": "@article{pybids,\n  author = {Yarkoni, Tal and others},\n  title = {PyBIDS: Python tools for BIDS "
-              "datasets},\n  journal = {Journal of Open Source Software},\n  volume = {4},\n  number = {40},\n"
-              "  pages = {1294},\n  year = {2019},\n  doi = {10.21105/joss.01294}\n}",
+    "datasets},\n  journal = {Journal of Open Source Software},\n  volume = {4},\n  number = {40},\n"
+    "  pages = {1294},\n  year = {2019},\n  doi = {10.21105/joss.01294}\n}",
     "n4": "@article{n4,\n  author = {Tustison, Nicholas J. and Avants, Brian B. and Cook, Philip A. and Zheng, Yuanjie "
-          "and Egan, Alexander and Yushkevich, Paul A. and Gee, James C.},\n  title = {N4ITK: improved N3 bias "
-          "correction},\n  journal = {IEEE Transactions on Medical Imaging},\n  volume = {29},\n  number = {6},\n"
-          "  pages = {1310--1320},\n  year = {2010},\n  doi = {10.1109/TMI.2010.2046908}\n}",
+    "and Egan, Alexander and Yushkevich, Paul A. and Gee, James C.},\n  title = {N4ITK: improved N3 bias "
+    "correction},\n  journal = {IEEE Transactions on Medical Imaging},\n  volume = {29},\n  number = {6},\n"
+    "  pages = {1310--1320},\n  year = {2010},\n  doi = {10.1109/TMI.2010.2046908}\n}",
     "simpleitk": "@article{simpleitk,\n  author = {Lowekamp, Bradley C. and Chen, David T. and Ib{\\'a}{\\~n}ez, Luis and "
-                 "Blezek, Daniel},\n  title = {The Design of SimpleITK},\n  journal = {Frontiers in Neuroinformatics},\n"
-                 "  volume = {7},\n  pages = {45},\n  year = {2013},\n  doi = {10.3389/fninf.2013.00045}\n}",
+    "Blezek, Daniel},\n  title = {The Design of SimpleITK},\n  journal = {Frontiers in Neuroinformatics},\n"
+    "  volume = {7},\n  pages = {45},\n  year = {2013},\n  doi = {10.3389/fninf.2013.00045}\n}",
     "mattes": "@article{mattes,\n  author = {Mattes, David and Haynor, David R. and Vesselle, Hubert and Lewellen, "
-              "Thomas K. and Eubank, William},\n  title = {PET-CT image registration in the chest using free-form "
-              "deformations},\n  journal = {IEEE Transactions on Medical Imaging},\n  volume = {22},\n  number = {1},\n"
-              "  pages = {120--128},\n  year = {2003},\n  doi = {10.1109/TMI.2003.809072}\n}",
+    "Thomas K. and Eubank, William},\n  title = {PET-CT image registration in the chest using free-form "
+    "deformations},\n  journal = {IEEE Transactions on Medical Imaging},\n  volume = {22},\n  number = {1},\n"
+    "  pages = {120--128},\n  year = {2003},\n  doi = {10.1109/TMI.2003.809072}\n}",
     "mni2009": "@article{mni2009,\n  author = {Fonov, Vladimir S. and Evans, Alan C. and McKinstry, Robert C. and Almli, "
-               "C. Robert and Collins, D. Louis},\n  title = {Unbiased nonlinear average age-appropriate brain templates "
-               "from birth to adulthood},\n  journal = {NeuroImage},\n  volume = {47, Supplement 1},\n  pages = {S102},\n"
-               "  year = {2009},\n  doi = {10.1016/S1053-8119(09)70884-5}\n}",
+    "C. Robert and Collins, D. Louis},\n  title = {Unbiased nonlinear average age-appropriate brain templates "
+    "from birth to adulthood},\n  journal = {NeuroImage},\n  volume = {47, Supplement 1},\n  pages = {S102},\n"
+    "  year = {2009},\n  doi = {10.1016/S1053-8119(09)70884-5}\n}",
     "templateflow": "@article{templateflow,\n  author = {Ciric, Rastko and others},\n  title = {TemplateFlow: "
-                    "FAIR-sharing of multi-scale, multi-species brain models},\n  journal = {Nature Methods},\n"
-                    "  volume = {19},\n  pages = {1568--1571},\n  year = {2022},\n  doi = {10.1038/s41592-022-01681-2}\n}",
+    "FAIR-sharing of multi-scale, multi-species brain models},\n  journal = {Nature Methods},\n"
+    "  volume = {19},\n  pages = {1568--1571},\n  year = {2022},\n  doi = {10.1038/s41592-022-01681-2}\n}",
     "deepbet": "@article{deepbet,\n  author = {Fisch, Lukas and Zumdick, Stefan and Barkhau, Carlotta and others},\n"
-               "  title = {deepbet: Fast brain extraction of T1-weighted MRI using Convolutional Neural Networks},\n"
-               "  journal = {Computers in Biology and Medicine},\n  volume = {179},\n  pages = {108845},\n"
-               "  year = {2024},\n  doi = {10.1016/j.compbiomed.2024.108845}\n}",
+    "  title = {deepbet: Fast brain extraction of T1-weighted MRI using Convolutional Neural Networks},\n"
+    "  journal = {Computers in Biology and Medicine},\n  volume = {179},\n  pages = {108845},\n"
+    "  year = {2024},\n  doi = {10.1016/j.compbiomed.2024.108845}\n}",
     "pytorch": "@inproceedings{pytorch,\n  author = {Paszke, Adam and others},\n  title = {PyTorch: An Imperative Style, "
-               "High-Performance Deep Learning Library},\n  booktitle = {Advances in Neural Information Processing "
-               "Systems 32},\n  pages = {8024--8035},\n  year = {2019}\n}",
+    "High-Performance Deep Learning Library},\n  booktitle = {Advances in Neural Information Processing "
+    "Systems 32},\n  pages = {8024--8035},\n  year = {2019}\n}",
 }
 
 
@@ -80,8 +80,7 @@ BIBTEX = {
 # (interfaces/harmonize.py) does with the lookup table of ModelBundle.intensity_lookup, whose
 # table is the identity for the paper layout. tests/workflows/test_native_output.py runs that
 # code against each clause.
-_RESIDUAL = ("resampled onto the native grid (linear interpolation, zero outside the template's field of view) "
-             "and added")
+_RESIDUAL = "resampled onto the native grid (linear interpolation, zero outside the template's field of view) and added"
 NATIVE_MAPPING = {
     "modulated": (
         "The change was carried to the image's own native grid rather than the translated image resampled: "
@@ -110,16 +109,20 @@ def _model_paragraph(facts: MethodsFacts, model: ModelUse) -> str:
     sites = card.get("sites", [])
     n_images = sum(((s.get("signature") or {}).get("n_images") or 0) for s in sites)
     names = ", ".join(s["name"] for s in sites)
-    text = (f"For the {model.contrast} images, a MURD model [@murd] ({card.get('preset', '?')} preset) was trained "
-            f"with PyTorch {_version(facts, 'torch')} [@pytorch] on 2.5D axial slices of the template-space images "
-            f"of {n_images or 'the'} images from {len(sites)} sites ({names}) for {training.get('iterations', '?')} "
-            f"iterations (batch size {training.get('batch_size', '?')}, seed {card.get('seed', '?')}); its weights "
-            f"have SHA-256 {(card.get('weights') or {}).get('sha256', '?')}.")
+    text = (
+        f"For the {model.contrast} images, a MURD model [@murd] ({card.get('preset', '?')} preset) was trained "
+        f"with PyTorch {_version(facts, 'torch')} [@pytorch] on 2.5D axial slices of the template-space images "
+        f"of {n_images or 'the'} images from {len(sites)} sites ({names}) for {training.get('iterations', '?')} "
+        f"iterations (batch size {training.get('batch_size', '?')}, seed {card.get('seed', '?')}); its weights "
+        f"have SHA-256 {(card.get('weights') or {}).get('sha256', '?')}."
+    )
     if model.target_site:
         architecture = (card.get("network") or {}).get("architecture", "modulated")
-        text += (f" Each image was translated to the style of site {model.target_site} ({model.target_style} style) "
-                 f"on the template grid. {NATIVE_MAPPING[architecture]} The result was mapped to site "
-                 f"{model.target_site}'s intensity scale (the median of its training images' scales).")
+        text += (
+            f" Each image was translated to the style of site {model.target_site} ({model.target_style} style) "
+            f"on the template grid. {NATIVE_MAPPING[architecture]} The result was mapped to site "
+            f"{model.target_site}'s intensity scale (the median of its training images' scales)."
+        )
     return text
 
 
@@ -127,14 +130,19 @@ def _mask_sentences(facts: MethodsFacts) -> tuple[str, str]:
     """(before the registration, after it): how the brain mask was made and what it drove."""
     method = facts.brain_mask
     if method.get("Name") != "deepbet":
-        return "", (" The template brain mask was carried back to the native grid (nearest neighbour) as the brain "
-                    "mask")
+        return "", (
+            " The template brain mask was carried back to the native grid (nearest neighbour) as the brain mask"
+        )
     weights = ", ".join(f"{name} SHA-256 {digest}" for name, digest in (method.get("WeightsSHA256") or {}).items())
-    before = (f" A brain mask was computed on the native grid with deepbet {method.get('Version', '?')} [@deepbet], a "
-              f"convolutional network trained on T1-weighted images ({weights}).")
-    after = (" The registration was driven by the brain: the skull-stripped image was registered to the "
-             "skull-stripped template. The template brain mask carried back through it (nearest neighbour) served "
-             "to check the learned mask (Dice overlap)")
+    before = (
+        f" A brain mask was computed on the native grid with deepbet {method.get('Version', '?')} [@deepbet], a "
+        f"convolutional network trained on T1-weighted images ({weights})."
+    )
+    after = (
+        " The registration was driven by the brain: the skull-stripped image was registered to the "
+        "skull-stripped template. The template brain mask carried back through it (nearest neighbour) served "
+        "to check the learned mask (Dice overlap)"
+    )
     return before, after
 
 
@@ -162,11 +170,17 @@ def methods_markdown(facts: MethodsFacts) -> str:
     if facts.models:
         paragraphs += ["Harmonization. " + " ".join(_model_paragraph(facts, m) for m in facts.models)]
     else:
-        paragraphs.append("Harmonization. No harmonization model was available in this run, so images were "
-                          "preprocessed only.")
+        paragraphs.append(
+            "Harmonization. No harmonization model was available in this run, so images were preprocessed only."
+        )
     cited = sorted({key for key in BIBTEX if f"@{key}" in "\n".join(paragraphs)})
-    return ("# Methods (generated by bids_harmonize)\n\n" + "\n\n".join(paragraphs)
-            + "\n\nReferences (BibTeX in CITATION.bib): " + ", ".join(cited) + ".\n")
+    return (
+        "# Methods (generated by bids_harmonize)\n\n"
+        + "\n\n".join(paragraphs)
+        + "\n\nReferences (BibTeX in CITATION.bib): "
+        + ", ".join(cited)
+        + ".\n"
+    )
 
 
 def write_citation(out_dir: Path, facts: MethodsFacts) -> tuple[Path, Path, str]:
@@ -177,4 +191,3 @@ def write_citation(out_dir: Path, facts: MethodsFacts) -> tuple[Path, Path, str]
     md = atomic_write_text(layout.citation(".md"), text)
     bib = atomic_write_text(layout.citation(".bib"), "\n\n".join(BIBTEX[k] for k in cited) + "\n")
     return md, bib, text
-

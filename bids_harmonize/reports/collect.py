@@ -79,8 +79,12 @@ def record_from_relpath(bids_dir: Path, relpath: str) -> ImageRecord:
         key, _, value = part.partition("-")
         entities[_SHORT_TO_ENTITY.get(key, key)] = value
     return ImageRecord(
-        path=Path(bids_dir) / relpath, relpath=relpath, subject=entities.get("subject", ""),
-        session=entities.get("session"), suffix=parts[-1], entities=entities,
+        path=Path(bids_dir) / relpath,
+        relpath=relpath,
+        subject=entities.get("subject", ""),
+        session=entities.get("session"),
+        suffix=parts[-1],
+        entities=entities,
     )
 
 

@@ -60,8 +60,14 @@ def registration_mosaic(native: nb.Nifti1Image, mask: nb.Nifti1Image) -> str:
     for row, axis in enumerate((2, 1, 0)):
         for column, index in enumerate(picks[axis]):
             ax = axes[row, column]
-            ax.imshow(_plane(data, axis, index), cmap="gray", vmin=0.0, vmax=vmax, aspect=_aspect(zooms, axis),
-                      interpolation="nearest")
+            ax.imshow(
+                _plane(data, axis, index),
+                cmap="gray",
+                vmin=0.0,
+                vmax=vmax,
+                aspect=_aspect(zooms, axis),
+                interpolation="nearest",
+            )
             plane = _plane(outline, axis, index)
             if plane.any() and not plane.all():
                 ax.contour(plane.astype(np.float32), levels=[0.5], colors="#ff3030", linewidths=0.9)
@@ -105,22 +111,35 @@ def before_after_mosaic(before: nb.Nifti1Image, after: nb.Nifti1Image, mask: nb.
     picks = _slices(b.shape, m)
     fig, axes = plt.subplots(3, 3 * SLICES, figsize=(3 * SLICES * 1.25, 4.6), facecolor="black")
     fig.subplots_adjust(left=0.03, right=0.94, bottom=0.01, top=0.88, wspace=0.03, hspace=0.08)
-    rows = [(b, "gray", (vmin, vmax), "preprocessed"), (a, "gray", (vmin, vmax), "harmonized"),
-            (diff, "RdBu_r", (-limit, limit), "difference")]
+    rows = [
+        (b, "gray", (vmin, vmax), "preprocessed"),
+        (a, "gray", (vmin, vmax), "harmonized"),
+        (diff, "RdBu_r", (-limit, limit), "difference"),
+    ]
     for r, (data, cmap, (lo, hi), title) in enumerate(rows):
         column = 0
         for axis in (2, 1, 0):
             aspect = _aspect(zooms, axis)
             for index in picks[axis]:
                 ax = axes[r, column]
-                shown = ax.imshow(_plane(data, axis, index), cmap=cmap, vmin=lo, vmax=hi, aspect=aspect,
-                                  interpolation="nearest")
+                shown = ax.imshow(
+                    _plane(data, axis, index), cmap=cmap, vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest"
+                )
                 ax.set_axis_off()
                 if r == 0:
                     ax.set_title(f"{_NAMES[axis]} {index}", color="white", fontsize=7)
                 column += 1
-        axes[r, 0].text(-0.05, 0.5, title, color="white", fontsize=8, rotation=90, va="center", ha="right",
-                        transform=axes[r, 0].transAxes)
+        axes[r, 0].text(
+            -0.05,
+            0.5,
+            title,
+            color="white",
+            fontsize=8,
+            rotation=90,
+            va="center",
+            ha="right",
+            transform=axes[r, 0].transAxes,
+        )
         if r == 2:
             bar = fig.colorbar(shown, ax=axes[2, :], fraction=0.02, pad=0.01)
             bar.ax.tick_params(colors="white", labelsize=7)

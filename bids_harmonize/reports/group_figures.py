@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bids_harmonize.qc.intensity import robust_rescale
-from bids_harmonize.reports.figures import png_uri, plt
+from bids_harmonize.reports.figures import plt, png_uri
 
 # Keys of a training-log line that are bookkeeping, not loss terms.
 NOT_LOSSES = {"step", "lr", "lr_mapping", "elapsed_s", "samples_per_s"}
@@ -34,7 +34,7 @@ def training_curves(records: list[dict[str, Any]]) -> str:
         ax.set_title(term, fontsize=9)
         ax.tick_params(labelsize=7)
         ax.spines[["top", "right"]].set_visible(False)
-    for ax in axes.ravel()[len(terms):]:
+    for ax in axes.ravel()[len(terms) :]:
         ax.set_axis_off()
     for ax in axes[-1]:
         ax.set_xlabel("iteration", fontsize=8)
@@ -77,9 +77,21 @@ def site_mosaic(rows: Sequence[tuple[str, NDArray, NDArray]], mask: NDArray[np.b
                 ax.imshow(plane, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
                 ax.set_axis_off()
                 if r == 0:
-                    ax.set_title(("before" if half == 0 else "after") + f" ({('sagittal', 'coronal', 'axial')[axis]})",
-                                 color="white", fontsize=8)
-        axes[r, 0].text(-0.05, 0.5, label, color="white", fontsize=7, rotation=90, va="center", ha="right",
-                        transform=axes[r, 0].transAxes)
+                    ax.set_title(
+                        ("before" if half == 0 else "after") + f" ({('sagittal', 'coronal', 'axial')[axis]})",
+                        color="white",
+                        fontsize=8,
+                    )
+        axes[r, 0].text(
+            -0.05,
+            0.5,
+            label,
+            color="white",
+            fontsize=7,
+            rotation=90,
+            va="center",
+            ha="right",
+            transform=axes[r, 0].transAxes,
+        )
     fig.subplots_adjust(left=0.03, right=0.99, bottom=0.01, top=1 - 0.1 / len(rows), wspace=0.02, hspace=0.05)
     return png_uri(fig)

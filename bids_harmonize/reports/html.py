@@ -40,10 +40,11 @@ def page(title: str, subtitle: str, sections: Sequence[tuple[str, str, str]]) ->
     """A whole document; ``sections`` are (anchor id, heading, body HTML)."""
     nav = "".join(f'<a href="#{esc(anchor)}">{esc(heading)}</a>' for anchor, heading, _ in sections)
     body = "".join(
-        f'<section id="{esc(anchor)}"><h2>{esc(heading)}</h2>{content}</section>' for anchor, heading, content in sections
+        f'<section id="{esc(anchor)}"><h2>{esc(heading)}</h2>{content}</section>'
+        for anchor, heading, content in sections
     )
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
         f"<header><h1>{esc(title)}</h1><p>{esc(subtitle)}</p></header><nav>{nav}</nav>"
         f"<main>{body}</main></body></html>\n"
@@ -79,7 +80,6 @@ def boxes(kind: str, messages: Iterable[str]) -> str:
 def figure(image: str, caption: str) -> str:
     """``image`` is a PNG data URI."""
     return f'<figure><img class="fig" src="{esc(image)}" alt="{esc(caption)}"><figcaption>{esc(caption)}</figcaption></figure>'
-
 
 
 def badge(text: str, kind: str = "") -> str:

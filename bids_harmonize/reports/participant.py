@@ -53,8 +53,11 @@ class _ImageSection:
 
     def site(self) -> str:
         site = self.item.site
-        rows = [("site", site.get("site", "n/a")), ("provenance", site.get("provenance", "n/a")),
-                ("evidence", site.get("evidence", "n/a"))]
+        rows = [
+            ("site", site.get("site", "n/a")),
+            ("provenance", site.get("provenance", "n/a")),
+            ("evidence", site.get("evidence", "n/a")),
+        ]
         self.warnings += list(site.get("warnings", ()))
         return html.key_values(rows)
 
@@ -69,48 +72,70 @@ class _ImageSection:
             image = _load(files["template_preproc"])
             reference = _load(Path(self.template.images[self.item.record.suffix]))
             spearman = metrics.template_agreement(image, reference, self.template_mask)
-            parts.append(html.paragraph(
-                "No learned mask to check this one against (--brain-mask template): look at the red outline. For "
-                f"information only, the Spearman agreement of the registered image with the template is {spearman:.2f} "
-                "(it varies with the scanner's contrast, so it is not a flag).", "note"))
+            parts.append(
+                html.paragraph(
+                    "No learned mask to check this one against (--brain-mask template): look at the red outline. For "
+                    f"information only, the Spearman agreement of the registered image with the template is {spearman:.2f} "
+                    "(it varies with the scanner's contrast, so it is not a flag).",
+                    "note",
+                )
+            )
         if "transform" in files:
             scales = metrics.transform_scales(files["transform"])
             if metrics.fell_back_to_rigid(files["transform"]):
-                message = ("Registration fell back to rigid: the affine step left the plausible range, so the "
-                           "head was not scaled to the template.")
+                message = (
+                    "Registration fell back to rigid: the affine step left the plausible range, so the "
+                    "head was not scaled to the template."
+                )
                 self.warnings.append(message)
                 parts.append(html.box("warn", message))
-            parts.append(html.paragraph("Scales of the affine (1 = no scaling): "
-                                        + ", ".join(f"{s:.3f}" for s in scales), "note"))
+            parts.append(
+                html.paragraph(
+                    "Scales of the affine (1 = no scaling): " + ", ".join(f"{s:.3f}" for s in scales), "note"
+                )
+            )
         mosaic = figures.registration_mosaic(nb.load(files["native_preproc"]), nb.load(files["native_mask"]))
-        parts.append(html.figure(mosaic, "Red: the brain mask's outline on the native grid, over the bias-corrected "
-                                         "image; cuts span the head, so brain outside the outline shows."))
+        parts.append(
+            html.figure(
+                mosaic,
+                "Red: the brain mask's outline on the native grid, over the bias-corrected "
+                "image; cuts span the head, so brain outside the outline shows.",
+            )
+        )
         return "".join(parts)
 
     @staticmethod
     def _mask_method(method: dict[str, Any]) -> str:
         if method.get("Name") == "deepbet":
-            return html.paragraph(f"Brain mask: deepbet {method.get('Version', '?')} (learned; Fisch et al. 2024), "
-                                  "which also drove the registration to the template (brain to brain).", "note")
+            return html.paragraph(
+                f"Brain mask: deepbet {method.get('Version', '?')} (learned; Fisch et al. 2024), "
+                "which also drove the registration to the template (brain to brain).",
+                "note",
+            )
         return html.paragraph("Brain mask: the template brain mask carried back through the registration.", "note")
 
     def _mask_check(self, check: dict[str, Any]) -> str:
         self.agreement = float(check.get("TemplateMaskDice", float("nan")))
         limits = check.get("Thresholds") or {}
         distance = float(check.get("BoundaryDistance95mm", float("nan")))
-        verdict = html.badge(f"Dice {self.agreement:.3f}, outlines {distance:.1f} mm apart",
-                             "bad" if check.get("Flagged") else "good")
-        text = (f"<p>Mask check: the learned mask against the template brain mask carried back by the registration "
-                f"{verdict} (95th percentile of the distance between their outlines; flagged below Dice "
-                f"{limits.get('MinDice', '?')} or beyond {limits.get('MaxBoundaryDistance95mm', '?')} mm); brain "
-                f"volume {check.get('BrainVolumeML', float('nan')):.0f} ml (template mask "
-                f"{check.get('TemplateMaskVolumeML', float('nan')):.0f} ml).</p>")
+        verdict = html.badge(
+            f"Dice {self.agreement:.3f}, outlines {distance:.1f} mm apart", "bad" if check.get("Flagged") else "good"
+        )
+        text = (
+            f"<p>Mask check: the learned mask against the template brain mask carried back by the registration "
+            f"{verdict} (95th percentile of the distance between their outlines; flagged below Dice "
+            f"{limits.get('MinDice', '?')} or beyond {limits.get('MaxBoundaryDistance95mm', '?')} mm); brain "
+            f"volume {check.get('BrainVolumeML', float('nan')):.0f} ml (template mask "
+            f"{check.get('TemplateMaskVolumeML', float('nan')):.0f} ml).</p>"
+        )
         if not check.get("Flagged"):
             return text
-        message = (f"Brain mask check failed (Dice {self.agreement:.3f}, outlines {distance:.1f} mm apart, between the "
-                   "learned mask and the registered template mask): either the registration or the learned mask is "
-                   "wrong. Check that the red outline follows the brain; brain outside it is missing from the mask "
-                   "and from what the model saw.")
+        message = (
+            f"Brain mask check failed (Dice {self.agreement:.3f}, outlines {distance:.1f} mm apart, between the "
+            "learned mask and the registered template mask): either the registration or the learned mask is "
+            "wrong. Check that the red outline follows the brain; brain outside it is missing from the mask "
+            "and from what the model saw."
+        )
         self.warnings.append(message)
         return text + html.box("warn", message)
 
@@ -118,10 +143,14 @@ class _ImageSection:
         if not self.item.harmonized:
             return html.box("note", "Not harmonized: " + self.skip_reason())
         files = self.item.files
-        png = figures.before_after_mosaic(nb.load(files["native_preproc"]), nb.load(files["native_harmonized"]),
-                                          nb.load(files["native_mask"]))
-        return html.figure(png, "Native grid. Preprocessed (source site) and harmonized (target site) share one "
-                                "grey window; difference = harmonized - preprocessed.")
+        png = figures.before_after_mosaic(
+            nb.load(files["native_preproc"]), nb.load(files["native_harmonized"]), nb.load(files["native_mask"])
+        )
+        return html.figure(
+            png,
+            "Native grid. Preprocessed (source site) and harmonized (target site) share one "
+            "grey window; difference = harmonized - preprocessed.",
+        )
 
     def distributions(self) -> str:
         files = self.item.files
@@ -132,19 +161,28 @@ class _ImageSection:
         if self.item.harmonized:
             after = _load(files["template_harmonized"])[mask]
             lo, hi = np.percentile(np.concatenate([source, after]), [0.1, 99.9])
-            curves += [("source (preprocessed)", metrics.histogram(source, (lo, hi)), "source"),
-                       ("harmonized", metrics.histogram(after, (lo, hi)), "harmonized")]
+            curves += [
+                ("source (preprocessed)", metrics.histogram(source, (lo, hi)), "source"),
+                ("harmonized", metrics.histogram(after, (lo, hi)), "harmonized"),
+            ]
             target = _target_histogram(harmonization)
             if target:
                 curves.append((f"target site {harmonization.get('TargetSite')} (training)", target, "target"))
         else:
             lo, hi = np.percentile(source, [0.1, 99.9])
             curves.append(("source (preprocessed)", metrics.histogram(source, (lo, hi)), "source"))
-        note = "" if len(curves) == 3 or not self.item.harmonized else html.paragraph(
-            "The model bundle records no training distribution for the target site (trained by an older "
-            "version); only source and harmonized are shown.", "note")
-        png = figures.distributions_plot(curves, "intensity (scanner units; harmonized and target in the target "
-                                                 "site's units)")
+        note = (
+            ""
+            if len(curves) == 3 or not self.item.harmonized
+            else html.paragraph(
+                "The model bundle records no training distribution for the target site (trained by an older "
+                "version); only source and harmonized are shown.",
+                "note",
+            )
+        )
+        png = figures.distributions_plot(
+            curves, "intensity (scanner units; harmonized and target in the target site's units)"
+        )
         names = "; ".join(label for label, _, _ in curves)
         return note + html.figure(png, f"Intensities inside the template brain mask, template grid: {names}.")
 
@@ -163,8 +201,11 @@ class _ImageSection:
         return "".join(parts) or html.box("ok", "No warnings.")
 
     def provenance(self) -> str:
-        sidecar = self.item.sidecar("native_harmonized") or self.item.sidecar("native_preproc") or _run_config(
-            self.item.out_dir)
+        sidecar = (
+            self.item.sidecar("native_harmonized")
+            or self.item.sidecar("native_preproc")
+            or _run_config(self.item.out_dir)
+        )
         bundle = sidecar.get("ModelBundle") or {}
         rows = [("raw image", self.item.record.relpath)]
         rows += [(k, sidecar[k]) for k in ("TargetSite", "TargetStyle") if k in sidecar]
@@ -177,18 +218,30 @@ class _ImageSection:
 
     def build(self) -> str:
         item = self.item
-        parts = [html.paragraph(f"{item.record.relpath} ({item.record.suffix})", "note"),
-                 "<h3>Site</h3>", self.guarded("site", self.site)]
+        parts = [
+            html.paragraph(f"{item.record.relpath} ({item.record.suffix})", "note"),
+            "<h3>Site</h3>",
+            self.guarded("site", self.site),
+        ]
         if item.preprocessed:
-            parts += ["<h3>Registration and brain mask</h3>", self.guarded("registration", self.registration),
-                      "<h3>Before / after</h3>", self.guarded("before/after", self.before_after),
-                      "<h3>Intensity distributions in the brain</h3>", self.guarded("distributions", self.distributions)]
+            parts += [
+                "<h3>Registration and brain mask</h3>",
+                self.guarded("registration", self.registration),
+                "<h3>Before / after</h3>",
+                self.guarded("before/after", self.before_after),
+                "<h3>Intensity distributions in the brain</h3>",
+                self.guarded("distributions", self.distributions),
+            ]
         else:
             message = "Preprocessing did not finish for this image: no preprocessed output was written."
             self.warnings.insert(0, message)
             parts.append(html.box("fail", message))
-        parts += ["<h3>Warnings</h3>", self.warnings_html(), "<h3>Provenance</h3>",
-                  self.guarded("provenance", self.provenance)]
+        parts += [
+            "<h3>Warnings</h3>",
+            self.warnings_html(),
+            "<h3>Provenance</h3>",
+            self.guarded("provenance", self.provenance),
+        ]
         return "".join(parts)
 
 
@@ -223,8 +276,9 @@ def _status(item: ImageOutputs) -> str:
     return html.badge("failed", "bad")
 
 
-def participant_report(out_dir: Path, subject: str, items: list[ImageOutputs], template: Template,
-                       methods: str | None = None) -> Path:
+def participant_report(
+    out_dir: Path, subject: str, items: list[ImageOutputs], template: Template, methods: str | None = None
+) -> Path:
     """Write OUT/sub-<subject>.html for ``items`` (the images of that participant)."""
     sections, summary = [], []
     for item in items:
@@ -232,14 +286,17 @@ def participant_report(out_dir: Path, subject: str, items: list[ImageOutputs], t
         body = section.build()
         sections.append((item.label, item.label, body))
         agreement = f"{section.agreement:.3f}" if section.agreement is not None else "n/a"
-        summary.append(f"<tr><td><a href=\"#{html.esc(item.label)}\">{html.esc(item.label)}</a></td>"
-                       f"<td>{_status(item)}</td><td>{html.esc(item.site.get('site', 'n/a'))}</td>"
-                       f"<td class=\"num\">{agreement}</td><td class=\"num\">{len(section.warnings)}</td></tr>")
-    overview = ("<table><tr><th>image</th><th>status</th><th>site</th><th>mask check (Dice)</th>"
-                f"<th>warnings</th></tr>{''.join(summary)}</table>")
+        summary.append(
+            f'<tr><td><a href="#{html.esc(item.label)}">{html.esc(item.label)}</a></td>'
+            f"<td>{_status(item)}</td><td>{html.esc(item.site.get('site', 'n/a'))}</td>"
+            f'<td class="num">{agreement}</td><td class="num">{len(section.warnings)}</td></tr>'
+        )
+    overview = (
+        "<table><tr><th>image</th><th>status</th><th>site</th><th>mask check (Dice)</th>"
+        f"<th>warnings</th></tr>{''.join(summary)}</table>"
+    )
     all_sections = [("summary", "Summary", overview), *sections]
     if methods:
         all_sections.append(("methods", "Methods", html.pre(methods)))
     text = html.page(f"bids_harmonize: sub-{subject}", f"{len(items)} image(s); output folder {out_dir}", all_sections)
     return atomic_write_text(OutputLayout(out_dir).participant_report(subject), text)
-

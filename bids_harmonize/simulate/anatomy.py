@@ -116,9 +116,7 @@ def _texture(intensity: Array, fractions: dict[str, Array], brain: Array) -> Arr
     inside = brain > 0.99
     design = np.stack([fractions[name][inside] for name in ("CSF", "GM", "WM")], axis=1)
     tissue_means, *_ = np.linalg.lstsq(design, intensity[inside], rcond=None)
-    predicted = sum(
-        fractions[name] * mean for name, mean in zip(("CSF", "GM", "WM"), tissue_means, strict=True)
-    )
+    predicted = sum(fractions[name] * mean for name, mean in zip(("CSF", "GM", "WM"), tissue_means, strict=True))
     texture = np.zeros_like(intensity)
     valid = inside & (predicted > 0.05 * predicted.max())
     texture[valid] = intensity[valid] / predicted[valid] - 1.0
@@ -140,9 +138,7 @@ def _ventricles(csf: Array, brain: Array, grid: Grid) -> NDArray[np.bool_]:
 def load_template_anatomy(resolution_mm: float = 2.0) -> TemplateAnatomy:
     """Population anatomy on the template grid of `resolution_mm` (cached per process)."""
     grid = template_grid(resolution_mm)
-    brain = np.clip(
-        resample_to_grid(nb.load(get_template(resolution=1, suffix="mask", desc="brain")), grid), 0, 1
-    )
+    brain = np.clip(resample_to_grid(nb.load(get_template(resolution=1, suffix="mask", desc="brain")), grid), 0, 1)
     t1w = resample_to_grid(nb.load(get_template(resolution=1, suffix="T1w")), grid)
     t2w = resample_to_grid(nb.load(get_template(resolution=1, suffix="T2w")), grid)
     brain_tissue = _brain_fractions(grid, brain)

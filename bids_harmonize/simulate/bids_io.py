@@ -63,13 +63,14 @@ def write_raw_dataset_files(root: Path, seed: int, subjects: list[Subject]) -> N
             "GeneratedBy": generated_by("Multi-site MRI phantom; ground truth in derivatives/ground_truth"),
         },
     )
-    atomic_write_text(root / "README", 
+    atomic_write_text(
+        root / "README",
         "Simulated multi-site structural MRI made by bids_harmonize-simulate.\n\n"
         "Every subject is a deformed, aged copy of the ICBM 2009c template anatomy, scanned once at\n"
         "one simulated site (round-robin). The same anatomies rendered at every site on the template\n"
         "grid, tissue labels, brain masks, head transforms and all site parameters are in\n"
         "derivatives/ground_truth/. Institutions and serial numbers are fictional.\n\n"
-        f"Template data notice:\n{TEMPLATE_DATA_NOTICE}\n"
+        f"Template data notice:\n{TEMPLATE_DATA_NOTICE}\n",
     )
     write_tsv(
         root / "participants.tsv",
@@ -138,9 +139,7 @@ class GroundTruthLayout:
         return self.root / f"sub-{subject_label}" / "anat"
 
     def render_path(self, subject_label: str, site_label: str, contrast: str) -> Path:
-        return (
-            self.anat(subject_label) / f"sub-{subject_label}_acq-{site_label}_{self.space}_{contrast}.nii.gz"
-        )
+        return self.anat(subject_label) / f"sub-{subject_label}_acq-{site_label}_{self.space}_{contrast}.nii.gz"
 
     def dseg_path(self, subject_label: str) -> Path:
         return self.anat(subject_label) / f"sub-{subject_label}_{self.space}_dseg.nii.gz"
@@ -152,10 +151,7 @@ class GroundTruthLayout:
         return self.anat(subject_label) / f"sub-{subject_label}_{self.space}_label-{tissue}_probseg.nii.gz"
 
     def transform_path(self, subject_label: str) -> Path:
-        return (
-            self.anat(subject_label)
-            / f"sub-{subject_label}_from-scanner_to-{TEMPLATE_SPACE}_mode-image_xfm.txt"
-        )
+        return self.anat(subject_label) / f"sub-{subject_label}_from-scanner_to-{TEMPLATE_SPACE}_mode-image_xfm.txt"
 
     def write_subject(self, subject: Subject, grid: Grid) -> None:
         """Labels, brain mask, tissue probabilities and head transform of one subject."""
@@ -167,14 +163,10 @@ class GroundTruthLayout:
         save_nifti(dseg, grid, self.dseg_path(subject.label), xform_code=4)
         save_nifti(brain.astype(np.uint8), grid, self.mask_path(subject.label), xform_code=4)
         for name, probability in probabilities.items():
-            save_nifti(
-                probability.astype(np.float32), grid, self.probseg_path(subject.label, name), xform_code=4
-            )
+            save_nifti(probability.astype(np.float32), grid, self.probseg_path(subject.label, name), xform_code=4)
         write_itk_transform(subject, self.transform_path(subject.label))
 
-    def write_render(
-        self, subject_label: str, site_label: str, contrast: str, image: NDArray, grid: Grid
-    ) -> None:
+    def write_render(self, subject_label: str, site_label: str, contrast: str, image: NDArray, grid: Grid) -> None:
         save_nifti(image, grid, self.render_path(subject_label, site_label, contrast), xform_code=4)
 
     def write_dataset_files(
@@ -196,9 +188,7 @@ class GroundTruthLayout:
             },
         )
         atomic_write_text(self.root / "README", _GROUND_TRUTH_README.format(notice=TEMPLATE_DATA_NOTICE))
-        write_tsv(
-            self.root / "dseg.tsv", ({"index": value, "name": name} for name, value in DSEG_LABELS.items())
-        )
+        write_tsv(self.root / "dseg.tsv", ({"index": value, "name": name} for name, value in DSEG_LABELS.items()))
         write_tsv(self.root / "tissues.tsv", _tissue_rows())
         write_tsv(self.root / "sites.tsv", (site_row(site, contrasts) for site in sites))
         write_json(self.root / "sites.json", {site.label: site.to_json() for site in sites})

@@ -28,14 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sites", type=int, default=3, metavar="N", help="number of sites (default 3)")
     parser.add_argument("--subjects", type=int, default=8, metavar="M", help="number of subjects (default 8)")
     parser.add_argument("--contrasts", nargs="+", choices=CONTRASTS, default=["T1w"], help="default T1w")
-    parser.add_argument(
-        "--resolution", type=float, default=2.0, metavar="MM", help="simulation grid in mm (default 2)"
-    )
+    parser.add_argument("--resolution", type=float, default=2.0, metavar="MM", help="simulation grid in mm (default 2)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier simulation in OUT")
-    parser.add_argument(
-        "--figure", type=Path, metavar="PNG", help="also draw the first subject at every site"
-    )
+    parser.add_argument("--figure", type=Path, metavar="PNG", help="also draw the first subject at every site")
     return parser
 
 

@@ -78,7 +78,9 @@ class SimulatedDataset:
         rng = np.random.default_rng([self.seed, index, stream])
         return add_rician_noise(render, noise_sigma(site), rng, offset=site.intensity_offset)
 
-    def native_truth(self, subject: str, target_site: str, contrast: str = "T1w") -> tuple[nb.Nifti1Image, nb.Nifti1Image]:
+    def native_truth(
+        self, subject: str, target_site: str, contrast: str = "T1w"
+    ) -> tuple[nb.Nifti1Image, nb.Nifti1Image]:
         """The subject rendered by `target_site` on its own scan's native grid, and the brain mask
         there (see render_native_truth). The subject is drawn again from its seeded stream."""
         index = list(self.site_of_subject).index(subject)

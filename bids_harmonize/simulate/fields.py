@@ -7,9 +7,7 @@ from numpy.polynomial import legendre
 from numpy.typing import NDArray
 
 
-def random_polynomial_field(
-    shape: tuple[int, ...], degree: int, rng: np.random.Generator
-) -> NDArray[np.float32]:
+def random_polynomial_field(shape: tuple[int, ...], degree: int, rng: np.random.Generator) -> NDArray[np.float32]:
     """A random 3D Legendre polynomial of total degree <= `degree` over the array (axes mapped to
     [-1, 1]), scaled to max |value| = 1. Higher orders get smaller coefficients, so the field
     varies smoothly on the scale of (field of view / degree). Cheap: a tensor-product evaluation."""

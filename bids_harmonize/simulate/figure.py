@@ -40,9 +40,7 @@ def plot_site_renders(dataset: SimulatedDataset, out_png: Path | str, subject: s
                 axis.imshow(view, cmap="gray", vmin=low, vmax=high, origin="lower")
                 axis.set_axis_off()
             axes[2 * row, column].set_title(_site_title(dataset, site.label, contrast), fontsize=8)
-    figure.suptitle(
-        f"sub-{subject} at every simulated site (axial and sagittal, noise-free ground truth)", fontsize=10
-    )
+    figure.suptitle(f"sub-{subject} at every simulated site (axial and sagittal, noise-free ground truth)", fontsize=10)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out_png, dpi=72)

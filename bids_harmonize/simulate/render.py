@@ -50,9 +50,7 @@ def brightest_brain_signal(site: Site, contrast: str) -> float:
     signals = []
     for name in BRAIN_TISSUES:
         tissue = TISSUES[name]
-        signals.append(
-            tissue.proton_density * float(sequence.signal(*tissue.relaxation(site.field_strength_t)))
-        )
+        signals.append(tissue.proton_density * float(sequence.signal(*tissue.relaxation(site.field_strength_t))))
     return max(signals)
 
 
@@ -167,9 +165,7 @@ def acquire(
     signal = _to_native(blurred, subject, template_grid, grid)
     signal *= receive_bias(grid, site.bias_amplitude, rng)
     noisy = add_rician_noise(signal, site.noise_fraction * brightest_brain_signal(site, contrast), rng)
-    stored = np.clip(
-        np.round(noisy * vendor_gain(site, contrast) + site.intensity_offset), 0, MAX_STORED_VALUE
-    )
+    stored = np.clip(np.round(noisy * vendor_gain(site, contrast) + site.intensity_offset), 0, MAX_STORED_VALUE)
     image = nb.Nifti1Image(stored.astype(np.int16), grid.affine)
     image.set_qform(grid.affine, code=1)
     image.set_sform(grid.affine, code=1)

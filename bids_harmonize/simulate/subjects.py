@@ -99,18 +99,13 @@ def _random_pose(rng: np.random.Generator) -> HeadPose:
     )
 
 
-def random_deformation(
-    template: TemplateAnatomy, ventricle_expansion_mm: float, rng: np.random.Generator
-) -> Array:
+def random_deformation(template: TemplateAnatomy, ventricle_expansion_mm: float, rng: np.random.Generator) -> Array:
     """Displacement field (voxels, shape (3, *grid)) of a random diffeomorphism: a smooth random
     velocity plus a push that enlarges the ventricles by about `ventricle_expansion_mm`,
     integrated by scaling and squaring. Subject anatomy = template sampled at x + displacement(x)."""
     grid = template.grid
     random_velocity = np.stack(
-        [
-            random_polynomial_field(grid.shape, VELOCITY_DEGREE, rng) * VELOCITY_MAX_MM / s
-            for s in grid.spacing_mm
-        ]
+        [random_polynomial_field(grid.shape, VELOCITY_DEGREE, rng) * VELOCITY_MAX_MM / s for s in grid.spacing_mm]
     )
     velocity = random_velocity + _ventricle_push(template.ventricles, grid, ventricle_expansion_mm)
     return _integrate(velocity, np.indices(grid.shape, dtype=np.float32))
@@ -145,8 +140,6 @@ def make_subject(template: TemplateAnatomy, label: str, rng: np.random.Generator
         brain_mask=warp(template.brain_mask) > 0.5,
         t1_texture=warp(template.t1_texture),
         t2_texture=warp(template.t2_texture),
-        relaxation_scale={
-            name: (float(t1), float(t2)) for name, (t1, t2) in zip(BRAIN_TISSUES, scales, strict=True)
-        },
+        relaxation_scale={name: (float(t1), float(t2)) for name, (t1, t2) in zip(BRAIN_TISSUES, scales, strict=True)},
         pose=_random_pose(rng),
     )

@@ -156,9 +156,7 @@ def _missing_warnings(image: ImageRecord, sig: ScannerSignature, parts: tuple[st
     return warnings
 
 
-def _inferred_label(
-    sig: ScannerSignature, protocol_rank: int | None, parts_wanted: tuple[str, ...]
-) -> str:
+def _inferred_label(sig: ScannerSignature, protocol_rank: int | None, parts_wanted: tuple[str, ...]) -> str:
     if sig.vendor is None and sig.model is None and sig.field_t is None and sig.unit is None:
         return UNKNOWN_SITE
     parts = _label_parts(sig)

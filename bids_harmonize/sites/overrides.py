@@ -117,9 +117,7 @@ def _add_bids_tables(overrides: SiteOverrides, bids_dir: Path, subjects: set[str
                 )
 
 
-def load_overrides(
-    bids_dir: Path, images: list[ImageRecord], site_table: Path | None = None
-) -> SiteOverrides:
+def load_overrides(bids_dir: Path, images: list[ImageRecord], site_table: Path | None = None) -> SiteOverrides:
     """Collect every user-given site label that applies to ``images``."""
     overrides = SiteOverrides()
     if site_table is not None:

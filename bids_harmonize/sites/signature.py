@@ -176,9 +176,7 @@ def scanner_signature(metadata: dict[str, Any], policy: SitePolicy) -> ScannerSi
     )
 
 
-def protocol_signature(
-    metadata: dict[str, Any], voxel_size: tuple[float, ...] | None
-) -> ProtocolSignature:
+def protocol_signature(metadata: dict[str, Any], voxel_size: tuple[float, ...] | None) -> ProtocolSignature:
     values: dict[str, Any] = {}
     for key in PROTOCOL_KEYS:
         if key == "VoxelSize":

@@ -86,9 +86,8 @@ def sites_dictionary(assignments: list[SiteAssignment]) -> dict[str, Any]:
     levels = {}
     for site, members in _by_site(assignments).items():
         first = members[0]
-        levels[site] = (
-            f"{len(members)} image(s); {first.provenance}; "
-            + (first.evidence if first.provenance == "inferred" else f"e.g. {first.evidence}")
+        levels[site] = f"{len(members)} image(s); {first.provenance}; " + (
+            first.evidence if first.provenance == "inferred" else f"e.g. {first.evidence}"
         )
     dictionary["site"]["Levels"] = levels
     return dictionary

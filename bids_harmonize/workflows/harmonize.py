@@ -29,22 +29,41 @@ def init_harmonize_wf(
     outputnode = pe.Node(IdentityInterface(fields=["native_harmonized", "template_harmonized"]), name="outputnode")
     murd = pe.Node(
         HarmonizeVolume(
-            bundle_dir=bundle_dir, bundle_sha256=bundle_sha256, target_site=target_site, source_site=source_site, style=style, seed=seed,
-            device=device, use_gpu=device.startswith("cuda"), num_threads=omp_nthreads,
+            bundle_dir=bundle_dir,
+            bundle_sha256=bundle_sha256,
+            target_site=target_site,
+            source_site=source_site,
+            style=style,
+            seed=seed,
+            device=device,
+            use_gpu=device.startswith("cuda"),
+            num_threads=omp_nthreads,
         ),
-        name="murd", n_procs=omp_nthreads, mem_gb=4.0,
+        name="murd",
+        n_procs=omp_nthreads,
+        mem_gb=4.0,
     )
     to_native = pe.Node(
         HarmonizedToNative(target_lo=target_scale[0], target_hi=target_scale[1], num_threads=omp_nthreads),
         name="to_native",
     )
-    workflow.connect([
-        (inputnode, murd, [("model_input", "in_file")]),
-        (inputnode, to_native, [("model_input", "model_input"), ("native_preproc", "native"),
-                                ("transform", "transform"), ("scale_file", "source_scale")]),
-        (murd, to_native, [("out_file", "harmonized"), ("lookup_file", "lookup_file")]),
-        (to_native, outputnode, [("native_file", "native_harmonized"), ("template_file", "template_harmonized")]),
-    ])
+    workflow.connect(
+        [
+            (inputnode, murd, [("model_input", "in_file")]),
+            (
+                inputnode,
+                to_native,
+                [
+                    ("model_input", "model_input"),
+                    ("native_preproc", "native"),
+                    ("transform", "transform"),
+                    ("scale_file", "source_scale"),
+                ],
+            ),
+            (murd, to_native, [("out_file", "harmonized"), ("lookup_file", "lookup_file")]),
+            (to_native, outputnode, [("native_file", "native_harmonized"), ("template_file", "template_harmonized")]),
+        ]
+    )
     if style == "reference":
         workflow.connect(inputnode, "reference_file", murd, "reference_file")
     return workflow

@@ -43,8 +43,12 @@ class HarmonizationPlan:
             "TargetSite": self.target_site,
             "TargetStyle": self.style if self.style != "random" else f"random (seed {self.seed})",
             "TargetIntensityScale": {"lo": self.target_scale[0], "hi": self.target_scale[1]},
-            "ModelBundle": {"Path": self.bundle_dir, "SHA256": self.bundle_sha256, "CardSHA256": self.card_sha256,
-                            "Sites": list(self.bundle_sites)},
+            "ModelBundle": {
+                "Path": self.bundle_dir,
+                "SHA256": self.bundle_sha256,
+                "CardSHA256": self.card_sha256,
+                "Sites": list(self.bundle_sites),
+            },
         }
 
 
@@ -73,17 +77,24 @@ def init_participant_wf(
     for a in assignments:
         contrast = a.image.suffix
         preproc = init_preproc_wf(
-            template_file=template.images[contrast], template_mask_file=template.mask, **masking,
+            template_file=template.images[contrast],
+            template_mask_file=template.mask,
+            **masking,
             name=f"preproc_{node_name(a.image.relpath)}",
         )
         preproc.inputs.inputnode.in_file = str(a.image.path)
         sink = pe.Node(
             DerivativesSink(
-                out_dir=str(out_dir), record=a.image.to_json(), template=template.name, resolution=template.resolution,
+                out_dir=str(out_dir),
+                record=a.image.to_json(),
+                template=template.name,
+                resolution=template.resolution,
                 provenance=provenance,
                 site={"site": a.site, "provenance": a.provenance, "evidence": a.evidence},
             ),
-            name=f"sink_{node_name(a.image.relpath)}", overwrite=True, run_without_submitting=True,
+            name=f"sink_{node_name(a.image.relpath)}",
+            overwrite=True,
+            run_without_submitting=True,
         )
         workflow.connect([(preproc, sink, [(f"outputnode.{f}", f) for f in PREPROC_OUTPUTS if f in _SINK_PREPROC])])
         plan = plans.get(contrast)
@@ -97,17 +108,38 @@ def init_participant_wf(
             )
             continue
         harmonize = init_harmonize_wf(
-            bundle_dir=plan.bundle_dir, bundle_sha256=plan.bundle_sha256, target_site=plan.target_site,
-            source_site=a.site, target_scale=plan.target_scale, style=plan.style, seed=plan.seed, device=device,
-            omp_nthreads=omp_nthreads, name=f"harmonize_{node_name(a.image.relpath)}",
+            bundle_dir=plan.bundle_dir,
+            bundle_sha256=plan.bundle_sha256,
+            target_site=plan.target_site,
+            source_site=a.site,
+            target_scale=plan.target_scale,
+            style=plan.style,
+            seed=plan.seed,
+            device=device,
+            omp_nthreads=omp_nthreads,
+            name=f"harmonize_{node_name(a.image.relpath)}",
         )
         sink.inputs.harmonization = plan.sidecar_fields()
-        workflow.connect([
-            (preproc, harmonize, [(f"outputnode.{f}", f"inputnode.{f}")
-                                  for f in ("model_input", "native_preproc", "transform", "scale_file")]),
-            (harmonize, sink, [("outputnode.native_harmonized", "native_harmonized"),
-                               ("outputnode.template_harmonized", "template_harmonized")]),
-        ])
+        workflow.connect(
+            [
+                (
+                    preproc,
+                    harmonize,
+                    [
+                        (f"outputnode.{f}", f"inputnode.{f}")
+                        for f in ("model_input", "native_preproc", "transform", "scale_file")
+                    ],
+                ),
+                (
+                    harmonize,
+                    sink,
+                    [
+                        ("outputnode.native_harmonized", "native_harmonized"),
+                        ("outputnode.template_harmonized", "template_harmonized"),
+                    ],
+                ),
+            ]
+        )
         if contrast in references:
             workflow.connect(references[contrast], "outputnode.model_input", harmonize, "inputnode.reference_file")
     return workflow, not_harmonized
@@ -116,9 +148,13 @@ def init_participant_wf(
 _SINK_PREPROC = ("native_preproc", "template_preproc", "native_mask", "transform", "mask_record")
 
 
-def _reference_wf(plan: HarmonizationPlan, template: TemplateFiles, contrast: str, masking: dict[str, Any]) -> pe.Workflow:
+def _reference_wf(
+    plan: HarmonizationPlan, template: TemplateFiles, contrast: str, masking: dict[str, Any]
+) -> pe.Workflow:
     reference = init_preproc_wf(
-        template_file=template.images[contrast], template_mask_file=template.mask, **masking,
+        template_file=template.images[contrast],
+        template_mask_file=template.mask,
+        **masking,
         name=f"preproc_reference_{contrast}",
     )
     reference.inputs.inputnode.in_file = plan.reference_image

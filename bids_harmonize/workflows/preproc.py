@@ -36,8 +36,14 @@ PREPROC_OUTPUTS = (
 
 
 def init_preproc_wf(
-    *, template_file: str, template_mask_file: str, brain_mask: str = DEFAULT_METHOD, device: str = "cpu",
-    omp_nthreads: int = 1, seed: int = 0, name: str = "preproc_wf",
+    *,
+    template_file: str,
+    template_mask_file: str,
+    brain_mask: str = DEFAULT_METHOD,
+    device: str = "cpu",
+    omp_nthreads: int = 1,
+    seed: int = 0,
+    name: str = "preproc_wf",
 ) -> pe.Workflow:
     """Preprocess one anatomical image; ``inputnode.in_file`` is the raw NIfTI."""
     if brain_mask not in METHODS:
@@ -49,34 +55,41 @@ def init_preproc_wf(
     n4 = pe.Node(N4BiasCorrect(num_threads=omp_nthreads), name="n4", n_procs=omp_nthreads, mem_gb=2.0)
     register = pe.Node(
         RegisterToTemplate(template=template_file, seed=seed, num_threads=omp_nthreads),
-        name="register", n_procs=omp_nthreads, mem_gb=2.0,
+        name="register",
+        n_procs=omp_nthreads,
+        mem_gb=2.0,
     )
     carried = pe.Node(TemplateMaskToNative(mask=template_mask_file, num_threads=omp_nthreads), name="mask_to_native")
     record = pe.Node(MaskRecord(method=brain_mask), name="mask_record")
     scale = pe.Node(ScaleIntensity(mask=template_mask_file), name="scale")
-    workflow.connect([
-        (inputnode, conform, [("in_file", "in_file")]),
-        (conform, n4, [("out_file", "in_file")]),
-        (n4, register, [("out_file", "in_file")]),
-        (n4, carried, [("out_file", "reference")]),
-        (register, carried, [("transform", "transform")]),
-        (register, scale, [("warped", "in_file")]),
-        (n4, outputnode, [("out_file", "native_preproc")]),
-        (register, outputnode, [("warped", "template_preproc"), ("transform", "transform")]),
-        (scale, outputnode, [("out_file", "model_input"), ("scale_file", "scale_file")]),
-        (record, outputnode, [("out_file", "mask_record")]),
-    ])
+    workflow.connect(
+        [
+            (inputnode, conform, [("in_file", "in_file")]),
+            (conform, n4, [("out_file", "in_file")]),
+            (n4, register, [("out_file", "in_file")]),
+            (n4, carried, [("out_file", "reference")]),
+            (register, carried, [("transform", "transform")]),
+            (register, scale, [("warped", "in_file")]),
+            (n4, outputnode, [("out_file", "native_preproc")]),
+            (register, outputnode, [("warped", "template_preproc"), ("transform", "transform")]),
+            (scale, outputnode, [("out_file", "model_input"), ("scale_file", "scale_file")]),
+            (record, outputnode, [("out_file", "mask_record")]),
+        ]
+    )
     if brain_mask == "template":
         workflow.connect(carried, "out_file", outputnode, "native_mask")
         return workflow
-    learned = pe.Node(LearnedBrainMask(device=device, num_threads=omp_nthreads), name="learned_mask",
-                      n_procs=omp_nthreads, mem_gb=3.0)
+    learned = pe.Node(
+        LearnedBrainMask(device=device, num_threads=omp_nthreads), name="learned_mask", n_procs=omp_nthreads, mem_gb=3.0
+    )
     register.inputs.template_mask = template_mask_file
-    workflow.connect([
-        (conform, learned, [("out_file", "in_file")]),  # the network was trained on raw intensities
-        (learned, register, [("out_file", "in_mask")]),
-        (learned, record, [("out_file", "mask")]),
-        (carried, record, [("out_file", "template_mask")]),
-        (learned, outputnode, [("out_file", "native_mask")]),
-    ])
+    workflow.connect(
+        [
+            (conform, learned, [("out_file", "in_file")]),  # the network was trained on raw intensities
+            (learned, register, [("out_file", "in_mask")]),
+            (learned, record, [("out_file", "mask")]),
+            (carried, record, [("out_file", "template_mask")]),
+            (learned, outputnode, [("out_file", "native_mask")]),
+        ]
+    )
     return workflow

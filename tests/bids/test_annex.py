@@ -46,8 +46,11 @@ def test_a_selected_image_with_an_absent_sidecar_is_named_with_the_datalad_fix(t
 
 
 def test_an_absent_top_level_sidecar_applies_to_every_image_of_its_suffix(tmp_path):
-    bids = make_bids(tmp_path / "bids", [Scan("01", "ge"), Scan("01", "ge", suffix="T2w")],
-                     dataset_sidecars={"T2w.json": {"EchoTime": 0.5}})
+    bids = make_bids(
+        tmp_path / "bids",
+        [Scan("01", "ge"), Scan("01", "ge", suffix="T2w")],
+        dataset_sidecars={"T2w.json": {"EchoTime": 0.5}},
+    )
     _unfetch(bids / "T2w.json")
     found = discover_images(bids)
     assert [i.suffix for i in found.images] == ["T1w"]
@@ -81,8 +84,11 @@ def test_a_real_partial_datalad_dataset_runs_participant_and_group(tmp_path, cap
     subprocess.run(["datalad", "create", "--force", str(dataset)], check=True, capture_output=True)
     subprocess.run(["datalad", "save", "-d", str(dataset), "-m", "simulated"], check=True, capture_output=True)
     dropped = ["sub-03/anat/sub-03_T1w.json", "sub-04/anat/sub-04_T1w.nii.gz"]
-    subprocess.run(["datalad", "drop", "--reckless", "availability", "-d", str(dataset), *[str(dataset / p) for p in dropped]],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["datalad", "drop", "--reckless", "availability", "-d", str(dataset), *[str(dataset / p) for p in dropped]],
+        check=True,
+        capture_output=True,
+    )
     assert all((dataset / p).is_symlink() and not (dataset / p).exists() for p in dropped)
     before = {p: p.read_bytes() for p in dataset.rglob("*") if p.is_file() and ".git" not in p.parts}
     out = tmp_path / "out"

@@ -17,17 +17,29 @@ def source(relpath: str = "sub-01/ses-01/anat/sub-01_ses-01_acq-mprage_run-02_T1
 
 
 def test_derivative_names_follow_bids_entity_order(tmp_path):
-    path = outputs.derivative_path(tmp_path, source(), space="MNI152NLin2009cSym", resolution=2, description="harmonized")
-    assert path == tmp_path / "sub-01/ses-01/anat/sub-01_ses-01_acq-mprage_run-02_space-MNI152NLin2009cSym_res-2_desc-harmonized_T1w.nii.gz"
-    mask = outputs.derivative_path(tmp_path, source("sub-01/anat/sub-01_acq-mprage_run-2_T1w.nii"), description="brain", suffix="mask")
+    path = outputs.derivative_path(
+        tmp_path, source(), space="MNI152NLin2009cSym", resolution=2, description="harmonized"
+    )
+    assert (
+        path
+        == tmp_path
+        / "sub-01/ses-01/anat/sub-01_ses-01_acq-mprage_run-02_space-MNI152NLin2009cSym_res-2_desc-harmonized_T1w.nii.gz"
+    )
+    mask = outputs.derivative_path(
+        tmp_path, source("sub-01/anat/sub-01_acq-mprage_run-2_T1w.nii"), description="brain", suffix="mask"
+    )
     assert mask.name == "sub-01_acq-mprage_run-2_desc-brain_mask.nii.gz"
     assert sidecar_path(mask).name == "sub-01_acq-mprage_run-2_desc-brain_mask.json"
 
 
-@pytest.mark.parametrize("entities", ["echo-1", "echo-2", "flip-2", "inv-1", "mt-on", "part-mag", "chunk-3", "ce-gad", "rec-norm"])
+@pytest.mark.parametrize(
+    "entities", ["echo-1", "echo-2", "flip-2", "inv-1", "mt-on", "part-mag", "chunk-3", "ce-gad", "rec-norm"]
+)
 def test_every_source_entity_survives_so_echoes_do_not_collide(tmp_path, entities):
     raw = f"sub-01/anat/sub-01_acq-mp2_{entities}_run-1_T1w.nii.gz"
-    path = outputs.derivative_path(tmp_path, source(raw), space="MNI152NLin2009cSym", resolution=1, description="preproc")
+    path = outputs.derivative_path(
+        tmp_path, source(raw), space="MNI152NLin2009cSym", resolution=1, description="preproc"
+    )
     assert f"_{entities}_" in path.name and path.name.endswith("_res-1_desc-preproc_T1w.nii.gz")  # schema order
     # pybids reads back exactly the entities of the source plus the new ones
     from bids.layout import parse_file_entities
@@ -73,8 +85,9 @@ def test_another_pipelines_output_dir_is_refused(tmp_path):
 def test_sidecar_carries_sources_and_provenance(tmp_path):
     img = nb.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4))
     provenance = derivatives.Provenance(command_line=["bids_harmonize", "in", "out", "participant"])
-    sidecar = derivatives.image_sidecar([source()], provenance, skull_stripped=False,
-                                        extra={"TargetSite": "A"}, inherited={"RepetitionTime": 2.3})
+    sidecar = derivatives.image_sidecar(
+        [source()], provenance, skull_stripped=False, extra={"TargetSite": "A"}, inherited={"RepetitionTime": 2.3}
+    )
     path = derivatives.write_image(img, tmp_path / "x_T1w.nii.gz", sidecar)
     written = json.loads(sidecar_path(path).read_text())
     assert written["Sources"] == ["bids:raw:" + source().relpath]

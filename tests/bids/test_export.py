@@ -27,8 +27,11 @@ def test_export_places_harmonized_images_and_keeps_everything_else(tmp_path):
     out = tmp_path / "out"
     t1 = next(i for i in images if i.subject == "01" and i.suffix == "T1w")
     harmonized = nb.Nifti1Image(np.full((6, 6, 6), 7.0, np.float32), nb.load(t1.path).affine)
-    derivatives.write_image(harmonized, outputs.derivative_path(out, t1, description="harmonized"),
-                            {"TargetSite": "B", "ModelBundle": {"SHA256": "ab" * 32}, "Sources": [t1.bids_uri]})
+    derivatives.write_image(
+        harmonized,
+        outputs.derivative_path(out, t1, description="harmonized"),
+        {"TargetSite": "B", "ModelBundle": {"SHA256": "ab" * 32}, "Sources": [t1.bids_uri]},
+    )
 
     placed, kept = export_bids(raw, out, tmp_path / "export", images)
 
@@ -37,7 +40,9 @@ def test_export_places_harmonized_images_and_keeps_everything_else(tmp_path):
     np.testing.assert_array_equal(nb.load(export / t1.relpath).get_fdata(), 7.0)
     sidecar = json.loads((export / "sub-01/anat/sub-01_T1w.json").read_text())
     assert sidecar["Manufacturer"] == "GE MEDICAL SYSTEMS" and sidecar["Harmonization"]["TargetSite"] == "B"
-    assert (export / "sub-01/anat/sub-01_T2w.nii.gz").read_bytes() == (raw / "sub-01/anat/sub-01_T2w.nii.gz").read_bytes()
+    assert (export / "sub-01/anat/sub-01_T2w.nii.gz").read_bytes() == (
+        raw / "sub-01/anat/sub-01_T2w.nii.gz"
+    ).read_bytes()
     assert (export / "sub-01/func/sub-01_task-rest_bold.nii.gz").is_file() and (export / "README").is_file()
     assert (raw / t1.relpath).read_bytes() != (export / t1.relpath).read_bytes()  # the raw image is untouched
     description = json.loads((export / "dataset_description.json").read_text())

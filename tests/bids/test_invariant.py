@@ -22,8 +22,9 @@ SCALE = {"lo": 0.0, "hi": 1000.0}
 def test_the_range_is_the_model_range_widened_on_the_target_scale():
     bounds = invariant.OutputRange.for_target(0.0, 1000.0)
     assert (bounds.lo, bounds.hi) == (-250.0, 2000.0)
-    data, clipped = invariant.enforce(np.array([-300.0, 10.0, 2500.0] + [5.0] * 97, np.float32), image="x",
-                                      bundle=BUNDLE, bounds=bounds)
+    data, clipped = invariant.enforce(
+        np.array([-300.0, 10.0, 2500.0] + [5.0] * 97, np.float32), image="x", bundle=BUNDLE, bounds=bounds
+    )
     assert clipped == 2 and data.min() == -250.0 and data.max() == 2000.0
 
 
@@ -31,7 +32,9 @@ def test_the_range_is_the_model_range_widened_on_the_target_scale():
 def test_a_non_finite_value_is_refused_naming_the_image_and_the_bundle(bad):
     data = np.ones(10, np.float32)
     data[3] = bad
-    with pytest.raises(invariant.OutputInvariantError, match=r"sub-01_T1w.nii.gz harmonized with the model bundle /models/T1w: 1 voxel"):
+    with pytest.raises(
+        invariant.OutputInvariantError, match=r"sub-01_T1w.nii.gz harmonized with the model bundle /models/T1w: 1 voxel"
+    ):
         invariant.enforce(data, image="sub-01_T1w.nii.gz", bundle=BUNDLE, bounds=invariant.OutputRange(0, 1))
 
 
@@ -51,7 +54,10 @@ def _sink(tmp_path: Path, harmonized: np.ndarray) -> DerivativesSink:
         nb.Nifti1Image(data, affine).to_filename(files[name])
     record = ImageRecord(raw, "sub-01/anat/sub-01_T1w.nii.gz", "01", None, "T1w")
     return DerivativesSink(
-        out_dir=str(tmp_path / "out"), record=record.to_json(), template="MNI152NLin2009cSym", resolution=2,
+        out_dir=str(tmp_path / "out"),
+        record=record.to_json(),
+        template="MNI152NLin2009cSym",
+        resolution=2,
         provenance={"command_line": ["bids_harmonize"], "start_time": "now"},
         site={"site": "A", "provenance": "inferred", "evidence": ""},
         harmonization={"TargetIntensityScale": SCALE, "ModelBundle": {"Path": BUNDLE}},

@@ -27,7 +27,9 @@ def test_finds_all_anatomical_images_with_entities_and_geometry(multisite_bids, 
 
 def test_dataset_level_sidecars_are_inherited(tmp_path):
     scans = [Scan("01", None), Scan("02", None, extra={"Manufacturer": "GE"}), Scan("03", None, sidecar=False)]
-    root = make_bids(tmp_path / "bids", scans, dataset_sidecars={"T1w.json": {"Manufacturer": "Philips", "MagneticFieldStrength": 3}})
+    root = make_bids(
+        tmp_path / "bids", scans, dataset_sidecars={"T1w.json": {"Manufacturer": "Philips", "MagneticFieldStrength": 3}}
+    )
     meta = {i.subject: i.metadata for i in discover_images(root).images}
     assert meta["01"]["Manufacturer"] == "Philips"
     assert meta["02"]["Manufacturer"] == "GE"  # the closer sidecar wins

@@ -25,7 +25,8 @@ def test_the_layout_names_every_path_in_out():
     record = ImageRecord(Path("/raw/sub-01/anat/sub-01_T1w.nii.gz"), "sub-01/anat/sub-01_T1w.nii.gz", "01", None, "T1w")
     assert layout.output(record, "native_harmonized") == out / "sub-01/anat/sub-01_desc-harmonized_T1w.nii.gz"
     assert layout.output(record, "template_preproc", "MNI152NLin2009cSym", 2) == output_path(
-        out, record, "template_preproc", "MNI152NLin2009cSym", 2)
+        out, record, "template_preproc", "MNI152NLin2009cSym", 2
+    )
 
 
 def test_a_template_grid_output_without_its_template_is_refused():
@@ -37,8 +38,15 @@ def test_a_template_grid_output_without_its_template_is_refused():
 def test_the_layout_finds_what_runs_left_in_logs(tmp_path):
     layout = OutputLayout(tmp_path)
     assert layout.crash_files() == [] and layout.training_logs("T1w") == [] and layout.run_configs() == []
-    for name in ("crash-r2.txt", "crash-20250101-node.txt", "training-T1w-r1.jsonl", "training-T2w-r1.jsonl",
-                 "config-b.json", "config-a.json", "CITATION.md"):
+    for name in (
+        "crash-r2.txt",
+        "crash-20250101-node.txt",
+        "training-T1w-r1.jsonl",
+        "training-T2w-r1.jsonl",
+        "config-b.json",
+        "config-a.json",
+        "CITATION.md",
+    ):
         (tmp_path / "logs").mkdir(exist_ok=True)
         (tmp_path / "logs" / name).write_text("")
     assert [p.name for p in layout.crash_files()] == ["crash-20250101-node.txt", "crash-r2.txt"]
@@ -55,14 +63,23 @@ def test_bidsignore_patterns_are_the_layouts_names():
 # top-level folders that discovery skips.
 OUT_NAMES = {"sites.tsv", "sites.json", "models", "logs", ".locks", "group.html", "CITATION.md", "CITATION.bib"}
 OUT_PATTERNS = re.compile(r"^(training-|config-|crash-)|^sub-.*\.html$|(^|/)logs/")
-NOT_OUT = {("simulate/bids_io.py", "sites.tsv"), ("simulate/bids_io.py", "sites.json"), ("preproc/brainmask.py", "models"),
-           ("bids/layout.py", "models")}
+NOT_OUT = {
+    ("simulate/bids_io.py", "sites.tsv"),
+    ("simulate/bids_io.py", "sites.json"),
+    ("preproc/brainmask.py", "models"),
+    ("bids/layout.py", "models"),
+}
 
 
 def _string_literals(tree: ast.AST) -> list[tuple[int, str]]:
-    skip = {id(node.body[0].value) for node in ast.walk(tree)
-                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    skip = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.JoinedStr):  # an f-string as its template: f"sub-{x}.html" -> "sub-{}.html"

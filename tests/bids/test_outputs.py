@@ -23,8 +23,13 @@ def test_t1w_and_t2w_of_one_session_never_share_an_output_name():
 
 def test_template_space_sidecars_say_what_their_res_means():
     record = ImageRecord(Path("/raw/sub-01/anat/sub-01_T1w.nii.gz"), "sub-01/anat/sub-01_T1w.nii.gz", "01", None, "T1w")
-    writer = _Writer(Path("/out"), record, derivatives.Provenance(), "MNI152NLin2009cSym", {"site": "A", "provenance": "inferred", "evidence": ""})
+    writer = _Writer(
+        Path("/out"),
+        record,
+        derivatives.Provenance(),
+        "MNI152NLin2009cSym",
+        {"site": "A", "provenance": "inferred", "evidence": ""},
+    )
     writer.resolution = 2
     assert "2 mm" in writer._sidecar(OUTPUTS["template_preproc"], None)["Resolution"]["2"]
     assert "Resolution" not in writer._sidecar(OUTPUTS["native_preproc"], None)
-

@@ -39,7 +39,16 @@ def test_vendor_granularity_and_site_table(multisite_bids, tmp_path):
     table = tmp_path / "table.tsv"
     table.write_text("participant_id\tsite\nsub-07\tPhilipsOverride\n")
     out = tmp_path / "out"
-    argv = [str(multisite_bids), str(out), "group", "--sites-only", "--site-granularity", "vendor", "--site-table", str(table)]
+    argv = [
+        str(multisite_bids),
+        str(out),
+        "group",
+        "--sites-only",
+        "--site-granularity",
+        "vendor",
+        "--site-table",
+        str(table),
+    ]
     assert main(argv) == 0
     rows = read_sites(out)
     assert {r["site"] for r in rows} == {"Siemens", "GE", "Philips", "PhilipsOverride"}

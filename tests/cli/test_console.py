@@ -17,8 +17,10 @@ from bids_harmonize.console import LogSettings
 from helpers import Scan, make_bids
 
 CHATTER = '[Node] Setting-up "wf.preproc_sub_01_T1w.n4"'
-PROGRESS = re.compile(r"^INFO bids_harmonize: \[\d\d:\d\d:\d\d\] (sub-\d\d_T1w): (preprocessed|outputs written) "
-                      r"\((\d+) of (\d+) stages done, (\d+) left\)$")
+PROGRESS = re.compile(
+    r"^INFO bids_harmonize: \[\d\d:\d\d:\d\d\] (sub-\d\d_T1w): (preprocessed|outputs written) "
+    r"\((\d+) of (\d+) stages done, (\d+) left\)$"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -108,17 +110,34 @@ def test_stage_sizes_count_the_nodes_nipype_runs(tmp_path):
         (tmp_path / relpath).touch()
         image = ImageRecord(tmp_path / relpath, relpath, subject, None, "T1w")
         assignments.append(SiteAssignment(image, site, "inferred", "fake", scanner, ProtocolSignature()))
-    plan = HarmonizationPlan(bundle_dir=str(tmp_path / "bundle"), bundle_sha256="w", bundle_sites=("A", "B"),
-                             target_site="A", target_scale=(0.0, 1.0), style="site", seed=0)
-    template = TemplateFiles("MNI152NLin2009cSym", 2, {"T1w": str(tmp_path / "template.nii.gz")}, str(tmp_path / "mask.nii.gz"))
-    workflow, _ = init_participant_wf(assignments=assignments, out_dir=tmp_path / "out", template=template,
-                                      plans={"T1w": plan}, provenance={})
+    plan = HarmonizationPlan(
+        bundle_dir=str(tmp_path / "bundle"),
+        bundle_sha256="w",
+        bundle_sites=("A", "B"),
+        target_site="A",
+        target_scale=(0.0, 1.0),
+        style="site",
+        seed=0,
+    )
+    template = TemplateFiles(
+        "MNI152NLin2009cSym", 2, {"T1w": str(tmp_path / "template.nii.gz")}, str(tmp_path / "mask.nii.gz")
+    )
+    workflow, _ = init_participant_wf(
+        assignments=assignments, out_dir=tmp_path / "out", template=template, plans={"T1w": plan}, provenance={}
+    )
     from nipype.pipeline.engine.utils import generate_expanded_graph
 
-    ran = Counter(node.fullname.split(".")[1] for node in generate_expanded_graph(workflow._create_flat_graph()).nodes())
+    ran = Counter(
+        node.fullname.split(".")[1] for node in generate_expanded_graph(workflow._create_flat_graph()).nodes()
+    )
     assert console.stage_sizes(workflow) == ran
-    assert set(ran) == {"preproc_sub_01_T1w", "harmonize_sub_01_T1w", "sink_sub_01_T1w",
-                        "preproc_sub_02_T1w", "sink_sub_02_T1w"}
+    assert set(ran) == {
+        "preproc_sub_01_T1w",
+        "harmonize_sub_01_T1w",
+        "sink_sub_01_T1w",
+        "preproc_sub_02_T1w",
+        "sink_sub_02_T1w",
+    }
 
 
 def test_image_labels_come_back_from_node_names():
@@ -133,9 +152,24 @@ def test_a_participant_run_keeps_to_the_promised_console(tmp_path):
     """The whole CLI in its own process (MultiProc with forkserver workers, as users run it)."""
     scans = [Scan("01", "siemens_a", voxel=(4.0, 4.0, 4.0)), Scan("02", "ge", voxel=(4.0, 4.0, 4.0))]
     bids, out = make_bids(tmp_path / "bids", scans, shape=(32, 32, 32)), tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "bids_harmonize.cli.run", str(bids), str(out), "participant",
-                           "--nprocs", "2", "--skip-bids-validation", "-w", str(tmp_path / "work")],
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bids_harmonize.cli.run",
+            str(bids),
+            str(out),
+            "participant",
+            "--nprocs",
+            "2",
+            "--skip-bids-validation",
+            "-w",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         f"Preprocessed 2 image(s), harmonized 0; outputs in {out}",
@@ -145,8 +179,11 @@ def test_a_participant_run_keeps_to_the_promised_console(tmp_path):
     assert all(re.match(r"(INFO|WARNING) bids_harmonize[.\w]*: ", line) for line in lines), lines
     progress = [PROGRESS.match(line) for line in lines if PROGRESS.match(line)]
     assert sorted((m[1], m[2]) for m in progress) == [
-        ("sub-01_T1w", "outputs written"), ("sub-01_T1w", "preprocessed"),
-        ("sub-02_T1w", "outputs written"), ("sub-02_T1w", "preprocessed")]
+        ("sub-01_T1w", "outputs written"),
+        ("sub-01_T1w", "preprocessed"),
+        ("sub-02_T1w", "outputs written"),
+        ("sub-02_T1w", "preprocessed"),
+    ]
     assert [(int(m[3]), int(m[5])) for m in progress] == [(1, 3), (2, 2), (3, 1), (4, 0)]
     assert len(lines) <= 15  # before the quiet console: ~90 lines for these two images
     node_log = next((out / "logs").glob("nipype-*.log")).read_text()

@@ -17,8 +17,7 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from bids_harmonize.bids import invariant
 from bids_harmonize.bids.screen import image_problem, read_header_geometry
@@ -34,8 +33,14 @@ ODD_NUMBERS = st.one_of(
     st.sampled_from([0.0, -0.0, 1e300, -1e300, 1e30, 1e-30, 999.0, 1000.5]),
     st.integers(-(2**70), 2**70),
 )
-ODD_VALUES = st.one_of(ODD_NUMBERS, st.none(), st.booleans(), st.text(max_size=5),
-                       st.lists(ODD_NUMBERS, max_size=3), st.dictionaries(st.text(max_size=3), ODD_NUMBERS, max_size=2))
+ODD_VALUES = st.one_of(
+    ODD_NUMBERS,
+    st.none(),
+    st.booleans(),
+    st.text(max_size=5),
+    st.lists(ODD_NUMBERS, max_size=3),
+    st.dictionaries(st.text(max_size=3), ODD_NUMBERS, max_size=2),
+)
 
 
 def _leaves(value, path=()):
@@ -107,9 +112,16 @@ def images(draw, min_side: int = 1, max_side: int = 24):
     kind = draw(st.sampled_from(["head", "noise", "constant", "one voxel", "extreme", "nan", "inf"]))
     data = _values(kind, shape, np.dtype(dtype), draw(st.integers(0, 2**16)))
     # Half the draws have a head-sized field of view, so the later checks are reached too.
-    zooms = draw(st.one_of(st.lists(st.floats(0.05, 12.0), min_size=3, max_size=3),
-                           st.lists(st.floats(100.0 / min(shape[:3]), 12.0) if min(shape[:3]) >= 16 else st.just(8.0),
-                                    min_size=3, max_size=3)))
+    zooms = draw(
+        st.one_of(
+            st.lists(st.floats(0.05, 12.0), min_size=3, max_size=3),
+            st.lists(
+                st.floats(100.0 / min(shape[:3]), 12.0) if min(shape[:3]) >= 16 else st.just(8.0),
+                min_size=3,
+                max_size=3,
+            ),
+        )
+    )
     affine = np.diag([*zooms, 1.0])
     affine[:3, 3] = draw(st.lists(st.floats(-1e4, 1e4), min_size=3, max_size=3))
     if draw(st.booleans()):  # oblique, sheared or degenerate
@@ -190,6 +202,10 @@ def test_a_participant_run_on_any_image_ends_cleanly(tmp_path_factory, capfd, im
     for written in out.glob("sub-*/anat/*.nii.gz"):
         values = np.asanyarray(nb.load(written).dataobj)
         assert np.isfinite(values).all(), written
-        sidecar = json.loads(Path(str(written).replace(".nii.gz", ".json")).read_text()) if "harmonized" in written.name else {}
+        sidecar = (
+            json.loads(Path(str(written).replace(".nii.gz", ".json")).read_text())
+            if "harmonized" in written.name
+            else {}
+        )
         if "OutputRange" in sidecar:
             assert sidecar["OutputRange"]["Min"] <= values.min() and values.max() <= sidecar["OutputRange"]["Max"]

@@ -58,9 +58,9 @@ def test_another_pipelines_output_folder_is_refused_before_anything_is_written(b
 
 
 def test_one_site_says_why_nothing_is_trained_and_what_to_do(tmp_path, caplog):
+    from bids_harmonize.config import RunConfig
     from bids_harmonize.levels.training import train_contrast
     from bids_harmonize.sites import SiteAssignment
-    from bids_harmonize.config import RunConfig
 
     bids = make_bids(tmp_path / "bids", [Scan("01", "ge"), Scan("02", "ge")])
     from bids_harmonize.bids.layout import discover_images
@@ -85,7 +85,11 @@ def test_the_final_line_names_the_left_out_image_and_its_own_fix(tmp_path, capsy
     assert run(bids, tmp_path / "out") == 18
     last = capsys.readouterr().err.strip().splitlines()[-2:]
     assert "check the labels" not in "\n".join(last) and "sub-01/anat/sub-01_T1w.nii" in "\n".join(last)
-    assert ("empty (0 bytes)" in "\n".join(last) and "Fix: convert" in "\n".join(last)) if problem == "empty" else ("Fix: delete one of them" in "\n".join(last))
+    assert (
+        ("empty (0 bytes)" in "\n".join(last) and "Fix: convert" in "\n".join(last))
+        if problem == "empty"
+        else ("Fix: delete one of them" in "\n".join(last))
+    )
 
 
 def test_a_crashed_node_is_one_console_line_and_its_traceback_stays_in_the_crash_file(tmp_path):
@@ -95,9 +99,18 @@ def test_a_crashed_node_is_one_console_line_and_its_traceback_stays_in_the_crash
     from bids_harmonize.levels.run import crash_summary
 
     crash = tmp_path / "crash-x-scale.txt"
-    crash.write_text("Node: wf.preproc_sub_02_T1w.scale\nWorking directory: /w\n\nTraceback (most recent call last):\n"
-                     '  File "x.py", line 1, in f\n    raise ValueError\nValueError: degenerate intensity range\n')
-    record = logging.LogRecord("nipype.workflow", logging.ERROR, "", 0, "Node %s failed.\nSaving crash info to %s\n%s",
-                               ("scale", crash, crash.read_text().split("\n", 3)[3]), None)
+    crash.write_text(
+        "Node: wf.preproc_sub_02_T1w.scale\nWorking directory: /w\n\nTraceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\n    raise ValueError\nValueError: degenerate intensity range\n'
+    )
+    record = logging.LogRecord(
+        "nipype.workflow",
+        logging.ERROR,
+        "",
+        0,
+        "Node %s failed.\nSaving crash info to %s\n%s",
+        ("scale", crash, crash.read_text().split("\n", 3)[3]),
+        None,
+    )
     assert _without_traceback(record) and record.getMessage() == f"Node scale failed.\nSaving crash info to {crash}"
     assert crash_summary(crash) == f"wf.preproc_sub_02_T1w.scale: ValueError: degenerate intensity range ({crash})"

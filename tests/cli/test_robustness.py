@@ -34,7 +34,9 @@ def run(bids: Path, out: Path, *extra: str) -> int:
 
 # ----------------------------------------------------------------------------- 1, 2: the model
 def test_nan_in_a_model_card_is_refused(bids, tmp_path, capsys):
-    bundle = write_bundle(tmp_path / "m", edit=lambda c: c["sites"][0]["signature"]["intensity_scale"].update(hi=float("nan")))
+    bundle = write_bundle(
+        tmp_path / "m", edit=lambda c: c["sites"][0]["signature"]["intensity_scale"].update(hi=float("nan"))
+    )
     assert run(bids, tmp_path / "out", "--model", str(bundle)) == 66
     err = capsys.readouterr().err
     assert "model.json: invalid model card" in err and "intensity_scale.hi is nan" in err and "Traceback" not in err
@@ -67,7 +69,11 @@ def test_a_resolution_that_contradicts_the_model_is_refused_with_the_fix(bids, t
     bundle = write_bundle(tmp_path / "m", resolution=2)
     assert run(bids, tmp_path / "out", "--model", str(bundle), "--template-resolution", "1") == 64
     err = capsys.readouterr().err
-    assert "--template-resolution 1 contradicts the model" in err and "at 2 mm" in err and "leave --template-resolution out" in err
+    assert (
+        "--template-resolution 1 contradicts the model" in err
+        and "at 2 mm" in err
+        and "leave --template-resolution out" in err
+    )
 
 
 def test_a_model_without_an_input_contract_is_refused(bids, tmp_path, capsys):
@@ -79,7 +85,9 @@ def test_a_model_without_an_input_contract_is_refused(bids, tmp_path, capsys):
 # ----------------------------------------------------------------------------- 3: reference style
 def test_a_relative_reference_path_is_made_absolute_before_the_run(bids, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(bids)
-    opts = parse_args([str(bids), str(tmp_path / "out"), "participant", "--target-style", "reference:sub-01/anat/sub-01_T1w.nii.gz"])
+    opts = parse_args(
+        [str(bids), str(tmp_path / "out"), "participant", "--target-style", "reference:sub-01/anat/sub-01_T1w.nii.gz"]
+    )
     assert opts.target_style == f"reference:{bids / 'sub-01/anat/sub-01_T1w.nii.gz'}"
     assert run(bids, tmp_path / "out", "--target-style", "reference:sub-09_T1w.nii.gz") == 66
     assert "relative paths are taken from" in capsys.readouterr().err
@@ -117,9 +125,15 @@ def _write(path: Path, data: np.ndarray, voxel: float = 1.0) -> Path:
         (lambda p: _write(p, np.full((120, 120, 120), np.nan, np.float32)), "no finite value"),
         (lambda p: _write(p, np.zeros((120, 120, 120), np.int16)), "same value (0) in every voxel"),
         (lambda p: _write(p, np.random.default_rng(0).random((10, 10, 10), np.float32)), "too small to hold a head"),
-        (lambda p: _write(p, np.random.default_rng(0).random((8, 8, 8), np.float32), voxel=32.0), "8x8x8 voxels of 32x32x32 mm"),
+        (
+            lambda p: _write(p, np.random.default_rng(0).random((8, 8, 8), np.float32), voxel=32.0),
+            "8x8x8 voxels of 32x32x32 mm",
+        ),
         (lambda p: _write(p, np.random.default_rng(0).random((64, 64, 64), np.float32), voxel=2.0), "looks like noise"),
-        (lambda p: _write(p, np.pad(np.ones((1, 1, 1), np.int16), 31), voxel=4.0), "only 1 voxel(s) above its background"),
+        (
+            lambda p: _write(p, np.pad(np.ones((1, 1, 1), np.int16), 31), voxel=4.0),
+            "only 1 voxel(s) above its background",
+        ),
     ],
 )
 def test_images_preprocessing_cannot_use_are_named_with_the_reason(tmp_path, make, reason):
@@ -169,12 +183,23 @@ def test_a_multiproc_plugin_file_keeps_the_forkserver(tmp_path):
 
     plugin = tmp_path / "plugin.yml"
     plugin.write_text("plugin: MultiProc\nplugin_args: {n_procs: 3, memory_gb: 8}\n")
-    config = RunConfig(bids_dir=tmp_path, output_dir=tmp_path, analysis_level="participant", work_dir=tmp_path,
-                       nprocs=2, use_plugin=plugin)
-    assert plugin_settings(config) == ("MultiProc", {"n_procs": 3, "memory_gb": 8, "raise_insufficient": False,
-                                                     "mp_context": "forkserver"})
+    config = RunConfig(
+        bids_dir=tmp_path,
+        output_dir=tmp_path,
+        analysis_level="participant",
+        work_dir=tmp_path,
+        nprocs=2,
+        use_plugin=plugin,
+    )
+    assert plugin_settings(config) == (
+        "MultiProc",
+        {"n_procs": 3, "memory_gb": 8, "raise_insufficient": False, "mp_context": "forkserver"},
+    )
     plugin.write_text("plugin: SLURM\nplugin_args: {sbatch_args: '--time=1:00:00'}\n")
-    assert plugin_settings(config) == ("SLURM", {"sbatch_args": f"--time=1:00:00 --comment=bids_harmonize:{config.run_id}"})
+    assert plugin_settings(config) == (
+        "SLURM",
+        {"sbatch_args": f"--time=1:00:00 --comment=bids_harmonize:{config.run_id}"},
+    )
 
 
 def test_scheduler_plugins_get_logname_and_size_node_threads_by_the_job(tmp_path, monkeypatch):
@@ -184,8 +209,14 @@ def test_scheduler_plugins_get_logname_and_size_node_threads_by_the_job(tmp_path
 
     plugin = tmp_path / "plugin.yml"
     plugin.write_text("plugin: SLURM\nplugin_args: {sbatch_args: '--mem=4G --cpus-per-task=3'}\n")
-    config = RunConfig(bids_dir=tmp_path, output_dir=tmp_path, analysis_level="participant", work_dir=tmp_path,
-                       nprocs=64, use_plugin=plugin)
+    config = RunConfig(
+        bids_dir=tmp_path,
+        output_dir=tmp_path,
+        analysis_level="participant",
+        work_dir=tmp_path,
+        nprocs=64,
+        use_plugin=plugin,
+    )
     assert (omp_threads(config), training_threads(config)) == (3, 8)
     plugin.write_text("plugin: SLURM\nplugin_args: {sbatch_args: '--mem=4G'}\n")
     assert omp_threads(config) == 1
@@ -203,9 +234,11 @@ def test_a_stopped_run_cancels_the_slurm_jobs_it_submitted_and_only_those(tmp_pa
 
     fake = tmp_path / "bin"
     fake.mkdir()
-    (fake / "squeue").write_text("#!/bin/sh\nprintf '11 bids_harmonize:run-a\\n12 (null)\\n13 bids_harmonize:run-b\\n"
-                                 "14 bids_harmonize:run-a\\n'\n")
-    (fake / "scancel").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'cancelled'}\n")
+    (fake / "squeue").write_text(
+        "#!/bin/sh\nprintf '11 bids_harmonize:run-a\\n12 (null)\\n13 bids_harmonize:run-b\\n"
+        "14 bids_harmonize:run-a\\n'\n"
+    )
+    (fake / "scancel").write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "cancelled"}\n')
     for tool in ("squeue", "scancel"):
         (fake / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")

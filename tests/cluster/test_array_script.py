@@ -60,9 +60,15 @@ def task(tmp_path: Path):
     def run(task_id: str | None, **env: str):
         environ = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "BIDS_HARMONIZE_"))}
         environ.update(
-            PATH=f"{bindir}:{environ['PATH']}", RECORD=str(record), TMPDIR=str(tmp_path / "scratch"),
-            SLURM_JOB_ID="80", SLURM_ARRAY_JOB_ID="77", SLURM_CPUS_PER_TASK="4",
-            BIDS_HARMONIZE_BIDS=str(bids), BIDS_HARMONIZE_OUT=str(tmp_path / "out"), **env,
+            PATH=f"{bindir}:{environ['PATH']}",
+            RECORD=str(record),
+            TMPDIR=str(tmp_path / "scratch"),
+            SLURM_JOB_ID="80",
+            SLURM_ARRAY_JOB_ID="77",
+            SLURM_CPUS_PER_TASK="4",
+            BIDS_HARMONIZE_BIDS=str(bids),
+            BIDS_HARMONIZE_OUT=str(tmp_path / "out"),
+            **env,
         )
         if task_id is not None:
             environ["SLURM_ARRAY_TASK_ID"] = task_id
@@ -77,12 +83,32 @@ def task(tmp_path: Path):
 
 
 def test_task_runs_its_participant_with_the_jobs_resources(task):
-    code, err, calls = task("2", BIDS_HARMONIZE_CMD=f"{task.bindir}/recorder --flag",
-                            BIDS_HARMONIZE_ARGS="--template-resolution 2", SLURM_MEM_PER_NODE="3072")
+    code, err, calls = task(
+        "2",
+        BIDS_HARMONIZE_CMD=f"{task.bindir}/recorder --flag",
+        BIDS_HARMONIZE_ARGS="--template-resolution 2",
+        SLURM_MEM_PER_NODE="3072",
+    )
     assert code == 0, err
     work = str(task.scratch / "bh_77_2")
-    assert calls == [["--flag", str(task.bids), str(task.out), "participant", "--participant-label", "02",
-                      "-w", work, "--nprocs", "4", "--template-resolution", "2", "--mem", "3072M"]]
+    assert calls == [
+        [
+            "--flag",
+            str(task.bids),
+            str(task.out),
+            "participant",
+            "--participant-label",
+            "02",
+            "-w",
+            work,
+            "--nprocs",
+            "4",
+            "--template-resolution",
+            "2",
+            "--mem",
+            "3072M",
+        ]
+    ]
     assert task.out.is_dir() and not Path(work).exists()  # the task's scratch is removed
 
 
@@ -90,9 +116,29 @@ def test_default_launcher_binds_every_folder_at_its_own_path(task):
     code, err, calls = task("3", BIDS_HARMONIZE_SIF="/images/bh.sif")
     assert code == 0, err
     bids, out, work = str(task.bids), str(task.out), str(task.scratch / "bh_77_3")
-    assert calls == [["run", "--nv", "--cleanenv", "-B", f"{bids}:{bids}:ro", "-B", f"{out}:{out}",
-                      "-B", f"{work}:{work}", "/images/bh.sif", bids, out, "participant",
-                      "--participant-label", "03", "-w", work, "--nprocs", "4"]]
+    assert calls == [
+        [
+            "run",
+            "--nv",
+            "--cleanenv",
+            "-B",
+            f"{bids}:{bids}:ro",
+            "-B",
+            f"{out}:{out}",
+            "-B",
+            f"{work}:{work}",
+            "/images/bh.sif",
+            bids,
+            out,
+            "participant",
+            "--participant-label",
+            "03",
+            "-w",
+            work,
+            "--nprocs",
+            "4",
+        ]
+    ]
 
 
 @pytest.mark.parametrize(("task_id", "message"), [(None, "not an array task"), ("4", "fewer rows")])

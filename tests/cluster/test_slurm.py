@@ -28,8 +28,9 @@ pytestmark = [
 
 def test_array_script_and_nipype_slurm_plugin_on_a_real_cluster():
     env = {**os.environ, "SLURM_CI_VENV": sys.prefix}  # the environment running these tests
-    done = subprocess.run(["bash", str(ROOT / ".ci" / "slurm.sh")], env=env, capture_output=True,
-                          text=True, timeout=3600)
+    done = subprocess.run(
+        ["bash", str(ROOT / ".ci" / "slurm.sh")], env=env, capture_output=True, text=True, timeout=3600
+    )
     output = done.stdout + done.stderr
     skipped = [line for line in done.stdout.splitlines() if line.startswith("SKIPPED: ")]
     if done.returncode == 0 and skipped:

@@ -277,7 +277,8 @@ def test_package_data_covers_every_non_python_file():
     package = ROOT / "bids_harmonize"
     shipped = {p for pattern in patterns for p in package.glob(pattern) if p.is_file()}
     data_files = {
-        p for p in package.rglob("*")
+        p
+        for p in package.rglob("*")
         if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
     }
     missing = sorted(str(p.relative_to(ROOT)) for p in data_files - shipped)
@@ -338,7 +339,7 @@ def test_post_mirrors_the_dockerfile(definition, instructions):
     defaults = arg_defaults(instructions)
     assert f'TORCH_VERSION="${{TORCH_VERSION:-{defaults["TORCH_VERSION"]}}}"' in post
     assert f'TORCH_VARIANT="${{TORCH_VARIANT:-{defaults["TORCH_VARIANT"]}}}"' in post
-    assert f'TORCH_CPU_INDEX_URL:-{defaults["TORCH_CPU_INDEX_URL"]}' in post
+    assert f"TORCH_CPU_INDEX_URL:-{defaults['TORCH_CPU_INDEX_URL']}" in post
     assert f"PIP_VERSION={defaults['PIP_VERSION']}" in post
     bake = next(a for k, a in instructions if k == "RUN" and "get_template" in a)
     bake_code = re.search(r'python -c "([^"]+)"', bake).group(1)

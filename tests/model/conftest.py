@@ -11,9 +11,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from toy_data import two_site_volumes  # noqa: E402
-
 from bids_harmonize.model import MURDConfig, TrainConfig, preset_config, train  # noqa: E402
+from toy_data import two_site_volumes  # noqa: E402
 
 # The tiny preset's widths at 32 x 32 input: the toy volumes are 28 x 30 in-plane.
 TEST_IMAGE_SIZE = 32
@@ -46,6 +45,12 @@ def small_bundle(tmp_path_factory, toy_data, tiny_config, quick_train_config) ->
     out_dir = tmp_path_factory.mktemp("bundle")
     signatures = {"siteA": {"Manufacturer": "Acme", "MagneticFieldStrength": 3.0}}
     return train(
-        volumes, labels, ["siteA", "siteB"], tiny_config, quick_train_config, out_dir,
-        site_signatures=signatures, progress=False,
+        volumes,
+        labels,
+        ["siteA", "siteB"],
+        tiny_config,
+        quick_train_config,
+        out_dir,
+        site_signatures=signatures,
+        progress=False,
     )

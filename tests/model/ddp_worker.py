@@ -13,11 +13,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from toy_data import two_site_volumes  # noqa: E402
-
 from bids_harmonize.model import TrainConfig, Trainer, preset_config, train  # noqa: E402
 from bids_harmonize.model.data import SliceSampler, stack_volumes  # noqa: E402
 from bids_harmonize.model.distributed import init_distributed  # noqa: E402
+from toy_data import two_site_volumes  # noqa: E402
 
 
 def main(out_dir: Path) -> None:
@@ -28,16 +27,27 @@ def main(out_dir: Path) -> None:
     context, device, _ = init_distributed(torch.device("cpu"))
     stacked, _ = stack_volumes(volumes)
     sampler = SliceSampler(
-        stacked, labels, config, batch_size=2, site_balanced=True, min_foreground=0.05,
-        content_noise_std=1.0, seed=0, device=device, rank=context.rank,
+        stacked,
+        labels,
+        config,
+        batch_size=2,
+        site_balanced=True,
+        min_foreground=0.05,
+        content_noise_std=1.0,
+        seed=0,
+        device=device,
+        rank=context.rank,
     )
     first_images = sampler.sample().images
     trainer = Trainer(config, train_config, sampler, device, context)
     for _ in range(train_config.iterations):
         trainer.train_step()
     torch.save(
-        {"translator": trainer.translator.state_dict(), "discriminator": trainer.discriminator.state_dict(),
-         "first_images": first_images},
+        {
+            "translator": trainer.translator.state_dict(),
+            "discriminator": trainer.discriminator.state_dict(),
+            "first_images": first_images,
+        },
         out_dir / f"rank{context.rank}.pt",
     )
     train(volumes, labels, ["A", "B"], config, train_config, out_dir / "bundle", progress=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-
 import json
 import shutil
 from pathlib import Path
@@ -122,8 +121,10 @@ def test_tampered_weights_fail_the_checksum(bundle_copy):
         (lambda card: card.pop("sites"), "'sites' is a required property"),
         (lambda card: card["weights"].update(sha256=7), "card.weights.sha256: 7 is not of type 'string'"),
         (lambda card: card["sites"][0].update(style=[float("nan")] * 16), r"card.sites\[0\].style\[0\] is nan"),
-        (lambda card: card["sites"][0].update(signature={"intensity_scale": {"lo": 0.0, "hi": float("inf")}}),
-         r"card.sites\[0\].signature.intensity_scale.hi is inf"),
+        (
+            lambda card: card["sites"][0].update(signature={"intensity_scale": {"lo": 0.0, "hi": float("inf")}}),
+            r"card.sites\[0\].signature.intensity_scale.hi is inf",
+        ),
         (lambda card: card["sites"][0].update(signature={"intensity_scale": {"lo": 5.0, "hi": 1.0}}), "hi > lo"),
         (lambda card: card.update(kind="other/model"), "'bids_harmonize/murd' was expected"),
         (lambda card: card["sites"][0].update(style=[0.0]), r"card.sites\[0\].style must be"),
@@ -164,7 +165,9 @@ def _contract(bundle_dir: Path) -> InputContract:
 
 def _save(folder: Path, tiny_config, **options) -> Path:
     styles = torch.zeros(2, tiny_config.style_dim)
-    return save_bundle(folder, build_translator(tiny_config), ["siteA", "siteB"], styles, data_hash="sha256:t", **options)
+    return save_bundle(
+        folder, build_translator(tiny_config), ["siteA", "siteB"], styles, data_hash="sha256:t", **options
+    )
 
 
 def test_the_contract_and_model_info_are_written_once_with_the_bundle(small_bundle, tmp_path, tiny_config):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bids_harmonize.model.data import SliceSampler, data_fingerprint, stack_volumes
-from bids_harmonize.model.slices import gather_stacks, fit_in_plane, foreground_fraction, restore_in_plane
+from bids_harmonize.model.slices import fit_in_plane, foreground_fraction, gather_stacks, restore_in_plane
 
 
 def make_sampler(volumes, labels, config, **overrides) -> SliceSampler:
@@ -57,8 +57,10 @@ def test_batches_have_model_shapes_and_only_foreground_centres(toy_data, tiny_co
     assert batch.images.shape == (6, 3, size, size) and batch.images.dtype == torch.float32
     assert batch.content_noise.shape == (6, tiny_config.content_channels, size // 4, size // 4)
     assert batch.latents.shape == batch.diversity_latents.shape == (6, tiny_config.latent_dim)
-    usable = [foreground_fraction(sampler.volumes.volumes[v, c][None].float())[0] >= 0.05
-              for v, c in zip(sampler.slice_volume, sampler.slice_centre)]
+    usable = [
+        foreground_fraction(sampler.volumes.volumes[v, c][None].float())[0] >= 0.05
+        for v, c in zip(sampler.slice_volume, sampler.slice_centre)
+    ]
     assert all(usable) and len(usable) < sampler.volumes.shape[0] * sampler.volumes.shape[1]
 
 

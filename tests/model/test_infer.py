@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from rounding import rounding_tolerance, summed_terms
-
 from bids_harmonize.model.infer import (
     MAX_BATCH,
     auto_batch_size,
@@ -20,6 +18,7 @@ from bids_harmonize.model.infer import (
 )
 from bids_harmonize.model.networks import Translator, build_translator, preset_config
 from bids_harmonize.model.slices import fit_in_plane
+from rounding import rounding_tolerance, summed_terms
 
 
 class ShiftTranslator(Translator):

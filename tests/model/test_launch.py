@@ -13,9 +13,18 @@ from bids_harmonize.preproc.operations import intensity_convention
 
 def make_job(tmp_path, tiny_config, quick_train_config, store, contract=None) -> TrainingJob:
     return TrainingJob(
-        store=str(store), rows=[0, 1, 2, 3, 4, 5], site_labels=[0, 1, 0, 1, 0, 1], site_names=["a", "b"],
-        model_config=tiny_config.to_dict(), train_config=quick_train_config.to_dict(), out_dir=str(tmp_path / "out"),
-        work_dir=str(tmp_path / "work"), device="cpu", threads=1, site_signatures={}, progress=False,
+        store=str(store),
+        rows=[0, 1, 2, 3, 4, 5],
+        site_labels=[0, 1, 0, 1, 0, 1],
+        site_names=["a", "b"],
+        model_config=tiny_config.to_dict(),
+        train_config=quick_train_config.to_dict(),
+        out_dir=str(tmp_path / "out"),
+        work_dir=str(tmp_path / "work"),
+        device="cpu",
+        threads=1,
+        site_signatures={},
+        progress=False,
         input_contract=contract.to_dict() if contract else None,
     )
 
@@ -27,8 +36,9 @@ def test_a_job_runs_in_place_from_its_file_and_its_bundle_carries_the_contract(
 
     volumes, _ = toy_data
     filled_store(tmp_path / "store", volumes)
-    contract = InputContract("T1w", "MNI152NLin2009cSym", 2, (28, 30, 20), tiny_config.image_size, 2,
-                             intensity_convention())
+    contract = InputContract(
+        "T1w", "MNI152NLin2009cSym", 2, (28, 30, 20), tiny_config.image_size, 2, intensity_convention()
+    )
     job = make_job(tmp_path, tiny_config, quick_train_config, tmp_path / "store", contract)
     path = job.write(tmp_path / "job.json")
     assert TrainingJob.read(path) == job

@@ -24,7 +24,15 @@ from bids_harmonize.model.losses import (
 from bids_harmonize.model.networks import build_discriminator, build_translator, preset_config
 
 GENERATOR_TERMS = {
-    "adversarial", "content", "style", "identity", "cycle", "gradient", "alignment", "diversity", "histogram",
+    "adversarial",
+    "content",
+    "style",
+    "identity",
+    "cycle",
+    "gradient",
+    "alignment",
+    "diversity",
+    "histogram",
     "texture",
 }
 
@@ -44,7 +52,9 @@ def random_batch(config, seed: int = 0) -> TrainingBatch:
         target_sites=torch.tensor([1, 0]),
         latents=torch.randn(batch, config.latent_dim, generator=generator),
         diversity_latents=torch.randn(batch, config.latent_dim, generator=generator),
-        content_noise=torch.randn(batch, config.content_channels, config.content_size, config.content_size, generator=generator),
+        content_noise=torch.randn(
+            batch, config.content_channels, config.content_size, config.content_size, generator=generator
+        ),
         references=torch.rand(batch, config.in_channels, size, size, generator=generator) * 2 - 1,
     )
 
@@ -81,7 +91,9 @@ def test_discriminator_terms_are_finite_and_respond_to_reals_and_fakes(networks,
     batch = random_batch(tiny_config)
     fakes = torch.rand_like(batch.images) * 2 - 1
     base = discriminator_terms(discriminator, batch.images, batch.source_sites, fakes, batch.target_sites)
-    new_reals = discriminator_terms(discriminator, perturbed(batch).images, batch.source_sites, fakes, batch.target_sites)
+    new_reals = discriminator_terms(
+        discriminator, perturbed(batch).images, batch.source_sites, fakes, batch.target_sites
+    )
     new_fakes = discriminator_terms(discriminator, batch.images, batch.source_sites, fakes.flip(-1), batch.target_sites)
     assert all(torch.isfinite(value) for value in base.values())
     assert new_reals["real"] != base["real"] and new_reals["r1"] != base["r1"]
@@ -124,8 +136,17 @@ def test_weighted_losses_use_every_weight_with_its_sign():
 
 def test_reference_weights_are_the_defaults():
     assert LossWeights().to_dict() == {
-        "adversarial": 1.0, "content": 10.0, "style": 10.0, "identity": 10.0, "cycle": 10.0,
-        "gradient": 1.0, "alignment": 0.01, "diversity": 1.0, "r1": 1.0, "histogram": 0.0, "texture": 0.0,
+        "adversarial": 1.0,
+        "content": 10.0,
+        "style": 10.0,
+        "identity": 10.0,
+        "cycle": 10.0,
+        "gradient": 1.0,
+        "alignment": 0.01,
+        "diversity": 1.0,
+        "r1": 1.0,
+        "histogram": 0.0,
+        "texture": 0.0,
     }
 
 

@@ -14,8 +14,24 @@ def test_benchmark_writes_markdown_and_json(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("model_speed", BENCHMARK)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    arguments = ["--preset", "tiny", "--slices", "6", "--steps", "1", "--warmup", "1", "--repeats", "1",
-                 "--batch-size", "2", "--threads", "1", "--out-dir", str(tmp_path)]
+    arguments = [
+        "--preset",
+        "tiny",
+        "--slices",
+        "6",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--repeats",
+        "1",
+        "--batch-size",
+        "2",
+        "--threads",
+        "1",
+        "--out-dir",
+        str(tmp_path),
+    ]
     monkeypatch.setattr(sys, "argv", ["model_speed.py", *arguments])
     monkeypatch.setattr(module, "cpu_matmul_peak_tflops", lambda: 0.05)
     module.main()

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from rounding import rounding_tolerance, summed_terms
-
 from bids_harmonize.model import build_translator, preset_config
 from bids_harmonize.model.curves import apply_curve, apply_lookup, curve_from_logits, invert_curve
 from bids_harmonize.model.modulated import soft_histogram
 from bids_harmonize.model.networks import build_discriminator
+from rounding import rounding_tolerance, summed_terms
 
 SIZE = 32
 
@@ -22,7 +21,9 @@ def brain_like_images(batch: int = 2, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     y, x = torch.meshgrid(torch.linspace(-1, 1, SIZE), torch.linspace(-1, 1, SIZE), indexing="ij")
     inside = (x**2 + y**2) < 0.7
-    tissue = 0.2 * torch.sin(3 * x) + 0.3 * torch.cos(2 * y) + 0.1 * torch.rand(batch, 3, SIZE, SIZE, generator=generator)
+    tissue = (
+        0.2 * torch.sin(3 * x) + 0.3 * torch.cos(2 * y) + 0.1 * torch.rand(batch, 3, SIZE, SIZE, generator=generator)
+    )
     return torch.where(inside, tissue, torch.tensor(-1.0))
 
 

@@ -61,7 +61,9 @@ def test_paper_networks_output_shapes_and_widths():
     assert (config.content_channels, config.content_size) == (256, 64)
     with torch.device("meta"):
         translator = build_translator(config)
-    generator_widths = [m.out_channels for m in translator.generator.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    generator_widths = [
+        m.out_channels for m in translator.generator.modules() if isinstance(m, torch.nn.ConvTranspose2d)
+    ]
     assert generator_widths == [160, 80]
     assert translator.style_encoder.heads.weight.shape == (3, 64, 512)
     assert translator.mapping.heads.weight.shape == (3, 64, 128)

@@ -90,8 +90,15 @@ def test_bad_volumes_are_refused_naming_them(tmp_path, toy_data):
 def test_the_sampler_draws_the_same_batches_from_the_store_as_from_ram(tmp_path, toy_data, tiny_config):
     volumes, labels = toy_data
     stored = StoredVolumes(filled_store(tmp_path / "store", volumes), range(len(volumes)))
-    options = dict(batch_size=4, site_balanced=True, min_foreground=0.05, content_noise_std=1.0, seed=2,
-                   device=torch.device("cpu"), crop_size=24)
+    options = dict(
+        batch_size=4,
+        site_balanced=True,
+        min_foreground=0.05,
+        content_noise_std=1.0,
+        seed=2,
+        device=torch.device("cpu"),
+        crop_size=24,
+    )
     from_disk = SliceSampler(stored, labels, tiny_config, **options)
     in_ram = SliceSampler(stack_volumes(volumes)[0], labels, tiny_config, **options)
     for _ in range(3):
@@ -100,7 +107,9 @@ def test_the_sampler_draws_the_same_batches_from_the_store_as_from_ram(tmp_path,
         assert torch.equal(disk_batch.references, ram_batch.references)
 
 
-def test_training_from_the_store_gives_the_same_bundle_as_from_arrays(tmp_path, toy_data, tiny_config, quick_train_config):
+def test_training_from_the_store_gives_the_same_bundle_as_from_arrays(
+    tmp_path, toy_data, tiny_config, quick_train_config
+):
     volumes, labels = toy_data
     stored = StoredVolumes(filled_store(tmp_path / "store", volumes), range(len(volumes)))
     from_disk = train(stored, labels, SITES, tiny_config, quick_train_config, tmp_path / "disk", progress=False)

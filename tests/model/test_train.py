@@ -14,15 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from toy_data import anatomy, site_a, site_b, tissue_labels, tissue_means, two_site_volumes
-
 from bids_harmonize.model import TrainConfig, Trainer, load_bundle, train
 from bids_harmonize.model.bundle import CARD_NAME, WEIGHTS_NAME
+from bids_harmonize.model.checkpoint import CHECKPOINT_NAME
 from bids_harmonize.model.data import SliceSampler, stack_volumes
 from bids_harmonize.model.recipes import RECIPES
-from bids_harmonize.model.checkpoint import CHECKPOINT_NAME
 from bids_harmonize.model.train_config import lr_factor
 from bids_harmonize.model.training_log import LOG_NAME
+from toy_data import anatomy, site_a, site_b, tissue_labels, tissue_means, two_site_volumes
 
 SITES = ["siteA", "siteB"]
 TIMING_FIELDS = {"elapsed_s", "samples_per_s"}
@@ -124,10 +123,19 @@ def test_learning_rate_is_constant_then_decays_linearly_to_zero():
 def test_trainer_uses_the_documented_optimiser_settings(toy_data, tiny_config):
     stacked, _ = stack_volumes(toy_data[0])
     sampler = SliceSampler(
-        stacked, toy_data[1], tiny_config, batch_size=2, site_balanced=True, min_foreground=0.05,
-        content_noise_std=1.0, seed=0, device=torch.device("cpu"),
+        stacked,
+        toy_data[1],
+        tiny_config,
+        batch_size=2,
+        site_balanced=True,
+        min_foreground=0.05,
+        content_noise_std=1.0,
+        seed=0,
+        device=torch.device("cpu"),
     )
-    trainer = Trainer(tiny_config, TrainConfig(iterations=4, log_every=1, checkpoint_every=1), sampler, torch.device("cpu"))
+    trainer = Trainer(
+        tiny_config, TrainConfig(iterations=4, log_every=1, checkpoint_every=1), sampler, torch.device("cpu")
+    )
     assert trainer.generator_optimizer.defaults["betas"] == (0.0, 0.99)
     assert trainer.learning_rates() == {"lr": 1e-4, "lr_mapping": 1e-6}
     mapping = {id(p) for p in trainer.translator.mapping.parameters()}
@@ -161,7 +169,15 @@ def test_distributed_ranks_stay_in_step(tmp_path):
     """Two gloo processes under torchrun draw different batches but keep identical weights."""
     worker = Path(__file__).parent / "ddp_worker.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker), str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(worker),
+        str(tmp_path),
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from bids_harmonize.preproc import brainmask
-from bids_harmonize.preproc import operations as op
+from bids_harmonize.preproc import brainmask, operations as op
 
 pytest.importorskip("deepbet", reason="deepbet is installed by every setup path (pip install --no-deps deepbet)")
 
@@ -25,8 +24,9 @@ def phantom(tmp_path_factory):
     pytest.importorskip("nilearn", reason="the simulator needs the 'simulate' extra")
     from bids_harmonize.simulate import simulate_dataset
 
-    dataset = simulate_dataset(tmp_path_factory.mktemp("head") / "bids", n_sites=1, n_subjects=1,
-                               resolution_mm=4.0, seed=5)
+    dataset = simulate_dataset(
+        tmp_path_factory.mktemp("head") / "bids", n_sites=1, n_subjects=1, resolution_mm=4.0, seed=5
+    )
     subject = dataset.subjects[0]
     image = op.conform(nb.load(dataset.native_image(subject)))
     _, truth = dataset.native_truth(subject, dataset.site_of_subject[subject])
@@ -114,11 +114,14 @@ def test_boundary_distance_and_dice_of_known_shapes():
 
 @pytest.mark.slow
 @pytest.mark.realdata
-@pytest.mark.parametrize("relpath", [
-    "ixi_hh/sub-IXI034/anat/sub-IXI034_T1w.nii.gz",  # the old mask's worst IXI head (Dice 0.91 with the new one)
-    "realmix/sub-prisma01/anat/sub-prisma01_T1w.nii.gz",  # the old flag's false alarm
-    "realmix/sub-decub01/ses-HFS/anat/sub-decub01_ses-HFS_T1w.nii.gz",  # 4.8 mm 2D FLASH; old mask missed the vertex
-])
+@pytest.mark.parametrize(
+    "relpath",
+    [
+        "ixi_hh/sub-IXI034/anat/sub-IXI034_T1w.nii.gz",  # the old mask's worst IXI head (Dice 0.91 with the new one)
+        "realmix/sub-prisma01/anat/sub-prisma01_T1w.nii.gz",  # the old flag's false alarm
+        "realmix/sub-decub01/ses-HFS/anat/sub-decub01_ses-HFS_T1w.nii.gz",  # 4.8 mm 2D FLASH; old mask missed the vertex
+    ],
+)
 def test_real_heads_get_a_mask_that_passes_its_check(relpath):
     from bids_harmonize.templates import get_template
 

@@ -27,7 +27,9 @@ def test_nibabel_sitk_round_trip_keeps_data_and_affine():
 @pytest.mark.parametrize("axcodes", [("L", "P", "S"), ("P", "S", "R"), ("R", "A", "S")])
 def test_conform_then_restore_orientation_is_exact(axcodes):
     ras = blob_image()
-    ornt = nb.orientations.ornt_transform(nb.orientations.io_orientation(ras.affine), nb.orientations.axcodes2ornt(axcodes))
+    ornt = nb.orientations.ornt_transform(
+        nb.orientations.io_orientation(ras.affine), nb.orientations.axcodes2ornt(axcodes)
+    )
     raw = ras.as_reoriented(ornt)
     conformed = op.conform(raw)
     assert nb.aff2axcodes(conformed.affine) == ("R", "A", "S")

@@ -52,11 +52,19 @@ def _fake_cohort(downstream, rng):
 
 def _measured(cohort, offset, rng):
     def volumes(images):
-        return [{t: cohort.truth[im.subject][t] + offset[im.site] + rng.normal(0, 3) for t in ("CSF", "GM", "WM")}
-                for im in images]
+        return [
+            {t: cohort.truth[im.subject][t] + offset[im.site] + rng.normal(0, 3) for t in ("CSF", "GM", "WM")}
+            for im in images
+        ]
 
-    return {"study": volumes(cohort.study), "traveling": volumes(cohort.traveling), "ssim": [0.9] * 32,
-            "psnr_db": [25.0] * 32, "site_accuracy": 0.8, "wasserstein": 0.05}
+    return {
+        "study": volumes(cohort.study),
+        "traveling": volumes(cohort.traveling),
+        "ssim": [0.9] * 32,
+        "psnr_db": [25.0] * 32,
+        "site_accuracy": 0.8,
+        "wasserstein": 0.05,
+    }
 
 
 def test_summary_scores_a_site_offset_and_its_removal(downstream, monkeypatch):
@@ -67,9 +75,14 @@ def test_summary_scores_a_site_offset_and_its_removal(downstream, monkeypatch):
     cohort = _fake_cohort(downstream, rng)
     shifted = {"site1": 0.0, "site2": 40.0, "site3": -40.0, "site4": 80.0}
     halved = {site: value / 2 for site, value in shifted.items()}
-    measured = {"none": _measured(cohort, shifted, rng), "histogram matching": _measured(cohort, halved, rng),
-                "rescan": {"traveling": _measured(cohort, shifted, rng)["traveling"][::4],
-                           "study": _measured(cohort, dict.fromkeys(shifted, 0.0), rng)["study"]}}
+    measured = {
+        "none": _measured(cohort, shifted, rng),
+        "histogram matching": _measured(cohort, halved, rng),
+        "rescan": {
+            "traveling": _measured(cohort, shifted, rng)["traveling"][::4],
+            "study": _measured(cohort, dict.fromkeys(shifted, 0.0), rng)["study"],
+        },
+    }
     clean = _measured(cohort, dict.fromkeys(shifted, 0.0), rng)
     rows, seed_rows, fidelity = downstream.summarise(measured, {0: clean, 1: clean}, cohort, "site1", downstream.SITES)
     none, murd = rows["none"], rows["MURD, mean of 2 seeds"]

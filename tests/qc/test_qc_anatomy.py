@@ -15,9 +15,7 @@ def nested_spheres() -> tuple[np.ndarray, np.ndarray]:
     return labels, labels > 0
 
 
-@pytest.mark.parametrize(
-    "contrast, intensity", [("T1w", {1: 200, 2: 600, 3: 900}), ("T2w", {1: 1500, 2: 700, 3: 450})]
-)
+@pytest.mark.parametrize("contrast, intensity", [("T1w", {1: 200, 2: 600, 3: 900}), ("T2w", {1: 1500, 2: 700, 3: 450})])
 def test_mixture_recovers_tissues_in_either_contrast(nested_spheres, contrast, intensity) -> None:
     labels, mask = nested_spheres
     image = np.vectorize(lambda label: intensity.get(label, 0))(labels).astype(float)
@@ -46,8 +44,6 @@ def test_relative_volume_error_sign(nested_spheres) -> None:
 
 def test_segmentation_is_zero_outside_the_mask(nested_spheres) -> None:
     labels, mask = nested_spheres
-    found = segment_tissues(
-        labels.astype(float) + np.random.default_rng(1).normal(0, 0.1, labels.shape), mask
-    )
+    found = segment_tissues(labels.astype(float) + np.random.default_rng(1).normal(0, 0.1, labels.shape), mask)
     assert (found[~mask] == 0).all() and (found[mask] > 0).all()
     assert compare_labels(found, labels, mask).mean_dice > 0.95  # and the tissues are the right ones

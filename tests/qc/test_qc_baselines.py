@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from bids_harmonize.qc import between_site_wasserstein
-from bids_harmonize.qc.baselines import baseline_harmonizers
-from bids_harmonize.qc.baselines import fit_nyul, match_histogram, nyul, whitestripe, zscore
+from bids_harmonize.qc.baselines import baseline_harmonizers, fit_nyul, match_histogram, nyul, whitestripe, zscore
 from bids_harmonize.simulate import add_rician_noise, noise_sigma, simulate_dataset
 
 
@@ -37,9 +36,7 @@ def test_histogram_matching_reproduces_the_reference_distribution(two_tissue_ima
     image, mask = two_tissue_image
     reference = np.random.default_rng(1).gamma(3.0, 100.0, 50_000)
     out = match_histogram(image, mask, reference)
-    assert np.percentile(out[mask], [10, 50, 90]) == pytest.approx(
-        np.percentile(reference, [10, 50, 90]), rel=0.02
-    )
+    assert np.percentile(out[mask], [10, 50, 90]) == pytest.approx(np.percentile(reference, [10, 50, 90]), rel=0.02)
 
 
 def test_nyul_maps_landmarks_onto_the_standard_scale(two_tissue_image) -> None:
@@ -58,9 +55,7 @@ def simulated_scans(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[np.n
     for index, (subject, site_label) in enumerate(dataset.site_of_subject.items()):
         site = dataset.site(site_label)
         render = np.asarray(nb.load(truth.render_path(subject, site_label, "T1w")).dataobj)
-        image = add_rician_noise(
-            render, noise_sigma(site), np.random.default_rng(index), site.intensity_offset
-        )
+        image = add_rician_noise(render, noise_sigma(site), np.random.default_rng(index), site.intensity_offset)
         scans.append((image, np.asarray(nb.load(truth.mask_path(subject)).dataobj) > 0, site_label))
     return scans
 

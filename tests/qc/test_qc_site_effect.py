@@ -12,9 +12,7 @@ def _mask(shape: tuple[int, int, int]) -> np.ndarray:
     return np.linalg.norm(np.indices(shape) - centre[:, None, None, None], axis=0) < min(shape) / 2 - 1
 
 
-def _brain_like(
-    rng: np.random.Generator, shape=(32, 32, 16), noise: float = 0.02, gamma: float = 1.0
-) -> np.ndarray:
+def _brain_like(rng: np.random.Generator, shape=(32, 32, 16), noise: float = 0.02, gamma: float = 1.0) -> np.ndarray:
     """Smooth two-tissue pattern with a site-specific contrast curve (gamma) and noise level."""
     tissue = ndimage.gaussian_filter(rng.normal(size=shape), 2) > 0
     image = np.where(tissue, 1.0, 0.6) ** gamma

@@ -27,13 +27,29 @@ def test_a_failed_image_gets_a_report_naming_the_failure(tmp_path, monkeypatch):
     monkeypatch.setattr(operations, "conform", failing_conform)
     scan = Scan("01", "siemens_a")
     bids = make_bids(tmp_path / "bids", [scan])
-    nb.Nifti1Image(head_phantom((40, 40, 40)).astype(np.float32),  # a head: passes screening
-                   np.diag([4.0, 4.0, 4.0, 1.0])).to_filename(scan_path(bids, scan))
+    nb.Nifti1Image(
+        head_phantom((40, 40, 40)).astype(np.float32),  # a head: passes screening
+        np.diag([4.0, 4.0, 4.0, 1.0]),
+    ).to_filename(scan_path(bids, scan))
     plugin = tmp_path / "plugin.yml"
     plugin.write_text("plugin: Linear\n")
     out = tmp_path / "out"
-    code = main([str(bids), str(out), "participant", "--contrasts", "T1w", "--nprocs", "1", "--skip-bids-validation",
-                 "-w", str(tmp_path / "work"), "--use-plugin", str(plugin)])
+    code = main(
+        [
+            str(bids),
+            str(out),
+            "participant",
+            "--contrasts",
+            "T1w",
+            "--nprocs",
+            "1",
+            "--skip-bids-validation",
+            "-w",
+            str(tmp_path / "work"),
+            "--use-plugin",
+            str(plugin),
+        ]
+    )
     assert code == 1
     text = visible_text((out / "sub-01.html").read_text())
     assert "failed" in text and "Preprocessing did not finish for this image" in text
@@ -48,9 +64,14 @@ def _assignment(relpath, suffix="T1w"):
 
 
 def test_skip_reasons_say_why_each_image_was_not_harmonized():
-    assignments = [_assignment("sub-01/anat/sub-01_T1w.nii.gz"), _assignment("sub-02/anat/sub-02_T1w.nii.gz"),
-                   _assignment("sub-02/anat/sub-02_T2w.nii.gz", "T2w")]
-    not_harmonized = ["sub-02/anat/sub-02_T1w.nii.gz: site 'X' is not one the model was trained on (A, B); preprocessed only."]
+    assignments = [
+        _assignment("sub-01/anat/sub-01_T1w.nii.gz"),
+        _assignment("sub-02/anat/sub-02_T1w.nii.gz"),
+        _assignment("sub-02/anat/sub-02_T2w.nii.gz", "T2w"),
+    ]
+    not_harmonized = [
+        "sub-02/anat/sub-02_T1w.nii.gz: site 'X' is not one the model was trained on (A, B); preprocessed only."
+    ]
     reasons = skip_reasons(assignments, {"T1w"}, not_harmonized, "none in OUT/models")
     assert "sub-01/anat/sub-01_T1w.nii.gz" not in reasons  # it was harmonized
     assert reasons["sub-02/anat/sub-02_T1w.nii.gz"].startswith("site 'X' is not one the model was trained on")

@@ -17,7 +17,9 @@ SHA = "cd" * 32
 
 @pytest.fixture
 def template():
-    return TemplateFiles(TEMPLATE, 2, {"T1w": str(get_template(TEMPLATE, 2, "T1w"))}, str(get_template(TEMPLATE, 2, "mask", "brain")))
+    return TemplateFiles(
+        TEMPLATE, 2, {"T1w": str(get_template(TEMPLATE, 2, "T1w"))}, str(get_template(TEMPLATE, 2, "mask", "brain"))
+    )
 
 
 def _write(path, data, affine, sidecar=None):
@@ -45,9 +47,18 @@ def make_out(root, template, sha_of=lambda index: SHA):
     (root / "sites.tsv").write_text("\n".join(rows) + "\n")
     bundle = root / "models" / "T1w"
     bundle.mkdir(parents=True)
-    (bundle / "model.json").write_text(json.dumps({
-        "preset": "tiny", "seed": 0, "training": {"iterations": 30, "batch_size": 4}, "weights": {"sha256": SHA},
-        "sites": [{"name": "SiteA"}, {"name": "SiteB"}], "created": "now"}))
+    (bundle / "model.json").write_text(
+        json.dumps(
+            {
+                "preset": "tiny",
+                "seed": 0,
+                "training": {"iterations": 30, "batch_size": 4},
+                "weights": {"sha256": SHA},
+                "sites": [{"name": "SiteA"}, {"name": "SiteB"}],
+                "created": "now",
+            }
+        )
+    )
     logs = root / "logs"
     logs.mkdir()
     lines = [{"step": s, "lr": 1e-4, "g_identity": 1.0 / s, "d_real": 0.7, "elapsed_s": s} for s in (10, 20, 30)]
@@ -63,8 +74,17 @@ def _cell(text, metric):
 def test_group_report_shows_inventory_training_and_a_site_effect_that_goes_away(tmp_path, template):
     bundle = make_out(tmp_path, template)
     text = group_report(tmp_path, template, {"T1w": bundle}, methods="METHODS TEXT").read_text()
-    for expected in ("Site inventory", "SiteA", "Serial SiteB", "iterations", "training-T1w-20260101-000000_abc.jsonl",
-                     "chance 0.50", "between-site Wasserstein", "METHODS TEXT", "SiteA: 2, SiteB: 2"):
+    for expected in (
+        "Site inventory",
+        "SiteA",
+        "Serial SiteB",
+        "iterations",
+        "training-T1w-20260101-000000_abc.jsonl",
+        "chance 0.50",
+        "between-site Wasserstein",
+        "METHODS TEXT",
+        "SiteA: 2, SiteB: 2",
+    ):
         assert expected in text, expected
     assert text.count("data:image/png;base64,") == 3  # training curves, densities, per-site mosaic
     accuracy = _cell(text, "site-classifier accuracy, cross-validated")
@@ -77,7 +97,9 @@ def test_images_harmonized_by_another_bundle_are_left_out(tmp_path, template):
     bundle = make_out(tmp_path, template, sha_of=lambda index: SHA if index < 3 else "old")
     text = group_report(tmp_path, template, {"T1w": bundle}).read_text()
     assert "1 image(s) harmonized with another bundle are left out" in text
-    assert "site-classifier accuracy" in text and "not computed: need at least two sites with at least two images" in text
+    assert (
+        "site-classifier accuracy" in text and "not computed: need at least two sites with at least two images" in text
+    )
 
 
 def test_without_a_model_or_sites_table_the_report_says_what_to_run(tmp_path, template):

@@ -58,9 +58,13 @@ def test_model_range_histogram_maps_onto_scanner_units_as_a_density():
 def _card(tmp_path):
     bundle = tmp_path / "models" / "T1w"
     bundle.mkdir(parents=True)
-    card = {"preset": "tiny", "seed": 5, "training": {"iterations": 321, "batch_size": 4},
-            "weights": {"sha256": "ab" * 32},
-            "sites": [{"name": "SiteA", "signature": {"n_images": 3}}, {"name": "SiteB", "signature": {"n_images": 2}}]}
+    card = {
+        "preset": "tiny",
+        "seed": 5,
+        "training": {"iterations": 321, "batch_size": 4},
+        "weights": {"sha256": "ab" * 32},
+        "sites": [{"name": "SiteA", "signature": {"n_images": 3}}, {"name": "SiteB", "signature": {"n_images": 2}}],
+    }
     import json
 
     (bundle / "model.json").write_text(json.dumps(card))
@@ -68,13 +72,28 @@ def _card(tmp_path):
 
 
 def test_methods_text_names_what_was_run_and_every_citation_is_in_the_bib(tmp_path):
-    facts = MethodsFacts(("T1w",), "MNI152NLin2009cSym", 2, "scanner",
-                         (ModelUse("T1w", _card(tmp_path), "SiteB", "site"),),
-                         {"bids_harmonize": "9.9.9", "torch": "2.13.0", "nipype": "1.11.0", "pybids": "0.22.0",
-                          "SimpleITK": "2.5.7"})
+    facts = MethodsFacts(
+        ("T1w",),
+        "MNI152NLin2009cSym",
+        2,
+        "scanner",
+        (ModelUse("T1w", _card(tmp_path), "SiteB", "site"),),
+        {"bids_harmonize": "9.9.9", "torch": "2.13.0", "nipype": "1.11.0", "pybids": "0.22.0", "SimpleITK": "2.5.7"},
+    )
     md, bib, text = write_citation(tmp_path / "out", facts)
-    for fact in ("bids_harmonize 9.9.9", "PyTorch 2.13.0", "SimpleITK 2.5.7", "321 iterations", "tiny preset",
-                 "5 images from 2 sites", "style of site SiteB", "MNI152NLin2009cSym", "at 2 mm", "'scanner'", "ab" * 32):
+    for fact in (
+        "bids_harmonize 9.9.9",
+        "PyTorch 2.13.0",
+        "SimpleITK 2.5.7",
+        "321 iterations",
+        "tiny preset",
+        "5 images from 2 sites",
+        "style of site SiteB",
+        "MNI152NLin2009cSym",
+        "at 2 mm",
+        "'scanner'",
+        "ab" * 32,
+    ):
         assert fact in text, fact
     cited = {key for key in BIBTEX if f"@{key}" in text}
     assert {"murd", "n4", "nipype", "mni2009"} <= cited
@@ -89,9 +108,14 @@ def test_methods_text_without_a_model_says_preprocessing_only():
 
 
 def test_methods_text_names_the_mask_method_its_version_weights_and_citation(tmp_path):
-    method = {"Name": "deepbet", "Version": "1.0.2", "WeightsSHA256": {"model.pt": "cd" * 32, "bbox_model.pt": "ef" * 32}}
-    _, bib, text = write_citation(tmp_path / "out", MethodsFacts(("T1w",), "MNI152NLin2009cSym", 2, "scanner",
-                                                               brain_mask=method))
+    method = {
+        "Name": "deepbet",
+        "Version": "1.0.2",
+        "WeightsSHA256": {"model.pt": "cd" * 32, "bbox_model.pt": "ef" * 32},
+    }
+    _, bib, text = write_citation(
+        tmp_path / "out", MethodsFacts(("T1w",), "MNI152NLin2009cSym", 2, "scanner", brain_mask=method)
+    )
     assert "deepbet 1.0.2 [@deepbet]" in text and "cd" * 32 in text and "ef" * 32 in text
     assert "skull-stripped image was registered to the skull-stripped template" in text
     assert "@article{deepbet," in bib.read_text() and "10.1016/j.compbiomed.2024.108845" in bib.read_text()

@@ -26,9 +26,7 @@ def _nifti_arrays(root: Path) -> dict[str, np.ndarray]:
     return {str(p.relative_to(root)): np.asarray(nb.load(p).dataobj) for p in sorted(root.rglob("*.nii.gz"))}
 
 
-def test_same_seed_gives_identical_arrays(
-    tiny_dataset: SimulatedDataset, tiny_dataset_again: SimulatedDataset
-) -> None:
+def test_same_seed_gives_identical_arrays(tiny_dataset: SimulatedDataset, tiny_dataset_again: SimulatedDataset) -> None:
     first, second = _nifti_arrays(tiny_dataset.bids_root), _nifti_arrays(tiny_dataset_again.bids_root)
     assert first.keys() == second.keys() and len(first) > 10
     for name in first:
@@ -73,9 +71,7 @@ def test_sidecars_match_the_simulated_site(tiny_dataset: SimulatedDataset) -> No
             assert metadata.get("InversionTime") == getattr(sequence, "inversion_time_s", None)
             if isinstance(sequence, InversionRecoveryGradientEcho):
                 assert metadata["FlipAngle"] == sequence.flip_angle_deg
-                reported = (
-                    sequence.cycle_time_s if site.manufacturer == "SIEMENS" else sequence.echo_spacing_s
-                )
+                reported = sequence.cycle_time_s if site.manufacturer == "SIEMENS" else sequence.echo_spacing_s
                 assert metadata["RepetitionTime"] == reported
             else:
                 assert metadata["RepetitionTime"] == sequence.repetition_time_s
@@ -131,9 +127,7 @@ def test_ground_truth_labels_and_mask_agree(tiny_dataset: SimulatedDataset) -> N
 def test_renders_differ_between_sites_but_share_the_anatomy(tiny_dataset: SimulatedDataset) -> None:
     truth = tiny_dataset.ground_truth
     mask = np.asarray(nb.load(truth.mask_path("01")).dataobj) > 0
-    site1, site2 = (
-        np.asarray(nb.load(truth.render_path("01", s, "T1w")).dataobj)[mask] for s in ("site1", "site2")
-    )
+    site1, site2 = (np.asarray(nb.load(truth.render_path("01", s, "T1w")).dataobj)[mask] for s in ("site1", "site2"))
     assert not np.allclose(site1, site2, rtol=0.05)
     assert np.corrcoef(site1, site2)[0, 1] > 0.8
 
@@ -152,14 +146,19 @@ def test_ground_truth_dataset_describes_itself(tiny_dataset: SimulatedDataset) -
 
 def test_native_truth_lies_on_the_scan_grid_in_the_target_sites_contrast(tiny_dataset: SimulatedDataset) -> None:
     subject = tiny_dataset.subjects[0]
-    own, other = tiny_dataset.site_of_subject[subject], next(s.label for s in tiny_dataset.sites if s.label != tiny_dataset.site_of_subject[subject])
+    own, other = (
+        tiny_dataset.site_of_subject[subject],
+        next(s.label for s in tiny_dataset.sites if s.label != tiny_dataset.site_of_subject[subject]),
+    )
     raw = nb.load(tiny_dataset.native_image(subject))
     own_truth, mask = tiny_dataset.native_truth(subject, own)
     other_truth, _ = tiny_dataset.native_truth(subject, other)
     assert own_truth.shape == raw.shape and np.allclose(own_truth.affine, raw.affine)
     inside = np.asarray(mask.dataobj) > 0
     assert inside.sum() > 50
-    scan, own_values, other_values = (np.asarray(img.dataobj, np.float64)[inside] for img in (raw, own_truth, other_truth))
+    scan, own_values, other_values = (
+        np.asarray(img.dataobj, np.float64)[inside] for img in (raw, own_truth, other_truth)
+    )
     # Its own site's render is the scan without noise and bias: nearly perfectly correlated.
     assert np.corrcoef(scan, own_values)[0, 1] > 0.9
     # The other site renders the same anatomy in another contrast and scale.

@@ -47,9 +47,7 @@ def test_spin_echo_limits() -> None:
     long_tr = SpinEcho("SE", repetition_time_s=100.0, echo_time_s=0.1)
     assert float(long_tr.signal(1.0, 0.1)) == pytest.approx(np.exp(-1.0))
     # Inversion recovery nulls a tissue at TI = T1 ln 2 when TR is long.
-    nulling = InversionRecoverySpinEcho(
-        "IR", repetition_time_s=100.0, echo_time_s=0.01, inversion_time_s=np.log(2)
-    )
+    nulling = InversionRecoverySpinEcho("IR", repetition_time_s=100.0, echo_time_s=0.01, inversion_time_s=np.log(2))
     assert float(nulling.signal(1.0, 0.1)) == pytest.approx(0.0, abs=1e-9)
 
 
@@ -88,9 +86,7 @@ def coarse_template():
 
 
 def test_random_deformation_is_diffeomorphic(coarse_template) -> None:
-    displacement = random_deformation(
-        coarse_template, ventricle_expansion_mm=4.0, rng=np.random.default_rng(0)
-    )
+    displacement = random_deformation(coarse_template, ventricle_expansion_mm=4.0, rng=np.random.default_rng(0))
     jacobian = np.stack([np.stack(np.gradient(d)) for d in displacement]) + np.eye(3)[:, :, None, None, None]
     determinant = np.linalg.det(np.moveaxis(jacobian, (0, 1), (-2, -1)))
     assert determinant.min() > 0

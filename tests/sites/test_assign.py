@@ -81,7 +81,9 @@ def test_cluster_values_is_order_independent_and_respects_tolerance():
 def test_overrides_take_precedence_table_then_sessions_then_participants(tmp_path):
     root = tmp_path / "bids"
     (root / "sub-s1").mkdir(parents=True)
-    (root / "participants.tsv").write_text("participant_id\tsite\nsub-s1\tFromParticipants\nsub-s2\tFromParticipants\nsub-s3\tn/a\n")
+    (root / "participants.tsv").write_text(
+        "participant_id\tsite\nsub-s1\tFromParticipants\nsub-s2\tFromParticipants\nsub-s3\tn/a\n"
+    )
     (root / "sub-s1" / "sub-s1_sessions.tsv").write_text("session_id\tsite\nses-1\tFromSessions\n")
     table = tmp_path / "sites.tsv"
     table.write_text("path\tparticipant_id\tsite\nsub-s2/anat/sub-s2_T1w.nii.gz\t\tFromTable\n\tsub-nobody\tTypo\n")
@@ -90,8 +92,9 @@ def test_overrides_take_precedence_table_then_sessions_then_participants(tmp_pat
         record("s2", SCANNERS["ge"], subject="s2"),
         record("s3", SCANNERS["ge"], subject="s3"),
     ]
-    images[0] = ImageRecord(Path("/x/a"), "sub-s1/ses-1/anat/sub-s1_ses-1_T1w.nii.gz", "s1", "1", "T1w",
-                            metadata=SCANNERS["ge"])
+    images[0] = ImageRecord(
+        Path("/x/a"), "sub-s1/ses-1/anat/sub-s1_ses-1_T1w.nii.gz", "s1", "1", "T1w", metadata=SCANNERS["ge"]
+    )
     overrides = load_overrides(root, images, table)
     got = {a.image.subject: (a.site, a.provenance) for a in assign_sites(images, "scanner", overrides=overrides)}
     assert got["s1"] == ("FromSessions", "sessions.tsv")
@@ -115,6 +118,9 @@ def test_participants_tsv_saved_with_a_byte_order_mark_keeps_its_site_column(tmp
     root.mkdir()
     (root / "participants.tsv").write_bytes("participant_id\tsite\nsub-s1\tOxford\n".encode("utf-8-sig"))
     images = [record("s1", SCANNERS["ge"]), record("s2", SCANNERS["ge"])]
-    got = {a.image.subject: (a.site, a.provenance) for a in assign_sites(images, "scanner", overrides=load_overrides(root, images))}
+    got = {
+        a.image.subject: (a.site, a.provenance)
+        for a in assign_sites(images, "scanner", overrides=load_overrides(root, images))
+    }
     assert got["s1"] == ("Oxford", "participants.tsv")
     assert got["s2"][1] == "inferred"

@@ -15,9 +15,18 @@ POLICY = load_policy()
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("SIEMENS ", "Siemens"), ("Siemens", "Siemens"), ("GE MEDICAL SYSTEMS", "GE"), ("GE", "GE"),
-     ("Philips Medical Systems", "Philips"), ("Philips Healthcare", "Philips"), ("TOSHIBA_MEC", "Canon"),
-     ("Acme Imaging", "Acme Imaging"), (None, None), ("   ", None)],
+    [
+        ("SIEMENS ", "Siemens"),
+        ("Siemens", "Siemens"),
+        ("GE MEDICAL SYSTEMS", "GE"),
+        ("GE", "GE"),
+        ("Philips Medical Systems", "Philips"),
+        ("Philips Healthcare", "Philips"),
+        ("TOSHIBA_MEC", "Canon"),
+        ("Acme Imaging", "Acme Imaging"),
+        (None, None),
+        ("   ", None),
+    ],
 )
 def test_vendor_spellings_normalise(raw, expected):
     assert normalise_vendor(raw, POLICY) == expected
@@ -32,8 +41,17 @@ def test_model_spellings_of_one_model_agree():
 
 @pytest.mark.parametrize(
     ("raw", "tesla", "noted"),
-    [(2.89, 3.0, True), (3, 3.0, False), (1.494, 1.5, True), (15000, 1.5, True), ("3", 3.0, False),
-     (5.0, 5.0, True), (None, None, False), ("abc", None, True), (-1, None, True)],
+    [
+        (2.89, 3.0, True),
+        (3, 3.0, False),
+        (1.494, 1.5, True),
+        (15000, 1.5, True),
+        ("3", 3.0, False),
+        (5.0, 5.0, True),
+        (None, None, False),
+        ("abc", None, True),
+        (-1, None, True),
+    ],
 )
 def test_field_strength_snaps_to_nominal(raw, tesla, noted):
     value, note = normalise_field(raw, POLICY)
@@ -49,8 +67,9 @@ def test_unit_falls_back_from_serial_to_station_to_institution():
 
 
 def test_signature_notes_record_normalisation():
-    sig = scanner_signature({"Manufacturer": "SIEMENS ", "ManufacturersModelName": "Prisma_fit",
-                             "MagneticFieldStrength": 2.89}, POLICY)
+    sig = scanner_signature(
+        {"Manufacturer": "SIEMENS ", "ManufacturersModelName": "Prisma_fit", "MagneticFieldStrength": 2.89}, POLICY
+    )
     assert any("Prisma_fit" in n for n in sig.notes)
     assert any("2.89 -> 3 T" in n for n in sig.notes)
 

@@ -23,8 +23,19 @@ def test_asking_for_a_missing_gpu_fails_fast_with_the_fix(multisite_bids, tmp_pa
 @pytest.mark.realdata
 def test_realmix_goes_through_participant_preprocessing(realmix, tmp_path):
     out = tmp_path / "out"
-    code = main([str(realmix), str(out), "participant", "--template-resolution", "2", "--nprocs", "2",
-                 "-w", str(tmp_path / "work")])
+    code = main(
+        [
+            str(realmix),
+            str(out),
+            "participant",
+            "--template-resolution",
+            "2",
+            "--nprocs",
+            "2",
+            "-w",
+            str(tmp_path / "work"),
+        ]
+    )
     assert code == 0
     raws = sorted(realmix.rglob("sub-*_T1w.nii.gz"))
     assert len(raws) == 3  # including the 4.8 mm sagittal 2D FLASH

@@ -49,9 +49,15 @@ def template(fakes: dict[str, Path]) -> TemplateFiles:
 
 def plan(fakes: dict[str, Path], style: str = "site", seed: int = 0) -> HarmonizationPlan:
     return HarmonizationPlan(
-        bundle_dir=str(fakes["bundle"]), bundle_sha256="sha256:weights", bundle_sites=("siteA", "siteB"),
-        target_site="siteA", target_scale=(0.0, 1000.0), style=style, seed=seed,
-        reference_image=str(fakes["reference"]) if style == "reference" else None, card_sha256="sha256:card",
+        bundle_dir=str(fakes["bundle"]),
+        bundle_sha256="sha256:weights",
+        bundle_sites=("siteA", "siteB"),
+        target_site="siteA",
+        target_scale=(0.0, 1000.0),
+        style=style,
+        seed=seed,
+        reference_image=str(fakes["reference"]) if style == "reference" else None,
+        card_sha256="sha256:card",
     )
 
 
@@ -64,8 +70,12 @@ def assignment(subject: str, site: str, suffix: str = "T1w") -> SiteAssignment:
 
 def participant_wf(fakes, assignments, plans, **options) -> tuple[pe.Workflow, list[str]]:
     return init_participant_wf(
-        assignments=assignments, out_dir=fakes["out"], template=template(fakes), plans=plans,
-        provenance={"command_line": ["bids_harmonize"], "start_time": "2026-01-01T00:00:00Z"}, **options,
+        assignments=assignments,
+        out_dir=fakes["out"],
+        template=template(fakes),
+        plans=plans,
+        provenance={"command_line": ["bids_harmonize"], "start_time": "2026-01-01T00:00:00Z"},
+        **options,
     )
 
 
@@ -120,8 +130,11 @@ def unwired_inputs(workflow: pe.Workflow) -> list[str]:
 @pytest.mark.parametrize("brain_mask", ["deepbet", "template"])
 def test_preproc_wf_chains_conform_n4_registration_mask_and_scaling(fakes, brain_mask):
     workflow = init_preproc_wf(
-        template_file=str(fakes["template_T1w"]), template_mask_file=str(fakes["mask"]), brain_mask=brain_mask,
-        omp_nthreads=3, seed=7,
+        template_file=str(fakes["template_T1w"]),
+        template_mask_file=str(fakes["mask"]),
+        brain_mask=brain_mask,
+        omp_nthreads=3,
+        seed=7,
     )
     edges = connections(workflow)
     learned = brain_mask == "deepbet"
@@ -151,8 +164,14 @@ def test_preproc_wf_chains_conform_n4_registration_mask_and_scaling(fakes, brain
 @pytest.mark.parametrize(("style", "seed"), [("site", 0), ("random", 11), ("reference", 0)])
 def test_harmonize_wf_wires_inference_then_the_way_back_to_the_native_grid(fakes, style, seed):
     workflow = init_harmonize_wf(
-        bundle_dir=str(fakes["bundle"]), bundle_sha256="sha256:weights", target_site="siteA", source_site="siteB",
-        target_scale=(0.0, 1000.0), style=style, seed=seed, omp_nthreads=2,
+        bundle_dir=str(fakes["bundle"]),
+        bundle_sha256="sha256:weights",
+        target_site="siteA",
+        source_site="siteB",
+        target_scale=(0.0, 1000.0),
+        style=style,
+        seed=seed,
+        omp_nthreads=2,
     )
     edges = connections(workflow)
     assert set(workflow.list_node_names()) == {"inputnode", "murd", "to_native", "outputnode"}
@@ -171,8 +190,12 @@ def test_harmonize_wf_wires_inference_then_the_way_back_to_the_native_grid(fakes
 
 def test_harmonize_wf_on_a_gpu_is_a_gpu_node_for_multiproc(fakes):
     workflow = init_harmonize_wf(
-        bundle_dir=str(fakes["bundle"]), bundle_sha256="sha256:weights", target_site="siteA", source_site="siteB",
-        target_scale=(0.0, 1.0), device="cuda:1",
+        bundle_dir=str(fakes["bundle"]),
+        bundle_sha256="sha256:weights",
+        target_site="siteA",
+        source_site="siteB",
+        target_scale=(0.0, 1.0),
+        device="cuda:1",
     )
     murd = workflow.get_node("murd")
     assert (murd.inputs.device, murd.inputs.use_gpu) == ("cuda:1", True)
@@ -181,8 +204,13 @@ def test_harmonize_wf_on_a_gpu_is_a_gpu_node_for_multiproc(fakes):
 # ----------------------------------------------------------------------------- init_participant_wf
 @pytest.mark.parametrize("style", ["site", "random", "reference"])
 def test_participant_wf_harmonizes_known_sites_and_leaves_the_rest_preprocessed(fakes, style):
-    images = [assignment("01", "siteA"), assignment("02", "siteB"), assignment("03", "siteC"),
-              assignment("04", UNKNOWN_SITE), assignment("01", "siteA", "T2w")]
+    images = [
+        assignment("01", "siteA"),
+        assignment("02", "siteB"),
+        assignment("03", "siteC"),
+        assignment("04", UNKNOWN_SITE),
+        assignment("01", "siteA", "T2w"),
+    ]
     workflow, not_harmonized = participant_wf(fakes, images, {"T1w": plan(fakes, style, seed=5)})
     top = {name.split(".")[0] for name in workflow.list_node_names()}
     preprocs = {f"preproc_sub_{label}" for label in ("01_T1w", "02_T1w", "03_T1w", "04_T1w", "01_T2w")}
@@ -191,7 +219,8 @@ def test_participant_wf_harmonizes_known_sites_and_leaves_the_rest_preprocessed(
     references = {"preproc_reference_T1w"} if style == "reference" else set()
     assert top == preprocs | sinks | harmonized | references
     assert [message.split(":")[0] for message in not_harmonized] == [
-        "sub-03/anat/sub-03_T1w.nii.gz", "sub-04/anat/sub-04_T1w.nii.gz"
+        "sub-03/anat/sub-03_T1w.nii.gz",
+        "sub-04/anat/sub-04_T1w.nii.gz",
     ]
     assert all("--site-table" in message for message in not_harmonized)
     assert unwired_inputs(workflow) == []
@@ -258,9 +287,9 @@ def test_a_plan_for_another_contrast_leaves_this_one_preprocessed(fakes):
 def test_the_unwired_check_finds_a_dangling_input(fakes):
     """The check the builds above pass would catch a connection from an input nothing sets."""
     workflow, _ = participant_wf(fakes, [assignment("01", "siteA")], {"T1w": plan(fakes)})
-    reference = init_preproc_wf(template_file=str(fakes["template_T1w"]), template_mask_file=str(fakes["mask"]),
-                                name="preproc_reference_T1w")  # in_file left unset on purpose
+    reference = init_preproc_wf(
+        template_file=str(fakes["template_T1w"]), template_mask_file=str(fakes["mask"]), name="preproc_reference_T1w"
+    )  # in_file left unset on purpose
     harmonize = workflow.get_node("harmonize_sub_01_T1w")
     workflow.connect(reference, "outputnode.model_input", harmonize, "inputnode.reference_file")
     assert unwired_inputs(workflow) == ["preproc_reference_T1w.conform.in_file: connected to an input nothing sets"]
-

@@ -22,8 +22,20 @@ from bids_harmonize.model.store import INDEX_NAME
 
 pytestmark = pytest.mark.slow
 ITERATIONS = 40  # checkpoints every 10 steps (the group level keeps ~10 per run)
-COMMON = ["--template-resolution", "2", "--contrasts", "T1w", "--nprocs", "1", "--omp-nthreads", "1",
-          "--iterations", str(ITERATIONS), "--batch-size", "2"]
+COMMON = [
+    "--template-resolution",
+    "2",
+    "--contrasts",
+    "T1w",
+    "--nprocs",
+    "1",
+    "--omp-nthreads",
+    "1",
+    "--iterations",
+    str(ITERATIONS),
+    "--batch-size",
+    "2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +50,18 @@ def preprocessed(tmp_path_factory):
 
 
 def group_command(bids: Path, out: Path, work: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "bids_harmonize.cli.run", str(bids), str(out), "group", *COMMON, "-w", str(work), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "bids_harmonize.cli.run",
+        str(bids),
+        str(out),
+        "group",
+        *COMMON,
+        "-w",
+        str(work),
+        *extra,
+    ]
 
 
 def logged_steps(work: Path) -> list[int]:
@@ -58,7 +81,9 @@ def test_an_interrupted_group_run_resumes_to_the_same_bundle(preprocessed):
     uninterrupted = weights(out)
 
     work = root / "interrupted"
-    run = subprocess.Popen(group_command(bids, out, work), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        group_command(bids, out, work), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 600
     while max(logged_steps(work), default=0) < 20 and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)

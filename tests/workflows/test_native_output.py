@@ -59,9 +59,14 @@ def run_to_native(
     (tmp_path / "scale.json").write_text(json.dumps(SOURCE.as_dict()))
     (tmp_path / "lookup.json").write_text(json.dumps({"inputs": lookup[0].tolist(), "outputs": lookup[1].tolist()}))
     node = HarmonizedToNative(
-        harmonized=str(paths["harmonized"]), model_input=str(paths["model_input"]), native=str(paths["native"]),
-        lookup_file=str(tmp_path / "lookup.json"), transform=str(transform), source_scale=str(tmp_path / "scale.json"),
-        target_lo=TARGET.lo, target_hi=TARGET.hi,
+        harmonized=str(paths["harmonized"]),
+        model_input=str(paths["model_input"]),
+        native=str(paths["native"]),
+        lookup_file=str(tmp_path / "lookup.json"),
+        transform=str(transform),
+        source_scale=str(tmp_path / "scale.json"),
+        target_lo=TARGET.lo,
+        target_hi=TARGET.hi,
     )
     result = node.run(cwd=str(tmp_path))
     assert nb.load(result.outputs.native_file).shape == native_img.shape
@@ -104,17 +109,25 @@ def methods_text(tmp_path, architecture: str) -> str:
 @pytest.mark.parametrize(
     ("architecture", "phrases"),
     [
-        ("modulated", (
-            "the voxel-wise part of the translation", "was applied to every voxel of the bias-corrected native image",
-            "in the model range of the image's own intensity scale and unclipped",
-            "the rest of the change on the template grid (the translated image minus the mapped input) was "
-            "resampled onto the native grid (linear interpolation, zero outside the template's field of view) and added",
-        )),
-        ("paper", (
-            "the change on the template grid (the translated image minus its input) was resampled onto the native "
-            "grid (linear interpolation, zero outside the template's field of view) and added to the bias-corrected "
-            "native image", "in the model range of the image's own intensity scale and unclipped",
-        )),
+        (
+            "modulated",
+            (
+                "the voxel-wise part of the translation",
+                "was applied to every voxel of the bias-corrected native image",
+                "in the model range of the image's own intensity scale and unclipped",
+                "the rest of the change on the template grid (the translated image minus the mapped input) was "
+                "resampled onto the native grid (linear interpolation, zero outside the template's field of view) and added",
+            ),
+        ),
+        (
+            "paper",
+            (
+                "the change on the template grid (the translated image minus its input) was resampled onto the native "
+                "grid (linear interpolation, zero outside the template's field of view) and added to the bias-corrected "
+                "native image",
+                "in the model range of the image's own intensity scale and unclipped",
+            ),
+        ),
     ],
 )
 def test_the_methods_text_says_how_the_change_reaches_the_scan(tmp_path, architecture, phrases):

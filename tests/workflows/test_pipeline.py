@@ -36,8 +36,15 @@ def flow(tmp_path_factory):
     mtime_before = n4_result.stat().st_mtime_ns
     export = root / "export"
     codes["harmonize"] = main([bids, str(out), "participant", *args, "--export-bids", str(export)])
-    return {"dataset": dataset, "out": out, "work": work, "codes": codes, "export": export,
-            "n4_reused": n4_result.stat().st_mtime_ns == mtime_before, "report_before_model": report_before_model}
+    return {
+        "dataset": dataset,
+        "out": out,
+        "work": work,
+        "codes": codes,
+        "export": export,
+        "n4_reused": n4_result.stat().st_mtime_ns == mtime_before,
+        "report_before_model": report_before_model,
+    }
 
 
 def anat(out: Path, subject: str, name: str) -> Path:
@@ -135,8 +142,22 @@ def test_harmonizing_to_the_own_site_stays_close_to_the_input(flow, tmp_path):
     out, subject = flow["out"], "01"
     rows = {r["participant_id"]: r["site"] for r in csv.DictReader(open(out / "sites.tsv"), delimiter="\t")}
     own = tmp_path / "own"
-    code = main([str(flow["dataset"].bids_root), str(own), "participant", *COMMON, "-w", str(flow["work"]),
-                 "--participant-label", subject, "--model", str(out / "models"), "--target-site", rows["sub-01"]])
+    code = main(
+        [
+            str(flow["dataset"].bids_root),
+            str(own),
+            "participant",
+            *COMMON,
+            "-w",
+            str(flow["work"]),
+            "--participant-label",
+            subject,
+            "--model",
+            str(out / "models"),
+            "--target-site",
+            rows["sub-01"],
+        ]
+    )
     assert code == 0
     mask = np.asarray(nb.load(get_template(TEMPLATE, 2, "mask", "brain")).dataobj) > 0
     before = nb.load(anat(own, subject, f"space-{TEMPLATE}_res-2_desc-preproc_T1w.nii.gz")).get_fdata()
@@ -147,8 +168,20 @@ def test_harmonizing_to_the_own_site_stays_close_to_the_input(flow, tmp_path):
 
 
 def test_unknown_target_site_lists_the_known_ones(flow, tmp_path, capsys):
-    code = main([str(flow["dataset"].bids_root), str(tmp_path / "o"), "participant", *COMMON,
-                 "--participant-label", "01", "--model", str(flow["out"] / "models"), "--target-site", "Nowhere"])
+    code = main(
+        [
+            str(flow["dataset"].bids_root),
+            str(tmp_path / "o"),
+            "participant",
+            *COMMON,
+            "--participant-label",
+            "01",
+            "--model",
+            str(flow["out"] / "models"),
+            "--target-site",
+            "Nowhere",
+        ]
+    )
     assert code == 64
     assert "Nowhere" in capsys.readouterr().err
 
@@ -166,15 +199,27 @@ def test_every_participant_has_a_report_holding_each_section(flow):
     for subject in flow["dataset"].subjects:
         html_text = (out / f"sub-{subject}.html").read_text()
         text = visible_text(html_text)
-        for section in ("Site", "provenance inferred", "Registration and brain mask", "Brain mask: deepbet",
-                        "Mask check",
-                        "Before / after", "share one grey window", "Intensity distributions in the brain",
-                        "(training)", "Warnings", "Provenance", bundle_sha, "Methods", "harmonized",
-                        f"bids_harmonize {bids_harmonize.__version__}"):  # the package versions of the sidecar
+        for section in (
+            "Site",
+            "provenance inferred",
+            "Registration and brain mask",
+            "Brain mask: deepbet",
+            "Mask check",
+            "Before / after",
+            "share one grey window",
+            "Intensity distributions in the brain",
+            "(training)",
+            "Warnings",
+            "Provenance",
+            bundle_sha,
+            "Methods",
+            "harmonized",
+            f"bids_harmonize {bids_harmonize.__version__}",
+        ):  # the package versions of the sidecar
             assert section in text, (subject, section)
         # registration mosaic, before/after mosaic, distributions: embedded, nothing fetched
         assert html_text.count('src="data:image/png;base64,') == 3
-        assert "http://" not in html_text and "src=\"http" not in html_text
+        assert "http://" not in html_text and 'src="http' not in html_text
 
 
 def test_a_report_written_before_any_model_says_why_nothing_was_harmonized(flow):
@@ -215,12 +260,15 @@ def test_a_failed_harmonization_still_gets_a_report_that_says_so(flow, tmp_path)
 
     out = flow["out"]
     record = record_from_relpath(flow["dataset"].bids_root, "sub-01/anat/sub-01_T1w.nii.gz")
-    template = TemplateFiles(TEMPLATE, 2, {"T1w": str(get_template(TEMPLATE, 2, "T1w"))},
-                             str(get_template(TEMPLATE, 2, "mask", "brain")))
+    template = TemplateFiles(
+        TEMPLATE, 2, {"T1w": str(get_template(TEMPLATE, 2, "T1w"))}, str(get_template(TEMPLATE, 2, "mask", "brain"))
+    )
     files = {k: v for k, v in derivative_files(out, record, template).items() if "harmonized" not in k}
     crash = tmp_path / "crash-20260101-000000-root-murd-x.txt"
     crash.write_text("Node: bids_harmonize_wf.harmonize_sub_01_T1w.murd\nTraceback:\nRuntimeError: out of memory\n")
-    item = ImageOutputs(record, out, files, {"site": "SiteA", "provenance": "inferred", "evidence": "e"}, crashes=[crash])
+    item = ImageOutputs(
+        record, out, files, {"site": "SiteA", "provenance": "inferred", "evidence": "e"}, crashes=[crash]
+    )
     text = visible_text(participant_report(tmp_path, "01", [item], template).read_text())
     assert "preprocessed only" in text and "Not harmonized: a step of the workflow failed" in text
     assert "RuntimeError: out of memory" in text and "harmonize_sub_01_T1w.murd" in text
