@@ -7,7 +7,8 @@
 realmix scans and the first N IXI heads, once with `--brain-mask template` (before) and once with
 the default learned mask (after), and reports the wall time of each run and the mask check of
 each image. `phantoms`: deepbet's mask of each simulated T1w and T2w scan against the simulator's
-true brain mask on the native grid (Dice). Results go to benchmarks/results/brain_mask_participant.md and brain_mask_phantoms.md.
+true brain mask on the native grid (Dice). Results go to benchmarks/results/brain_mask_participant.md
+and brain_mask_phantoms.md.
 """
 
 from __future__ import annotations

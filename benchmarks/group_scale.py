@@ -151,7 +151,8 @@ def run_one(args: argparse.Namespace, layout: str, sessions: int) -> dict[str, A
 
 
 def write_results(rows: list[dict[str, Any]], args: argparse.Namespace, out_dir: Path) -> None:
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB"
+    memory_gib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {memory_gib:.0f} GiB"
     command = "python benchmarks/group_scale.py " + " ".join(sys.argv[1:])
     lines = [
         "# Group training at scale: on-disk store vs RAM",
@@ -159,7 +160,8 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace, out_dir:
         f"Command: `{command}`  ",
         f"Machine: {machine}; torch threads {args.threads}; date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
-        "| layout | sessions | build s | data GB | peak RSS after build GB | peak RSS GB | train samples/s | load avg (1/5/15 min) |",
+        "| layout | sessions | build s | data GB | peak RSS after build GB | peak RSS GB | train samples/s "
+        "| load avg (1/5/15 min) |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
@@ -167,8 +169,9 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace, out_dir:
             lines.append(f"| {row['layout']} | {row['sessions']} | failed: {row['error']} | | | | | |")
             continue
         lines.append(
-            f"| {row['layout']} | {row['sessions']} | {row['build_s']} | {row['data_gb']} | {row['peak_rss_build_gb']} | "
-            f"{row['peak_rss_gb']} | {row['samples_per_s']} | {' / '.join(map(str, row['load_average']))} |"
+            f"| {row['layout']} | {row['sessions']} | {row['build_s']} | {row['data_gb']} | "
+            f"{row['peak_rss_build_gb']} | {row['peak_rss_gb']} | {row['samples_per_s']} | "
+            f"{' / '.join(map(str, row['load_average']))} |"
         )
     lines += ["", *verdict(rows), "", *LEGEND]
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ import numpy as np
 
 from bids_harmonize import console
 from bids_harmonize.bids.outputs import OutputLayout
+from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.cli.run import main as cli
 from bids_harmonize.simulate.dataset import RESCAN_STREAM
 from bids_harmonize.sites.overrides import read_tsv

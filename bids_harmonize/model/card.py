@@ -175,7 +175,8 @@ def validate_card(card: Any) -> MURDConfig:
     if contract is not None:
         if contract["image_size"] != config.image_size:
             errors.append(
-                f"card.input.image_size {contract['image_size']} differs from card.network.image_size {config.image_size}"
+                f"card.input.image_size {contract['image_size']} differs from "
+                f"card.network.image_size {config.image_size}"
             )
         if not contract["intensity"]["high_percentile"] > contract["intensity"]["low_percentile"]:
             errors.append("card.input.intensity: high_percentile must exceed low_percentile")

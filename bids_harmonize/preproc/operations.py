@@ -2,8 +2,8 @@
 
 conform -> N4 bias correction -> affine registration to the template (rigid, then affine;
 Mattes mutual information, multi-resolution, SimpleITK; brain to brain when a learned mask is
-given, see brainmask.py) -> template brain mask carried back -> robust intensity scaling into the model's [-1, 1] range, with the parameters kept
-so the result can be mapped back.
+given, see brainmask.py) -> template brain mask carried back -> robust intensity scaling into the
+model's [-1, 1] range, with the parameters kept so the result can be mapped back.
 """
 
 from __future__ import annotations

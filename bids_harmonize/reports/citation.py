@@ -37,8 +37,9 @@ class MethodsFacts:
 
 
 BIBTEX = {
-    "murd": "@article{murd,\n  author = {Liu, Siyuan and Yap, Pew-Thian},\n  title = {Learning multi-site harmonization "
-    "of magnetic resonance images without traveling human phantoms},\n  journal = {Communications Engineering},\n"
+    "murd": "@article{murd,\n  author = {Liu, Siyuan and Yap, Pew-Thian},\n  title = {Learning multi-site "
+    "harmonization of magnetic resonance images without traveling human phantoms},\n"
+    "  journal = {Communications Engineering},\n"
     "  volume = {3},\n  pages = {6},\n  year = {2024},\n  doi = {10.1038/s44172-023-00140-w}\n}",
     "nipype": "@article{nipype,\n  author = {Gorgolewski, Krzysztof and Burns, Christopher D. and Madison, Cindee and "
     "Clark, Dav and Halchenko, Yaroslav O. and Waskom, Michael L. and Ghosh, Satrajit S.},\n  title = {Nipype: "
@@ -52,17 +53,18 @@ BIBTEX = {
     "and Egan, Alexander and Yushkevich, Paul A. and Gee, James C.},\n  title = {N4ITK: improved N3 bias "
     "correction},\n  journal = {IEEE Transactions on Medical Imaging},\n  volume = {29},\n  number = {6},\n"
     "  pages = {1310--1320},\n  year = {2010},\n  doi = {10.1109/TMI.2010.2046908}\n}",
-    "simpleitk": "@article{simpleitk,\n  author = {Lowekamp, Bradley C. and Chen, David T. and Ib{\\'a}{\\~n}ez, Luis and "
-    "Blezek, Daniel},\n  title = {The Design of SimpleITK},\n  journal = {Frontiers in Neuroinformatics},\n"
-    "  volume = {7},\n  pages = {45},\n  year = {2013},\n  doi = {10.3389/fninf.2013.00045}\n}",
+    "simpleitk": "@article{simpleitk,\n  author = {Lowekamp, Bradley C. and Chen, David T. and "
+    "Ib{\\'a}{\\~n}ez, Luis and Blezek, Daniel},\n  title = {The Design of SimpleITK},\n"
+    "  journal = {Frontiers in Neuroinformatics},\n  volume = {7},\n  pages = {45},\n  year = {2013},\n"
+    "  doi = {10.3389/fninf.2013.00045}\n}",
     "mattes": "@article{mattes,\n  author = {Mattes, David and Haynor, David R. and Vesselle, Hubert and Lewellen, "
     "Thomas K. and Eubank, William},\n  title = {PET-CT image registration in the chest using free-form "
     "deformations},\n  journal = {IEEE Transactions on Medical Imaging},\n  volume = {22},\n  number = {1},\n"
     "  pages = {120--128},\n  year = {2003},\n  doi = {10.1109/TMI.2003.809072}\n}",
-    "mni2009": "@article{mni2009,\n  author = {Fonov, Vladimir S. and Evans, Alan C. and McKinstry, Robert C. and Almli, "
-    "C. Robert and Collins, D. Louis},\n  title = {Unbiased nonlinear average age-appropriate brain templates "
-    "from birth to adulthood},\n  journal = {NeuroImage},\n  volume = {47, Supplement 1},\n  pages = {S102},\n"
-    "  year = {2009},\n  doi = {10.1016/S1053-8119(09)70884-5}\n}",
+    "mni2009": "@article{mni2009,\n  author = {Fonov, Vladimir S. and Evans, Alan C. and McKinstry, Robert C. "
+    "and Almli, C. Robert and Collins, D. Louis},\n  title = {Unbiased nonlinear average age-appropriate brain "
+    "templates from birth to adulthood},\n  journal = {NeuroImage},\n  volume = {47, Supplement 1},\n"
+    "  pages = {S102},\n  year = {2009},\n  doi = {10.1016/S1053-8119(09)70884-5}\n}",
     "templateflow": "@article{templateflow,\n  author = {Ciric, Rastko and others},\n  title = {TemplateFlow: "
     "FAIR-sharing of multi-scale, multi-species brain models},\n  journal = {Nature Methods},\n"
     "  volume = {19},\n  pages = {1568--1571},\n  year = {2022},\n  doi = {10.1038/s41592-022-01681-2}\n}",
@@ -70,8 +72,8 @@ BIBTEX = {
     "  title = {deepbet: Fast brain extraction of T1-weighted MRI using Convolutional Neural Networks},\n"
     "  journal = {Computers in Biology and Medicine},\n  volume = {179},\n  pages = {108845},\n"
     "  year = {2024},\n  doi = {10.1016/j.compbiomed.2024.108845}\n}",
-    "pytorch": "@inproceedings{pytorch,\n  author = {Paszke, Adam and others},\n  title = {PyTorch: An Imperative Style, "
-    "High-Performance Deep Learning Library},\n  booktitle = {Advances in Neural Information Processing "
+    "pytorch": "@inproceedings{pytorch,\n  author = {Paszke, Adam and others},\n  title = {PyTorch: An Imperative "
+    "Style, High-Performance Deep Learning Library},\n  booktitle = {Advances in Neural Information Processing "
     "Systems 32},\n  pages = {8024--8035},\n  year = {2019}\n}",
 }
 

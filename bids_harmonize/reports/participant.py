@@ -74,8 +74,9 @@ class _ImageSection:
             spearman = metrics.template_agreement(image, reference, self.template_mask)
             parts.append(
                 html.paragraph(
-                    "No learned mask to check this one against (--brain-mask template): look at the red outline. For "
-                    f"information only, the Spearman agreement of the registered image with the template is {spearman:.2f} "
+                    "No learned mask to check this one against (--brain-mask template): look at the red outline. "
+                    "For information only, the Spearman agreement of the registered image with the template is "
+                    f"{spearman:.2f} "
                     "(it varies with the scanner's contrast, so it is not a flag).",
                     "note",
                 )

@@ -119,7 +119,8 @@ def test_boundary_distance_and_dice_of_known_shapes():
     [
         "ixi_hh/sub-IXI034/anat/sub-IXI034_T1w.nii.gz",  # the old mask's worst IXI head (Dice 0.91 with the new one)
         "realmix/sub-prisma01/anat/sub-prisma01_T1w.nii.gz",  # the old flag's false alarm
-        "realmix/sub-decub01/ses-HFS/anat/sub-decub01_ses-HFS_T1w.nii.gz",  # 4.8 mm 2D FLASH; old mask missed the vertex
+        # 4.8 mm 2D FLASH; the old mask missed the vertex
+        "realmix/sub-decub01/ses-HFS/anat/sub-decub01_ses-HFS_T1w.nii.gz",
     ],
 )
 def test_real_heads_get_a_mask_that_passes_its_check(relpath):

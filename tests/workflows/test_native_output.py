@@ -116,15 +116,16 @@ def methods_text(tmp_path, architecture: str) -> str:
                 "was applied to every voxel of the bias-corrected native image",
                 "in the model range of the image's own intensity scale and unclipped",
                 "the rest of the change on the template grid (the translated image minus the mapped input) was "
-                "resampled onto the native grid (linear interpolation, zero outside the template's field of view) and added",
+                "resampled onto the native grid (linear interpolation, zero outside the template's field of view) "
+                "and added",
             ),
         ),
         (
             "paper",
             (
                 "the change on the template grid (the translated image minus its input) was resampled onto the native "
-                "grid (linear interpolation, zero outside the template's field of view) and added to the bias-corrected "
-                "native image",
+                "grid (linear interpolation, zero outside the template's field of view) and added to the "
+                "bias-corrected native image",
                 "in the model range of the image's own intensity scale and unclipped",
             ),
         ),
