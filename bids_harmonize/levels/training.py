@@ -125,6 +125,7 @@ def train_contrast(
         model_config=network.to_dict(), train_config=options.to_dict(), out_dir=str(out), work_dir=str(work),
         device=device, threads=max(1, threads // processes),
         site_signatures=site_signatures(store, rows, usable), progress=config.verbosity > 0,
+        brain_mask=str(template.mask),
         input_contract=InputContract(
             contrast=contrast, template=template.name, resolution=template.resolution, grid_shape=mask.shape,
             image_size=network.image_size, slice_axis=SLICE_AXIS, intensity=intensity_convention(),
