@@ -176,7 +176,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> tuple[dict, dict, Cohort, f
     cache = work_dir / "measured"
     measured = {}
     for name, harmonize in baseline_harmonizers(images, masks, sites, TARGET).items():
-        if name in ("none", "z-score", "WhiteStripe", "histogram matching", "Nyul (target site)"):
+        if name in ("none", "z-score", "WhiteStripe", "histogram matching", "Nyul (target site)", "site quantile map"):
             print(f"measuring {name}", flush=True)
             measured[name] = cached(cache / f"{name}.json", lambda h=harmonize: measure(h, cohort))
     measured["rescan"] = cached(
@@ -199,7 +199,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> tuple[dict, dict, Cohort, f
     per_seed, seconds = {}, []
     for seed in [] if args.skip_murd else args.seeds:
         training = MurdTraining(args.murd_recipe, seed, args.murd_iterations)
-        key = f"murd-{training.recipe}-{training.iterations or 'recipe'}-seed{seed}"
+        key = f"murd-{training.recipe}-{training.iterations or 'recipe'}-{recipe_digest(training.recipe)}-seed{seed}"
 
         def compute(training=training, seed=seed) -> dict:
             setup = prepare_murd(images, masks, sites, TARGET, training)
@@ -211,6 +211,18 @@ def run(args: argparse.Namespace, work_dir: Path) -> tuple[dict, dict, Cohort, f
         per_seed[seed] = cached(cache / f"{key}.json", compute)
         seconds.append(per_seed[seed]["training_s"])
     return measured, per_seed, cohort, float(np.mean(seconds)) if seconds else 0.0
+
+
+def recipe_digest(name: str) -> str:
+    """A short digest of the recipe's settings: a cached MURD result is reused only for the
+    recipe it was measured with."""
+    import hashlib
+
+    from bids_harmonize.model.recipes import RECIPES
+
+    recipe = RECIPES[name]
+    settings = json.dumps({"preset": recipe.preset, **recipe.train_config().to_dict()}, sort_keys=True, default=str)
+    return hashlib.sha256(settings.encode()).hexdigest()[:8]
 
 
 def _traveling_masks(cohort: Cohort) -> dict[str, NDArray[np.bool_]]:

@@ -67,6 +67,7 @@ class MurdSetup:
     options: object  # TrainConfig
     target_site: str
     target_scale: object  # preproc.operations.IntensityScale
+    brain_mask: NDArray[np.bool_] | None = None  # the population's brain (the template mask's role)
 
     def harmonizer(self, bundle) -> Harmonizer:
         from bids_harmonize.preproc.operations import robust_scale
@@ -90,6 +91,7 @@ class MurdSetup:
             self.config,
             self.options,
             work_dir / "murd",
+            brain_mask=self.brain_mask,
             work_dir=work_dir / "murd_training",
             resume=False,
             progress=False,
@@ -119,7 +121,10 @@ def prepare_murd(
     config = preset_config(recipe.preset, len(names), image_size=model_image_size(union))
     iterations = run.iterations or recipe.iterations
     options = recipe.train_config(iterations=iterations, seed=run.seed, checkpoint_every=iterations, log_every=10)
-    return MurdSetup(volumes, [names.index(site) for site in sites], names, config, options, target_site, target_scale)
+    # Where at least half of the subjects have brain: the role the template mask plays in the pipeline.
+    brain = np.mean(np.asarray(masks, dtype=bool), axis=0) >= 0.5
+    labels = [names.index(site) for site in sites]
+    return MurdSetup(volumes, labels, names, config, options, target_site, target_scale, brain)
 
 
 # ----------------------------------------------------------------------------- the quality benchmarks' phantom

@@ -151,6 +151,7 @@ def train_contrast(
         threads=max(1, threads // processes),
         site_signatures=site_signatures(store, rows, usable),
         progress=config.verbosity > 0,
+        brain_mask=str(template.mask),
         input_contract=InputContract(
             contrast=contrast,
             template=template.name,

@@ -225,10 +225,17 @@ class ModelBundle:
             self.translator, volume, code, source_style=source, batch_size=batch_size, slice_axis=slice_axis
         )
 
+    @property
+    def site_anchored(self) -> bool:
+        """Trained with site curve anchors (model/anchors.py): the curves belong to the sites."""
+        return self.card["training"].get("loss_weights", {}).get("anchor", 0.0) > 0
+
     def source_style(
         self, volume: np.ndarray | Tensor, source_site: str | None, *, slice_axis: int = 2
     ) -> Tensor | None:
-        """The volume's own style (mean over its foreground slices), or None for the paper layout."""
+        """The style the volume is in now, or None for the paper layout: its site's stored style
+        for a site-anchored bundle (one curve per site, so each subject keeps its own anatomy),
+        else the volume's own (mean over its foreground slices)."""
         if not self.translator.needs_source_style:
             return None
         if source_site is None:
@@ -236,6 +243,8 @@ class ModelBundle:
                 "this model renders relative to the input's own style: pass source_site, the site the "
                 f"volume was acquired at (one of {', '.join(self.sites)})"
             )
+        if self.site_anchored:
+            return self.style_code(source_site, "site")
         return reference_style(self.translator, volume, self.site_index(source_site), slice_axis=slice_axis)
 
     def intensity_lookup(self, target_style: Tensor, source_style: Tensor | None) -> tuple[np.ndarray, np.ndarray]:

@@ -32,6 +32,15 @@ def curve_from_logits(logits: Tensor) -> Tensor:
     return torch.cat([values[:, :-1], torch.ones_like(start)], dim=-1)  # exact end despite rounding
 
 
+def logits_from_curve(values: Tensor, floor: float = 1e-7) -> Tensor:
+    """The inverse of `curve_from_logits` (up to the softmax's free constant): (B, K + 1) knot
+    values -> (B, K) logits. A step at exactly the minimum slope has share 0 and gets `floor`."""
+    steps = values.double().diff(dim=-1)
+    num_steps = steps.shape[-1]
+    shares = (steps / 2.0 - MIN_SLOPE / num_steps) / (1.0 - MIN_SLOPE)
+    return torch.log(shares.clamp_min(floor)).to(values.dtype)
+
+
 def _knot_positions(num_knots: int, like: Tensor) -> Tensor:
     return torch.linspace(-1.0, 1.0, num_knots, device=like.device, dtype=like.dtype)
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
+import numpy as np
 import torch
 
 from bids_harmonize.errors import ExitCode, HarmonizeError
@@ -51,6 +53,7 @@ class TrainingJob:
     site_signatures: dict[str, dict[str, Any]]
     progress: bool = True
     input_contract: dict[str, Any] | None = None  # InputContract.to_dict(): written into the bundle's card
+    brain_mask: str | None = None  # NIfTI on the volumes' grid (the template mask): for the curve anchors
 
     def write(self, path: Path) -> Path:
         return atomic_write_json(path, dataclasses.asdict(self))
@@ -76,6 +79,7 @@ def run_job(job: TrainingJob) -> Path:
         site_signatures=job.site_signatures,
         progress=job.progress,
         input_contract=InputContract.from_dict(job.input_contract) if job.input_contract is not None else None,
+        brain_mask=None if job.brain_mask is None else np.asarray(nib.load(job.brain_mask).dataobj) > 0,
     )
 
 

@@ -33,6 +33,8 @@ class LossWeights:
     `r1` is gamma of the R1 penalty gamma/2 * E||grad D(x)||^2 on real images.
     `histogram` weighs the distance between the intensity distributions of each fake and a real
     slice of its target site at the same height (not in the reference; docs/model.md says why).
+    `anchor` weighs the L1 distance of each style's intensity curve to its site's anchor curve
+    (anchors.py; style-aware layout only).
     """
 
     adversarial: float = 1.0
@@ -46,6 +48,7 @@ class LossWeights:
     r1: float = 1.0
     histogram: float = 0.0
     texture: float = 0.0
+    anchor: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
@@ -143,13 +146,26 @@ def discriminator_terms(
     }
 
 
+def curve_anchor_distance(translator: Translator, styles: Tensor, sites: Tensor, anchors: Tensor | None) -> Tensor:
+    """Mean L1 distance of each style's intensity curve to its site's anchor curve (zero without
+    anchors or without curves)."""
+    if anchors is None or not translator.needs_source_style:
+        return styles.new_zeros(())
+    return F.l1_loss(translator.generator.curve(styles), anchors[sites])
+
+
 def generator_terms(
-    translator: Translator, discriminator: Discriminator, batch: TrainingBatch, diversity_fakes: Tensor
+    translator: Translator,
+    discriminator: Discriminator,
+    batch: TrainingBatch,
+    diversity_fakes: Tensor,
+    curve_anchors: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """All generator-side terms of one step, keyed like the fields of `LossWeights`.
 
     `diversity_fakes` = G(E_c(x) + noise, F_j(z2)), computed without gradient for the
     discriminator step, is reused here as the second, detached rendering of the diversity term.
+    `curve_anchors` (num_sites, knots + 1): each site's anchor curve (anchors.py), or None.
     """
     x, noise = batch.images, batch.content_noise
     content = translator.content_encoder(x)
@@ -175,6 +191,12 @@ def generator_terms(
         "diversity": F.l1_loss(fake, diversity_fakes.detach()),
         "histogram": histogram_distance(fake, batch.references),
         "texture": texture_distance(fake, batch.references),
+        "anchor": curve_anchor_distance(
+            translator,
+            torch.cat([style_own, style_fake]),
+            torch.cat([batch.source_sites, batch.target_sites]),
+            curve_anchors,
+        ),
     }
 
 

@@ -14,12 +14,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from bids_harmonize.model.anchors import anchor_curves, calibrate_curve_head, fit_curves_to_anchors, site_quantiles
 from bids_harmonize.model.bundle import save_bundle
 from bids_harmonize.model.card import InputContract
 from bids_harmonize.model.checkpoint import (
@@ -68,12 +70,13 @@ class GeneratorStep(nn.Module):
     objective uses each network several times, so the whole objective is that one call.
     """
 
-    def __init__(self, translator: Translator) -> None:
+    def __init__(self, translator: Translator, curve_anchors: Tensor | None = None) -> None:
         super().__init__()
         self.translator = translator
+        self.curve_anchors = curve_anchors
 
     def forward(self, batch: TrainingBatch, diversity_fakes: Tensor, discriminator: Discriminator) -> dict[str, Tensor]:
-        return generator_terms(self.translator, discriminator, batch, diversity_fakes)
+        return generator_terms(self.translator, discriminator, batch, diversity_fakes, self.curve_anchors)
 
 
 class Trainer:
@@ -86,6 +89,7 @@ class Trainer:
         sampler: SliceSampler,
         device: torch.device,
         context: DistributedContext = DistributedContext(),
+        brain_mask: Tensor | None = None,
     ) -> None:
         self.config, self.train_config, self.sampler = config, train_config, sampler
         self.device, self.context = device, context
@@ -96,7 +100,8 @@ class Trainer:
         if train_config.compile:
             for network in (self.translator.content_encoder, self.translator.style_encoder, self.translator.generator):
                 network.compile()
-        self.generator_step = self._parallel(GeneratorStep(self.translator))
+        self.curve_anchors = self._curve_anchors(brain_mask)
+        self.generator_step = self._parallel(GeneratorStep(self.translator, self.curve_anchors))
         self.discriminator_step = self._parallel(self.discriminator)
         betas = (train_config.beta1, train_config.beta2)
         translator = self.translator
@@ -125,6 +130,26 @@ class Trainer:
             for optimizer in (self.generator_optimizer, self.discriminator_optimizer)
         ]
         self.step = 0
+
+    def _curve_anchors(self, brain_mask: Tensor | None) -> Tensor | None:
+        """Each site's anchor curve from its training slices, when the anchor term is on."""
+        if self.train_config.loss_weights.anchor == 0 or not self.translator.needs_source_style:
+            return None
+        quantiles = site_quantiles(self.sampler, self.train_config.style_slices_per_site, brain_mask)
+        return anchor_curves(quantiles, self.config.curve_knots).to(self.device)
+
+    def warm_up_curves(self) -> None:
+        """Before the first iteration, fit the style curves to the site anchors (anchors.py);
+        the EMA copy then starts from the warmed-up weights."""
+        steps = self.train_config.curve_warmup
+        if self.curve_anchors is None or steps == 0 or self.step > 0:
+            return
+        betas = (self.train_config.beta1, self.train_config.beta2)
+        fit_curves_to_anchors(self.translator, self.sampler, self.curve_anchors, steps, self.train_config.lr, betas)
+        if self.context.world_size > 1:  # ranks warmed up on their own batches: keep rank 0's weights
+            for parameter in self.translator.parameters():
+                dist.broadcast(parameter.data, src=0)
+        self.ema.load_state_dict(self.translator.state_dict())
 
     def _parallel(self, module: nn.Module) -> nn.Module:
         if self.context.world_size == 1:
@@ -279,6 +304,7 @@ def train(
     site_signatures: dict[str, dict[str, Any]] | None = None,
     input_contract: InputContract | None = None,
     slice_axis: int = 2,
+    brain_mask: np.ndarray | None = None,
     progress: bool = True,
     on_step: Callable[[Trainer], None] | None = None,
 ) -> Path:
@@ -291,6 +317,8 @@ def train(
     workflow may put work_dir elsewhere); with `resume`, a checkpoint there written for the same
     data and settings is continued exactly, and any other is set aside with a warning.
     `data_hash` defaults to a SHA-256 over the volumes' values and their site names.
+    `brain_mask`: a boolean mask on the volumes' grid (the template's brain mask); the site curve
+    anchors (anchors.py) then count brain voxels only.
     `input_contract` (how the volumes were prepared) goes into the bundle's card.
     Under torchrun (WORLD_SIZE > 1) every process runs this; rank 0 writes the files.
     `on_step(trainer)` runs after every iteration (e.g. to snapshot the EMA weights).
@@ -319,15 +347,23 @@ def train(
             rank=context.rank,
             crop_size=train_config.crop_size,
         )
-        trainer = Trainer(config, train_config, sampler, device, context)
+        mask = (
+            None
+            if brain_mask is None
+            else torch.from_numpy(np.moveaxis(np.asarray(brain_mask, bool), slice_axis, 0).copy())
+        )
+        trainer = Trainer(config, train_config, sampler, device, context, brain_mask=mask)
         checkpoint = work_dir / CHECKPOINT_NAME
         if resume and checkpoint.exists():
             trainer.resume_if_possible(checkpoint, data_hash)
+        trainer.warm_up_curves()
         metrics = run_training(trainer, checkpoint, work_dir / LOG_NAME, data_hash, progress, on_step)
         if context.is_main:
             styles = compute_site_styles(
                 trainer.ema, sampler, train_config.style_slices_per_site, train_config.batch_size
             )
+            if trainer.curve_anchors is not None:
+                calibrate_curve_head(trainer.ema.generator, styles, trainer.curve_anchors)
             save_bundle(
                 out_dir,
                 trainer.ema,

@@ -31,6 +31,7 @@ class TrainConfig:
     crop_size: int | None = None  # train on random square crops of this size (None: whole slices)
     min_foreground: float = MIN_FOREGROUND  # slices with less foreground (fraction of voxels) are skipped
     style_slices_per_site: int = 512  # slices averaged into each site's deterministic style
+    curve_warmup: int = 0  # steps fitting the style curves to the site anchors first (anchors.py)
     compile: bool = False  # torch.compile the translator's networks (not the discriminator: R1 needs double backward)
     loss_weights: LossWeights = LossWeights()
 

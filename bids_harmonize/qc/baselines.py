@@ -70,6 +70,37 @@ def nyul(image: NDArray, mask: NDArray, standard_scale: NyulNormalizer) -> NDArr
     return standard_scale.transform(create_image(image), create_image(mask)).get_data()
 
 
+QUANTILE_LEVELS = np.linspace(1.0, 99.0, 99)
+
+
+def site_quantiles(images: Sequence[NDArray], masks: Sequence[NDArray]) -> NDArray:
+    """One site's pooled brain quantiles (1st-99th percentile), each image first put in the
+    model range by its own robust scale (preproc.operations.robust_scale), as MURD's inputs are."""
+    from bids_harmonize.preproc.operations import robust_scale
+
+    values = [
+        robust_scale(image, mask).to_model(image)[mask.astype(bool)] for image, mask in zip(images, masks, strict=True)
+    ]
+    return np.percentile(np.concatenate(values), QUANTILE_LEVELS)
+
+
+def site_quantile_map(
+    image: NDArray, mask: NDArray, source: NDArray, target: NDArray, target_scale
+) -> NDArray[np.float32]:
+    """One curve per *site*: the image in the model range, mapped from its site's pooled
+    quantiles onto the target site's, into the target site's intensity scale. Unlike Nyul or
+    histogram matching (one curve per image), subjects keep their own tissue proportions. It is
+    what MURD's site curve anchors alone do (model/anchors.py), without any network."""
+    from bids_harmonize.model.curves import apply_lookup
+    from bids_harmonize.preproc.operations import robust_scale
+
+    model_input = robust_scale(image, mask).to_model(image)
+    inputs = np.concatenate([[-1.0], source, [1.0]]).astype(np.float32)
+    outputs = np.concatenate([[-1.0], target, [1.0]]).astype(np.float32)
+    inputs, outputs = np.maximum.accumulate(inputs), np.maximum.accumulate(outputs)
+    return target_scale.to_scanner(apply_lookup(model_input, inputs, outputs))
+
+
 def baseline_harmonizers(
     train_images: Sequence[NDArray],
     train_masks: Sequence[NDArray],
@@ -92,6 +123,11 @@ def baseline_harmonizers(
     reference_values = pooled_brain_values(target_images, target_masks)
     all_sites_scale = fit_nyul(train_images, train_masks)
     target_scale = fit_nyul(target_images, target_masks)
+    quantiles = {
+        site: site_quantiles(*zip(*[(i, m) for i, m, s in zip(train_images, train_masks, train_sites) if s == site]))
+        for site in set(train_sites)
+    }
+    target_units = _median_scale(target_images, target_masks)
     return {
         "none": lambda image, mask, source: no_harmonization(image, mask),
         "z-score": lambda image, mask, source: zscore(image, mask),
@@ -99,4 +135,13 @@ def baseline_harmonizers(
         "histogram matching": lambda image, mask, source: match_histogram(image, mask, reference_values),
         "Nyul (all sites)": lambda image, mask, source: nyul(image, mask, all_sites_scale),
         "Nyul (target site)": lambda image, mask, source: nyul(image, mask, target_scale),
+        "site quantile map": lambda image, mask, source: site_quantile_map(
+            image, mask, quantiles[source], quantiles[target_site], target_units
+        ),
     }
+
+
+def _median_scale(images: Sequence[NDArray], masks: Sequence[NDArray]):
+    from bids_harmonize.preproc.operations import median_scale, robust_scale
+
+    return median_scale([robust_scale(image, mask) for image, mask in zip(images, masks, strict=True)])

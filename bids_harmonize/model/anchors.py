@@ -1,0 +1,137 @@
+"""Site-level anchors for the style curves: where each site's intensity curve should start from.
+
+The style-aware generator renders x -> curve_target(inverse(curve_source)(x)) (curves.py). The
+adversarial signal alone moves the curves slowly and differently from seed to seed, and a curve
+fitted per image (as Nyul or histogram matching do) erases each subject's own tissue proportions
+along with the site's. The anchors are one curve per *site*: the map from a canonical intensity
+distribution to the site's pooled foreground distribution, in quantiles. The canonical
+distribution is the mean of the sites' quantile functions (their Wasserstein barycentre), so
+no site is privileged and, for any pair of sites, target(inverse(source)) is the site-level
+quantile map from source to target. A loss term pulls every style's curve towards its site's
+anchor; the residual branch and the adversarial terms remain free to do the rest.
+
+Limitation, by construction: a site whose subjects differ in anatomy on average (older, say)
+has a shifted pooled distribution, and a site-level map absorbs part of that difference.
+benchmarks/downstream.py measures how much, with age confounded with site.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from bids_harmonize.model.curves import MIN_SLOPE, logits_from_curve
+from bids_harmonize.model.losses import curve_anchor_distance
+from bids_harmonize.model.modulated import CURVE_GAIN, centre_slice
+from bids_harmonize.model.slices import BACKGROUND, FOREGROUND_MARGIN
+
+# Quantile levels of each site's pooled foreground; the ends are left out (bright vessels and
+# partial-volume edges say little about the scanner).
+QUANTILE_LEVELS = torch.linspace(0.01, 0.99, 99, dtype=torch.float64)
+# Quantiles are kept this far inside the model range, so the curve's end segments keep a slope.
+RANGE_MARGIN = 0.02
+
+
+def site_quantiles(sampler, slices_per_site: int, brain_mask: Tensor | None = None) -> Tensor:
+    """(num_sites, len(QUANTILE_LEVELS)) quantiles of each site's pooled intensities over up to
+    `slices_per_site` of its training slices, evenly spaced (deterministic).
+
+    brain_mask (slices, height, width), on the volumes' grid (slices first): only brain voxels
+    count. Without it, every foreground voxel does, which on whole-head images includes the
+    scalp, and on images with dark CSF misses part of the CSF; pass the template's mask.
+    """
+    rows = []
+    for site in range(sampler.config.num_sites):
+        volume_index, centre = sampler.site_positions(site)
+        chosen = torch.linspace(0, len(centre) - 1, min(slices_per_site, len(centre)), device=centre.device)
+        chosen = chosen.round().long()
+        values = [_voxels(sampler, volume_index[chunk], centre[chunk], brain_mask) for chunk in chosen.split(64)]
+        rows.append(torch.quantile(torch.cat(values), QUANTILE_LEVELS))
+    return torch.stack(rows)
+
+
+def _voxels(sampler, volume_index: Tensor, centre: Tensor, brain_mask: Tensor | None) -> Tensor:
+    """The intensities that count for the anchors in these centre slices, as float64 on the CPU."""
+    if brain_mask is None:
+        slices = centre_slice(sampler.stacks(volume_index, centre)).flatten()
+        return slices[slices > BACKGROUND + FOREGROUND_MARGIN].double().cpu()
+    slices = sampler.volumes.gather(volume_index, centre, 1)[:, 0].float().cpu()
+    return slices[brain_mask[centre.cpu()].expand_as(slices)].double()
+
+
+def anchor_curves(quantiles: Tensor, curve_knots: int) -> Tensor:
+    """(num_sites, Q) site quantiles -> (num_sites, curve_knots + 1) knot values of each site's
+    anchor curve (canonical -> site), in the form `curves.curve_from_logits` can represent:
+    -1 to +1, every step at least MIN_SLOPE of the identity's."""
+    quantiles = quantiles.double().clamp(-1 + RANGE_MARGIN, 1 - RANGE_MARGIN)
+    quantiles = torch.cummax(quantiles, dim=1).values  # ties from clamping stay monotone
+    canonical = quantiles.mean(dim=0)
+    ends = torch.tensor([-1.0], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)
+    knots = torch.linspace(-1.0, 1.0, curve_knots + 1, dtype=torch.float64)
+    rows = []
+    for site_quantile in quantiles:
+        x = torch.cat([ends[0], canonical, ends[1]])
+        y = torch.cat([ends[0], site_quantile, ends[1]])
+        rows.append(_interp(knots, x, y))
+    values = torch.stack(rows)
+    # Mixing with the identity gives every step the minimum slope the curve parametrisation keeps.
+    return ((1.0 - MIN_SLOPE) * values + MIN_SLOPE * knots).float()
+
+
+def _interp(at: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """Piecewise-linear interpolation of (x, y) at `at`; x rises (ties are resolved to the left)."""
+    index = (torch.searchsorted(x, at, right=True) - 1).clamp(0, len(x) - 2)
+    x0, x1, y0, y1 = x[index], x[index + 1], y[index], y[index + 1]
+    return y0 + (at - x0) / (x1 - x0).clamp_min(1e-12) * (y1 - y0)
+
+
+def fit_curves_to_anchors(
+    translator, sampler, anchors: Tensor, steps: int, lr: float, betas: tuple[float, float]
+) -> None:
+    """`steps` Adam steps of the style encoder, mapping network and curve head on the anchor
+    term alone (batches from the training sampler), so adversarial training starts from the
+    site-level curves rather than the identity."""
+    parameters = [
+        *translator.style_encoder.parameters(),
+        *translator.mapping.parameters(),
+        *translator.generator.curve_head.parameters(),
+    ]
+    optimizer = torch.optim.Adam(parameters, lr=lr, betas=betas)
+    for _ in range(steps):
+        batch = sampler.sample()
+        styles = torch.cat(
+            [
+                translator.style_encoder(batch.images, batch.source_sites),
+                translator.mapping(batch.latents, batch.target_sites),
+            ]
+        )
+        sites = torch.cat([batch.source_sites, batch.target_sites])
+        optimizer.zero_grad(set_to_none=True)
+        curve_anchor_distance(translator, styles, sites, anchors).backward()
+        optimizer.step()
+
+
+def calibrate_curve_head(generator, site_styles: Tensor, anchors: Tensor) -> float:
+    """Make each site's stored style render exactly its anchor curve; returns the largest
+    remaining knot difference.
+
+    Training pulls every style's curve towards its site's anchor, but the style a bundle uses
+    for a site is the mean over whole slices, which training never saw (it sees crops). The
+    curve head's last layer is linear, so the smallest change of its weights that maps each
+    site style's hidden features onto the anchor's logits is a least-squares solution (one
+    equation per site, one unknown per hidden feature): closed form, deterministic. Nothing
+    else moves (the style codes, the residual branch), so the change is exactly the site curves.
+    """
+    head = generator.curve_head
+    last = head[-1]
+    with torch.no_grad():
+        hidden = head[:-1](site_styles.detach().float()).double()
+        wanted = logits_from_curve(anchors.double()) / CURVE_GAIN
+        wanted = wanted - wanted.mean(dim=1, keepdim=True)  # softmax ignores a constant: pick the centred one
+        current = torch.nn.functional.linear(hidden, last.weight.double(), last.bias.double())
+        current = current - current.mean(dim=1, keepdim=True)
+        design = torch.cat([hidden, torch.ones_like(hidden[:, :1])], dim=1)
+        change = torch.linalg.pinv(design) @ (wanted - current)  # (features + 1, knots): minimum norm
+        last.weight += change[:-1].T.to(last.weight.dtype)
+        last.bias += change[-1].to(last.bias.dtype)
+        return float((generator.curve(site_styles.float()) - anchors).abs().max())

@@ -1,0 +1,141 @@
+"""Site curve anchors (model/anchors.py): the closed-form curves, the loss that pulls styles to
+them, and the calibration that makes a bundle's site styles render them exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from bids_harmonize.model import TrainConfig, load_bundle, train
+from bids_harmonize.model.anchors import anchor_curves, calibrate_curve_head, site_quantiles
+from bids_harmonize.model.curves import MIN_SLOPE, apply_curve, invert_curve
+from bids_harmonize.model.data import SliceSampler, stack_volumes
+from bids_harmonize.model.losses import LossWeights
+from bids_harmonize.model.networks import build_translator
+
+LEVELS = np.linspace(0.01, 0.99, 99)
+
+
+def _quantiles(samples: list[np.ndarray]) -> torch.Tensor:
+    return torch.tensor(np.stack([np.quantile(s, LEVELS) for s in samples]))
+
+
+def test_anchor_curves_are_valid_curves_and_map_one_site_onto_another():
+    rng = np.random.default_rng(0)
+    dark = np.clip(rng.normal(-0.4, 0.2, 50_000), -0.98, 0.98)
+    bright = np.clip(rng.normal(0.3, 0.3, 50_000), -0.98, 0.98)
+    anchors = anchor_curves(_quantiles([dark, bright]), curve_knots=32)
+    assert anchors.shape == (2, 33)
+    assert torch.all(anchors[:, 0] == -1) and torch.all(anchors[:, -1] == 1)
+    assert torch.all(anchors.diff(dim=1) >= 2 * MIN_SLOPE / 32 - 1e-6)
+    # target(inverse(source)): the dark site's median lands near the bright site's median
+    median = torch.tensor([[float(np.median(dark))]])
+    mapped = apply_curve(invert_curve(median, anchors[:1]), anchors[1:])
+    assert abs(float(mapped) - float(np.median(bright))) < 0.1
+
+
+def test_identical_sites_get_identical_anchors_so_translation_is_the_identity():
+    values = np.random.default_rng(1).uniform(-0.9, 0.9, 20_000)
+    anchors = anchor_curves(_quantiles([values, values]), curve_knots=16)
+    assert torch.allclose(anchors[0], anchors[1])
+
+
+def test_site_quantiles_read_each_sites_foreground(toy_data, tiny_config):
+    volumes, labels = toy_data
+    stacked, _ = stack_volumes(volumes)
+    sampler = SliceSampler(
+        stacked,
+        labels,
+        tiny_config,
+        batch_size=2,
+        site_balanced=True,
+        min_foreground=0.1,
+        content_noise_std=0.0,
+        seed=0,
+        device=torch.device("cpu"),
+    )
+    quantiles = site_quantiles(sampler, slices_per_site=16)
+    assert quantiles.shape == (2, 99)
+    assert torch.all(quantiles.diff(dim=1) >= 0)
+    assert not torch.allclose(quantiles[0], quantiles[1], atol=0.05)  # the toy sites differ in contrast
+
+
+def test_calibration_makes_each_site_style_render_its_anchor(tiny_config):
+    torch.manual_seed(0)
+    translator = build_translator(tiny_config)
+    rng = np.random.default_rng(2)
+    anchors = anchor_curves(
+        _quantiles([rng.normal(-0.3, 0.2, 9_000), rng.normal(0.2, 0.3, 9_000)]), tiny_config.curve_knots
+    )
+    styles = torch.randn(2, tiny_config.style_dim)
+    residual = calibrate_curve_head(translator.generator, styles, anchors)
+    assert residual < 1e-3
+    with torch.no_grad():
+        np.testing.assert_allclose(translator.generator.curve(styles).numpy(), anchors.numpy(), atol=1e-3)
+
+
+def test_an_anchored_bundle_translates_with_the_site_level_curves(tmp_path, toy_data, tiny_config):
+    volumes, labels = toy_data
+    options = TrainConfig(
+        iterations=4,
+        batch_size=2,
+        log_every=2,
+        checkpoint_every=2,
+        seed=3,
+        style_slices_per_site=8,
+        curve_warmup=5,
+        loss_weights=dataclasses.replace(LossWeights(), anchor=10.0),
+    )
+    bundle = load_bundle(train(volumes, labels, ["siteA", "siteB"], tiny_config, options, tmp_path, progress=False))
+    assert bundle.site_anchored
+    volume = volumes[0]
+    # the source style is the site's stored style, whatever the volume: one curve per site
+    assert torch.equal(bundle.source_style(volume, "siteA"), bundle.style_code("siteA"))
+    assert torch.equal(bundle.source_style(volumes[1], "siteA"), bundle.source_style(volume, "siteA"))
+    inputs, outputs = bundle.intensity_lookup(bundle.style_code("siteB"), bundle.source_style(volume, "siteA"))
+    stacked, _ = stack_volumes(volumes)
+    sampler = SliceSampler(
+        stacked,
+        labels,
+        tiny_config,
+        batch_size=2,
+        site_balanced=True,
+        min_foreground=options.min_foreground,
+        content_noise_std=0.0,
+        seed=0,
+        device=torch.device("cpu"),
+    )
+    anchors = anchor_curves(site_quantiles(sampler, options.style_slices_per_site), tiny_config.curve_knots)
+    np.testing.assert_allclose(inputs, anchors[0].numpy(), atol=1e-3)
+    np.testing.assert_allclose(outputs, anchors[1].numpy(), atol=1e-3)
+
+
+def test_with_a_brain_mask_only_brain_voxels_set_the_anchors(toy_data, tiny_config):
+    volumes, labels = toy_data
+    scalp = [v.copy() for v in volumes]
+    brain = np.zeros(volumes[0].shape, bool)
+    brain[4:-4, 4:-4, :] = True
+    for volume in scalp:
+        volume[~brain & (volume > -1)] = 0.95  # a bright rim outside the brain
+    stacked, _ = stack_volumes(scalp)
+    sampler = SliceSampler(
+        stacked,
+        labels,
+        tiny_config,
+        batch_size=2,
+        site_balanced=True,
+        min_foreground=0.1,
+        content_noise_std=0.0,
+        seed=0,
+        device=torch.device("cpu"),
+    )
+    mask = torch.from_numpy(np.moveaxis(brain, 2, 0).copy())
+    with_mask = site_quantiles(sampler, slices_per_site=16, brain_mask=mask)
+    without = site_quantiles(sampler, slices_per_site=16)
+    brightest_brain = max(float(v[brain].max()) for v in volumes)
+    assert brightest_brain < 0.9
+    assert float(without[0, -1]) == pytest.approx(0.95, abs=1e-3)  # the rim counts without the mask
+    assert float(with_mask[0, -1]) <= brightest_brain + 1e-3  # and never with it
