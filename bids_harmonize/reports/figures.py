@@ -27,6 +27,7 @@ DPI = 72
 SLICES = 5  # per orientation, before/after
 REGISTRATION_SLICES = 7
 _NAMES = {0: "sagittal", 1: "coronal", 2: "axial"}
+DIFFERENCE_CMAP = matplotlib.colormaps["RdBu_r"].with_extremes(bad="black")
 COLOURS = {"source": "#1f77b4", "harmonized": "#d62728", "target": "#2ca02c"}
 
 
@@ -110,7 +111,9 @@ def before_after_mosaic(before: nb.Nifti1Image, after: nb.Nifti1Image, mask: nb.
     zooms = nb.as_closest_canonical(before).header.get_zooms()[:3]
     inside = m if m is not None and m.any() else np.ones(b.shape, bool)
     b_window, a_window = grey_window(b, inside), grey_window(a, inside)
-    diff = standardised(a, inside) - standardised(b, inside)
+    # Outside the head both images are ~0, which z-scoring maps to different offsets: that is no
+    # change of contrast, so the difference is drawn on the head only (black elsewhere).
+    diff = np.where(head_mask(b) | inside, standardised(a, inside) - standardised(b, inside), np.nan)
     limit = float(np.percentile(np.abs(diff[inside]), 99)) or 1.0
     picks = _slices(b.shape, m)
     fig, axes = plt.subplots(3, 3 * SLICES, figsize=(3 * SLICES * 1.25, 4.6), facecolor="black")
@@ -118,7 +121,7 @@ def before_after_mosaic(before: nb.Nifti1Image, after: nb.Nifti1Image, mask: nb.
     rows = [
         (b, "gray", b_window, "preprocessed"),
         (a, "gray", a_window, "harmonized"),
-        (diff, "RdBu_r", (-limit, limit), "difference (z)"),
+        (diff, DIFFERENCE_CMAP, (-limit, limit), "difference (z)"),
     ]
     for r, (data, cmap, (lo, hi), title) in enumerate(rows):
         column = 0

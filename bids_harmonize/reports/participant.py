@@ -156,7 +156,7 @@ class _ImageSection:
         described = []
         for key, outlier in outliers.items():
             name, bad, _ = metrics.MASK_CHECK_NUMBERS[key]
-            described.append(f"{name} z = {outlier.z:+.1f} (dataset median {outlier.median:.3g})")
+            described.append(f"{name} z = {round(outlier.z, 1) + 0.0:+.1f} (dataset median {outlier.median:.3g})")
         images = max(o.images for o in outliers.values())
         text = html.paragraph(
             f"Against this dataset ({images} images with a mask check; robust z-score, median and MAD): "
