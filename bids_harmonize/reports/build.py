@@ -83,11 +83,11 @@ def write_reports(
             crashes=crash_files(out_dir, a.image.relpath, since),
         )
         by_subject.setdefault(a.image.subject, []).append(item)
-    dataset = (
-        _timed("dataset's mask checks", lambda: dataset_mask_checks(out_dir, [a.image for a in assignments], template))
-        if by_subject
-        else []
-    ) or []
+    try:  # the dataset-relative mask check; without it the reports say "not judged"
+        dataset = dataset_mask_checks(out_dir, [a.image for a in assignments], template) if by_subject else []
+    except Exception as err:  # reports must never change the run's outcome
+        LOGGER.warning("could not read the dataset's mask checks: %s: %s", type(err).__name__, err)
+        dataset = []
     written = [
         _timed(
             f"report of sub-{subject}",
