@@ -37,7 +37,19 @@ CRASH_PREFIX = "crash-"  # ours (crash-<run_id>.txt) and Nipype's (crash-<time>-
 
 # Files BIDS does not define, declared the way fMRIPrep does so the validator passes the rest.
 # Folders without a trailing slash: bids-validator-deno 3.0 matches "/models", not "/models/".
-BIDSIGNORE = (SITES_TABLE, SITES_DICTIONARY, f"/{MODELS}", f"/{LOGS}", "/figures", "*.html", "/*.png", "*_xfm.*")
+# The volume tables (*_volumes.tsv/.json) are no BIDS suffix either (BEP011 is not merged).
+BIDSIGNORE = (
+    SITES_TABLE,
+    SITES_DICTIONARY,
+    f"/{MODELS}",
+    f"/{LOGS}",
+    "/figures",
+    "*.html",
+    "/*.png",
+    "*_xfm.*",
+    "*_volumes.tsv",
+    "*_volumes.json",
+)
 
 # The derivatives of one raw image: their BIDS entities, and what their sidecar says.
 OUTPUTS: dict[str, dict[str, Any]] = {
@@ -59,6 +71,23 @@ OUTPUTS: dict[str, dict[str, Any]] = {
     "native_harmonized": {"entities": {"description": "harmonized"}, "native": True, "harmonized": True},
     "template_harmonized": {
         "entities": {"space": "TEMPLATE", "resolution": "RES", "description": "harmonized"},
+        "harmonized": True,
+    },
+    # Tissue volumes (ml) of the native-grid images inside the native brain mask, one table per
+    # measured image; named like the mask (space-T2w for a T2w's grid), suffix "volumes".
+    "native_preproc_volumes": {
+        "entities": {"space": "NATIVE", "description": "preproc"},
+        "suffix": "volumes",
+        "extension": ".tsv",
+        "table": True,
+        "measures": "native_preproc",
+    },
+    "native_harmonized_volumes": {
+        "entities": {"space": "NATIVE", "description": "harmonized"},
+        "suffix": "volumes",
+        "extension": ".tsv",
+        "table": True,
+        "measures": "native_harmonized",
         "harmonized": True,
     },
 }

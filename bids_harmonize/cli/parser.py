@@ -127,6 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
         "a whole-head registration (the earlier default, kept so the change stays measurable)",
     )
 
+    measures = parser.add_argument_group("downstream measures")
+    measures.add_argument(
+        "--no-volumes",
+        dest="volumes",
+        action="store_false",
+        help="participant: do not measure each image's tissue volumes (ANTs Atropos on the preprocessed and the "
+        "harmonized image, *_volumes.tsv); the group report's downstream section then has nothing to read",
+    )
+
     train = parser.add_argument_group("training (group level)")
     train.add_argument(
         "--recipe",

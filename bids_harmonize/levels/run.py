@@ -195,6 +195,7 @@ def run_participant(config: RunConfig, images: list[ImageRecord], site_inventory
         omp_nthreads=omp_threads(config),
         seed=config.seed,
         brain_mask=config.brain_mask,
+        volumes=config.volumes,
     )
     for message in not_harmonized:
         LOGGER.warning(message)
@@ -237,6 +238,7 @@ def run_group(config: RunConfig, images: list[ImageRecord], site_inventory: Site
             omp_nthreads=omp_threads(config),
             seed=config.seed,
             brain_mask=config.brain_mask,
+            volumes=config.volumes,
             name="group_preproc_wf",
         )
         execute(workflow, config)
