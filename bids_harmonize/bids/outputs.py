@@ -7,6 +7,7 @@ the next level), takes its paths from here::
       dataset_description.json, .bidsignore
       sites.tsv, sites.json                      the site inventory (group level)
       sub-<label>.html, group.html               the reports
+      group_volumes.tsv, group_volume_stats.tsv  the downstream diagnostics' table and numbers
       sub-<label>/[ses-<label>/]anat/...         derivatives, named by OUTPUTS (BIDS Derivatives 1.9)
       models/<contrast>/                         model bundles (group level)
       logs/config-<run_id>.json                  each run's configuration
@@ -32,6 +33,8 @@ DATASET_DESCRIPTION = "dataset_description.json"
 SITES_TABLE, SITES_DICTIONARY = "sites.tsv", "sites.json"
 MODELS, LOGS, LOCKS = "models", "logs", ".locks"
 GROUP_REPORT = "group.html"
+# Beside the group report: every image's volumes with its covariates, and the diagnostics' numbers.
+GROUP_VOLUMES, GROUP_VOLUME_STATS = "group_volumes.tsv", "group_volume_stats.tsv"
 CITATION = "CITATION"  # logs/CITATION.md and logs/CITATION.bib
 CRASH_PREFIX = "crash-"  # ours (crash-<run_id>.txt) and Nipype's (crash-<time>-<user>-<node>-<uuid>.txt)
 
@@ -49,6 +52,7 @@ BIDSIGNORE = (
     "*_xfm.*",
     "*_volumes.tsv",
     "*_volumes.json",
+    "/group_volume*.tsv",
 )
 
 # The derivatives of one raw image: their BIDS entities, and what their sidecar says.
@@ -213,6 +217,16 @@ class OutputLayout:
     @property
     def group_report(self) -> Path:
         return self.root / GROUP_REPORT
+
+    @property
+    def group_volumes(self) -> Path:
+        """Every image's tissue volumes (preprocessed, harmonized) with its site and covariates."""
+        return self.root / GROUP_VOLUMES
+
+    @property
+    def group_volume_stats(self) -> Path:
+        """The numbers of the group report's downstream section."""
+        return self.root / GROUP_VOLUME_STATS
 
     # ------------------------------------------------------------------------- derivatives
     def derivative(self, source: ImageRecord, **kwargs: Any) -> Path:
