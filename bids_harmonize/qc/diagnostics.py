@@ -7,10 +7,11 @@ values); the group report (reports/downstream.py) renders what ``diagnose`` retu
 
 - site effect: partial eta-squared and F-test of site in ``volume ~ covariates + site``, before
   and after (``qc.downstream.site_effect``; categorical covariates enter as dummy columns);
-- covariate effects: before, the coefficient in ``volume ~ covariates + site`` (site-adjusted: the
-  estimate the unharmonized data support); after, in ``volume ~ covariates`` (pooled, as harmonized
-  data are analysed). Each with its 95 % t-interval; flagged when the after-estimate falls outside
-  the before-interval;
+- covariate effects: the coefficient in ``volume ~ covariates + site`` before and after (the same
+  model, so only the harmonization differs), each with its 95 % t-interval, flagged when the
+  after-estimate falls outside the before-interval; and after, pooled (``volume ~ covariates``, as
+  harmonized data are analysed), noted when it falls outside the site-adjusted after-interval (a
+  pooled analysis would answer differently: site effect left, or site confounded with the covariate);
 - confounding: one-way ANOVA of a numeric covariate on site, chi-square of a categorical one
   against site; p < CONFOUND_P is a warning.
 """
@@ -56,12 +57,17 @@ class VolumeDiagnostics:
     tissue: str
     site_before: object  # qc.downstream.SiteEffect
     site_after: object
-    effects: dict[str, tuple[Effect, Effect]]  # term -> (before, site-adjusted; after, pooled)
+    effects: dict[str, tuple[Effect, Effect, Effect]]  # term -> (before, after: site-adjusted; after, pooled)
 
     def moved(self, term: str) -> bool:
-        """True when harmonization moved the term's estimate outside its before-interval."""
-        before, after = self.effects[term]
+        """True when harmonization moved the term's site-adjusted estimate outside its before-interval."""
+        before, after, _ = self.effects[term]
         return not before.low <= after.estimate <= before.high
+
+    def pooling_differs(self, term: str) -> bool:
+        """True when the pooled after-estimate lies outside the site-adjusted after-interval."""
+        _, after, pooled = self.effects[term]
+        return not after.low <= pooled.estimate <= after.high
 
 
 @dataclass(frozen=True)
@@ -174,13 +180,14 @@ def diagnose(images: Sequence[StudyImage], names: Sequence[str], kinds: dict[str
     for tissue in sorted(used[0].before):
         before = np.array([i.before[tissue] for i in used])
         after = np.array([i.after[tissue] for i in used])  # type: ignore[index]
-        adjusted, pooled = coefficients(before, x, sites), coefficients(after, x)
+        adjusted, harmonized = coefficients(before, x, sites), coefficients(after, x, sites)
+        pooled = coefficients(after, x)
         result.volumes.append(
             VolumeDiagnostics(
                 tissue,
                 site_effect(before, x, sites),
                 site_effect(after, x, sites),
-                {term: (adjusted[k], pooled[k]) for k, term in enumerate(terms)},
+                {term: (adjusted[k], harmonized[k], pooled[k]) for k, term in enumerate(terms)},
             )
         )
     return result

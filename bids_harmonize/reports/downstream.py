@@ -113,12 +113,12 @@ def stats_rows(contrast: str, result: Diagnostics) -> list[dict[str, str]]:
         ):
             before, after = getattr(volume.site_before, attribute), getattr(volume.site_after, attribute)
             rows.append({**common, "statistic": statistic, "before": number(before), "after": number(after)})
-        for term, (before, after) in volume.effects.items():
+        for term, (before, after, pooled) in volume.effects.items():
             rows.append(
                 {
                     **common,
                     "term": term,
-                    "statistic": "coefficient (before: with site; after: pooled)",
+                    "statistic": "coefficient, with site",
                     "before": number(before.estimate),
                     "before_low": number(before.low),
                     "before_high": number(before.high),
@@ -126,6 +126,17 @@ def stats_rows(contrast: str, result: Diagnostics) -> list[dict[str, str]]:
                     "after_low": number(after.low),
                     "after_high": number(after.high),
                     "flag": "moved outside its interval" if volume.moved(term) else "",
+                }
+            )
+            rows.append(
+                {
+                    **common,
+                    "term": term,
+                    "statistic": "coefficient, pooled (no site term)",
+                    "after": number(pooled.estimate),
+                    "after_low": number(pooled.low),
+                    "after_high": number(pooled.high),
+                    "flag": "outside the site-adjusted interval" if volume.pooling_differs(term) else "",
                 }
             )
     return rows
@@ -171,9 +182,10 @@ def contrast_section(contrast: str, result: Diagnostics, kinds: dict[str, str]) 
         html.paragraph(
             f"{len(result.used)} image(s), {len({i.site for i in result.used})} site(s); covariates: {described}. "
             "Site effect: partial eta-squared and F-test of site in volume ~ covariates + site (lower after is "
-            "better). Covariate effects: before, adjusted for site; after, pooled (no site term, as harmonized "
-            "data are analysed), each with its 95 % interval; flagged when the after-estimate leaves the "
-            "before-interval.",
+            "better). Covariate effects in the same model before and after, each with its 95 % interval, "
+            "flagged when harmonization moves the estimate outside its before-interval; and after, pooled "
+            "(no site term, as harmonized data are analysed), marked where it leaves the site-adjusted "
+            "after-interval (a pooled analysis would answer differently).",
             "note",
         )
     )
@@ -198,11 +210,13 @@ def contrast_section(contrast: str, result: Diagnostics, kinds: dict[str, str]) 
             "volume": v.tissue,
             "covariate": term,
             "before (with site)": _interval(before),
-            "after (pooled)": _interval(after),
+            "after (with site)": _interval(after),
             "flag": "moved outside its interval" if v.moved(term) else "",
+            "after, pooled": _interval(pooled),
+            "pooled vs with site": "differs" if v.pooling_differs(term) else "",
         }
         for v in result.volumes
-        for term, (before, after) in v.effects.items()
+        for term, (before, after, pooled) in v.effects.items()
     ]
     if effect_rows:
         parts.append(html.table(effect_rows, list(effect_rows[0])))

@@ -46,9 +46,10 @@ def test_a_removed_site_effect_shows_and_the_age_slope_stays_in_its_interval():
     volume = gm(result)
     assert volume.site_before.partial_eta_squared > 0.8 and volume.site_before.p_value < 1e-10
     assert volume.site_after.partial_eta_squared < 0.1 and volume.site_after.p_value > 0.01
-    before, after = volume.effects["age"]
+    before, after, pooled = volume.effects["age"]
     assert before.low < -2.5 < before.high and before.low <= after.estimate <= before.high
-    assert not volume.moved("age")
+    assert pooled.low < -2.5 < pooled.high
+    assert not volume.moved("age") and not volume.pooling_differs("age")
     male = volume.effects["sex M - F"][0]
     assert male.low < 25 < male.high
     assert [c.flagged for c in result.confounds] == [False, False]
@@ -61,6 +62,13 @@ def test_a_harmonization_that_also_removes_the_age_effect_is_flagged():
         for i in images
     ]
     assert gm(diagnose(flattened, ["age"], KINDS)).moved("age")
+
+
+def test_a_perfect_harmonization_of_a_confounded_study_is_not_flagged_and_recovers_the_slope():
+    volume = gm(diagnose(study(confounded=True), ["age", "sex"], KINDS))
+    assert not volume.moved("age")  # the site offset is all it removed
+    pooled = volume.effects["age"][2]
+    assert pooled.low < -2.5 < pooled.high  # the simulated slope, recovered by the pooled analysis
 
 
 def test_site_and_age_confounded_gives_the_warning():
