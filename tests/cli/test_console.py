@@ -18,7 +18,8 @@ from helpers import Scan, make_bids
 
 CHATTER = '[Node] Setting-up "wf.preproc_sub_01_T1w.n4"'
 PROGRESS = re.compile(
-    r"^INFO bids_harmonize: \[\d\d:\d\d:\d\d\] (sub-\d\d_T1w): (preprocessed|outputs written) "
+    r"^INFO bids_harmonize: \[\d\d:\d\d:\d\d\] (sub-\d\d_T1w): "
+    r"(preprocessed|outputs written|tissue volumes of the preprocessed image measured) "
     r"\((\d+) of (\d+) stages done, (\d+) left\)$"
 )
 
