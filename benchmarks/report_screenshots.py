@@ -20,7 +20,13 @@ import time
 from pathlib import Path
 
 from bids_harmonize.bids.records import ImageRecord
-from bids_harmonize.reports.collect import ImageOutputs, derivative_files, read_sites_table, record_from_relpath
+from bids_harmonize.reports.collect import (
+    ImageOutputs,
+    dataset_mask_checks,
+    derivative_files,
+    read_sites_table,
+    record_from_relpath,
+)
 from bids_harmonize.reports.group import group_report
 from bids_harmonize.reports.participant import participant_report
 from bids_harmonize.templates import get_template
@@ -107,8 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     out, tpl = args.demo_out.resolve(), template()
     methods_file = out / "logs" / "CITATION.md"
     methods = methods_file.read_text() if methods_file.is_file() else None
+    items = items_of(out, args.subject)
+    dataset = dataset_mask_checks(out, [i.record for i in items], tpl)
     report = timed(
-        f"sub-{args.subject}", lambda: participant_report(out, args.subject, items_of(out, args.subject), tpl, methods)
+        f"sub-{args.subject}",
+        lambda: participant_report(out, args.subject, items, tpl, methods, dataset_checks=dataset),
     )
     shoot(report, args.img / "report_participant.png", 2000)
     bundles = {c: out / "models" / c for c in ("T1w", "T2w") if (out / "models" / c / "model.json").is_file()}
@@ -116,8 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     shoot(group, args.img / "report_group.png", 2000)
     if args.realmix_out:
         real = args.realmix_out.resolve()
+        decub_items = items_of(real, "decub01")
+        decub_dataset = dataset_mask_checks(real, [i.record for i in decub_items], tpl)
         decub = timed(
-            "realmix sub-decub01", lambda: participant_report(real, "decub01", items_of(real, "decub01"), tpl)
+            "realmix sub-decub01",
+            lambda: participant_report(real, "decub01", decub_items, tpl, dataset_checks=decub_dataset),
         )
         shoot(decub, args.img / "report_realmix_decub01.png", 1100)
     return 0

@@ -25,16 +25,11 @@ from bids_harmonize.bids.outputs import OUTPUTS, output_path
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.preproc.operations import restore_orientation
 from bids_harmonize.qc.volumes import TISSUE_NAMES, TISSUES, VOLUME_COLUMNS, volume_rows
+from bids_harmonize.sites.signature import SCANNER_KEYS
 
 # Raw sidecar fields that stay true of a bias-corrected or resampled copy of the image.
 ACQUISITION_FIELDS = (
-    "Manufacturer",
-    "ManufacturersModelName",
-    "MagneticFieldStrength",
-    "DeviceSerialNumber",
-    "StationName",
-    "InstitutionName",
-    "SoftwareVersions",
+    *SCANNER_KEYS,
     "RepetitionTime",
     "EchoTime",
     "InversionTime",

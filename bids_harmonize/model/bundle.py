@@ -228,7 +228,8 @@ class ModelBundle:
     @property
     def site_anchored(self) -> bool:
         """Trained with site curve anchors (model/anchors.py): the curves belong to the sites."""
-        return self.card["training"].get("loss_weights", {}).get("anchor", 0.0) > 0
+        training = self.card.get("training") or {}  # bundles saved without their training settings
+        return (training.get("loss_weights") or {}).get("anchor", 0.0) > 0
 
     def source_style(
         self, volume: np.ndarray | Tensor, source_site: str | None, *, slice_axis: int = 2

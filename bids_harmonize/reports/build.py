@@ -14,7 +14,13 @@ from typing import Any
 
 from bids_harmonize.bids.covariates import Covariates
 from bids_harmonize.reports.citation import MethodsFacts, write_citation
-from bids_harmonize.reports.collect import ImageOutputs, Template, crash_files, derivative_files
+from bids_harmonize.reports.collect import (
+    ImageOutputs,
+    Template,
+    crash_files,
+    dataset_mask_checks,
+    derivative_files,
+)
 from bids_harmonize.reports.group import group_report
 from bids_harmonize.reports.participant import participant_report
 
@@ -79,9 +85,15 @@ def write_reports(
             crashes=crash_files(out_dir, a.image.relpath, since),
         )
         by_subject.setdefault(a.image.subject, []).append(item)
+    try:  # the dataset-relative mask check; without it the reports say "not judged"
+        dataset = dataset_mask_checks(out_dir, [a.image for a in assignments], template) if by_subject else []
+    except Exception as err:  # reports must never change the run's outcome
+        LOGGER.warning("could not read the dataset's mask checks: %s: %s", type(err).__name__, err)
+        dataset = []
     written = [
         _timed(
-            f"report of sub-{subject}", lambda s=subject, i=items: participant_report(out_dir, s, i, template, methods)
+            f"report of sub-{subject}",
+            lambda s=subject, i=items: participant_report(out_dir, s, i, template, methods, dataset_checks=dataset),
         )
         for subject, items in sorted(by_subject.items())
     ]

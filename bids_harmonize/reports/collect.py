@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -117,3 +118,23 @@ def read_sites_table(out_dir: Path) -> list[dict[str, str]]:
 
     path = OutputLayout(out_dir).sites_table
     return read_tsv(path) if path.is_file() else []
+
+
+def dataset_mask_checks(out_dir: Path, records: Iterable[ImageRecord], template: Template) -> list[dict[str, Any]]:
+    """The mask check (the ``MaskCheck`` of the mask sidecar) of every image of the dataset that
+    has one: ``records`` (the run's images) and the images of OUT/sites.tsv, each once. The
+    dataset-relative registration flag compares an image against these."""
+    by_path = {record.relpath: record for record in records}
+    for row in read_sites_table(out_dir):
+        by_path.setdefault(row["path"], record_from_relpath(out_dir, row["path"]))
+    layout = OutputLayout(out_dir)
+    checks = []
+    for record in by_path.values():
+        path = layout.output(record, "native_mask", template.name, template.resolution)
+        try:
+            check = json.loads(sidecar_path(path).read_text()).get("MaskCheck")
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(check, dict):
+            checks.append(check)
+    return checks

@@ -21,10 +21,13 @@ import numpy as np  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
+from bids_harmonize.qc.metrics import robust_z  # noqa: E402
+
 DPI = 72
 SLICES = 5  # per orientation, before/after
 REGISTRATION_SLICES = 7
 _NAMES = {0: "sagittal", 1: "coronal", 2: "axial"}
+DIFFERENCE_CMAP = matplotlib.colormaps["RdBu_r"].with_extremes(bad="black")
 COLOURS = {"source": "#1f77b4", "harmonized": "#d62728", "target": "#2ca02c"}
 
 
@@ -98,23 +101,27 @@ def _plane(data: NDArray, axis: int, index: int) -> NDArray:
 
 
 def before_after_mosaic(before: nb.Nifti1Image, after: nb.Nifti1Image, mask: nb.Nifti1Image | None) -> str:
-    """Rows: preprocessed, harmonized (one shared grey window) and their difference (after -
-    before, symmetric diverging window), for 5 axial, coronal and sagittal slices."""
+    """Rows: preprocessed and harmonized, each in its own grey window (1st-99th percentile inside
+    the mask: they are in different scanner units), and their difference in normalised units
+    (each robustly standardised inside the mask first, see `standardised`; symmetric diverging
+    window), for 5 axial, coronal and sagittal slices."""
     b = np.asarray(nb.as_closest_canonical(before).dataobj, np.float32)
     a = np.asarray(nb.as_closest_canonical(after).dataobj, np.float32)
     m = np.asarray(nb.as_closest_canonical(mask).dataobj) > 0 if mask is not None else None
     zooms = nb.as_closest_canonical(before).header.get_zooms()[:3]
     inside = m if m is not None and m.any() else np.ones(b.shape, bool)
-    vmin, vmax = np.percentile(np.concatenate([b[inside], a[inside]]), [0.5, 99.5])
-    diff = a - b
+    b_window, a_window = grey_window(b, inside), grey_window(a, inside)
+    # Outside the head both images are ~0, which z-scoring maps to different offsets: that is no
+    # change of contrast, so the difference is drawn on the head only (black elsewhere).
+    diff = np.where(head_mask(b) | inside, standardised(a, inside) - standardised(b, inside), np.nan)
     limit = float(np.percentile(np.abs(diff[inside]), 99)) or 1.0
     picks = _slices(b.shape, m)
     fig, axes = plt.subplots(3, 3 * SLICES, figsize=(3 * SLICES * 1.25, 4.6), facecolor="black")
     fig.subplots_adjust(left=0.03, right=0.94, bottom=0.01, top=0.88, wspace=0.03, hspace=0.08)
     rows = [
-        (b, "gray", (vmin, vmax), "preprocessed"),
-        (a, "gray", (vmin, vmax), "harmonized"),
-        (diff, "RdBu_r", (-limit, limit), "difference"),
+        (b, "gray", b_window, "preprocessed"),
+        (a, "gray", a_window, "harmonized"),
+        (diff, DIFFERENCE_CMAP, (-limit, limit), "difference (z)"),
     ]
     for r, (data, cmap, (lo, hi), title) in enumerate(rows):
         column = 0
@@ -143,8 +150,27 @@ def before_after_mosaic(before: nb.Nifti1Image, after: nb.Nifti1Image, mask: nb.
         if r == 2:
             bar = fig.colorbar(shown, ax=axes[2, :], fraction=0.02, pad=0.01)
             bar.ax.tick_params(colors="white", labelsize=7)
-    fig.suptitle(f"shared window {vmin:.4g} .. {vmax:.4g}; difference window +/-{limit:.3g}", color="white", fontsize=8)
+    fig.suptitle(
+        f"preprocessed window {b_window[0]:.4g} .. {b_window[1]:.4g}; harmonized window {a_window[0]:.4g} .. "
+        f"{a_window[1]:.4g} (each its own scanner units); difference of the robust z-scored images +/-{limit:.2g}",
+        color="white",
+        fontsize=8,
+    )
     return png_uri(fig, dpi=85)
+
+
+def grey_window(data: NDArray, inside: NDArray[np.bool_]) -> tuple[float, float]:
+    """One image's display window: its 1st-99th percentile inside ``inside`` (never empty)."""
+    values = data[inside] if inside.any() else data.ravel()
+    lo, hi = (float(v) for v in np.percentile(values, [1, 99]))
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def standardised(data: NDArray, inside: NDArray[np.bool_]) -> NDArray[np.float32]:
+    """The image in robust z units of its own brain intensities: (x - median) / (1.4826 MAD)
+    inside ``inside`` (qc.metrics.robust_z), so images in different scanner units compare."""
+    values = data[inside] if inside.any() else data.ravel()
+    return robust_z(data, values).astype(np.float32)
 
 
 def _aspect(zooms: Sequence[float], axis: int) -> float:

@@ -93,11 +93,16 @@ def training_section(out_dir: Path, bundles: dict[str, Path]) -> str:
         records = group_figures.read_training_log(logs[-1])
         if records:
             parts.append(
-                html.figure(
-                    group_figures.training_curves(records),
-                    f"Loss terms against iteration, from {logs[-1].name} (mean over each log window).",
+                html.paragraph(
+                    f"Loss terms against iteration, from {logs[-1].name} (mean over each log window), in groups, "
+                    "each with what a healthy run looks like.",
+                    "note",
                 )
             )
+            for title, terms, caption in group_figures.grouped_terms(records):
+                parts.append(
+                    f"<h4>{html.esc(title)}</h4>" + html.figure(group_figures.training_curves(records, terms), caption)
+                )
     return "".join(parts) or html.box("note", "No model bundle yet: `bids_harmonize BIDS OUT group` trains one.")
 
 

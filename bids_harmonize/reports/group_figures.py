@@ -22,15 +22,86 @@ def read_training_log(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
 
 
-def training_curves(records: list[dict[str, Any]]) -> str:
-    """One small panel per loss term (whatever terms the log holds) against iteration."""
-    terms = sorted({k for r in records for k, v in r.items() if k not in NOT_LOSSES and isinstance(v, (int, float))})
-    columns = 4
+LN2 = float(np.log(2.0))
+# Terms whose healthy value is ln 2: binary cross-entropy of a discriminator that cannot tell
+# real from translated (its output 0.5 on both).
+AT_LN2 = {"d_real", "d_fake", "g_adversarial"}
+
+# The training log's terms (train.py: "d_" discriminator, "g_" generator side of losses.py), in
+# reading groups, each with what a healthy run looks like. Terms a log holds outside these
+# groups are drawn under "Other terms".
+LOSS_GROUPS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    (
+        "Adversarial",
+        ("d_real", "d_fake", "g_adversarial", "d_r1"),
+        "Healthy: d_real, d_fake and g_adversarial level off near ln 2 = 0.69 (dashed line): the "
+        "discriminator cannot tell real slices from translated ones. d_real and d_fake falling towards 0 "
+        "(and g_adversarial climbing well above 1) mean the discriminator wins and the translations are "
+        "recognisable; d_r1 (the gradient penalty on real slices) should stay small and not grow.",
+    ),
+    (
+        "Reconstruction",
+        ("g_cycle", "g_identity", "g_gradient", "g_content", "g_style"),
+        "Healthy: these fall and then flatten. g_cycle (an image translated away and back vs. itself) and "
+        "g_gradient (its edges) falling means anatomy survives the round trip; g_identity (rendered in its "
+        "own style) is exactly 0 with the style-aware layout, which returns an image in its own style by "
+        "construction; g_content and g_style falling means the translated image keeps its content and "
+        "carries the requested style. A term that rises again late signals instability.",
+    ),
+    (
+        "Towards the target site",
+        ("g_histogram", "g_texture", "g_anchor"),
+        "Healthy: g_histogram and g_texture (distance of each translated slice's intensity and fine-detail "
+        "distributions to a real slice of the target site) fall; they are 0 when their weight is 0. "
+        "g_anchor (distance of each style's intensity curve to its site's anchor curve) starts small after "
+        "the warm-up that fits the curves to the anchors before the first iteration, and should stay small; "
+        "a steady climb means training is pulling the styles away from the sites' measured intensities.",
+    ),
+    (
+        "Regularisers",
+        ("g_alignment", "g_diversity"),
+        "g_alignment (mean squared content code) keeps the content maps centred: it should settle, not "
+        "grow. g_diversity is the distance between two renderings of one site with different style codes; "
+        "with the reference's positive weight it is pulled down, so it falls.",
+    ),
+)
+OTHER_CAPTION = "Terms this version of the report has no reading aid for."
+
+
+def loss_terms(records: list[dict[str, Any]]) -> list[str]:
+    """The loss terms a training log holds (numeric keys that are not bookkeeping)."""
+    return sorted({k for r in records for k, v in r.items() if k not in NOT_LOSSES and isinstance(v, (int, float))})
+
+
+def grouped_terms(records: list[dict[str, Any]]) -> list[tuple[str, list[str], str]]:
+    """(title, terms present, caption) per group of LOSS_GROUPS that the log has terms of, then the
+    remaining terms as "Other terms"."""
+    present = loss_terms(records)
+    groups, seen = [], set()
+    for title, terms, caption in LOSS_GROUPS:
+        chosen = [t for t in terms if t in present]
+        seen.update(chosen)
+        if chosen:
+            groups.append((title, chosen, caption))
+    rest = [t for t in present if t not in seen]
+    if rest:
+        groups.append(("Other terms", rest, OTHER_CAPTION))
+    return groups
+
+
+def training_curves(records: list[dict[str, Any]], terms: Sequence[str] | None = None) -> str:
+    """One small panel per loss term (``terms``, or whatever terms the log holds) against
+    iteration; the terms whose healthy value is ln 2 get it as a dashed line."""
+    terms = list(terms) if terms is not None else loss_terms(records)
+    columns = 4 if len(terms) != 5 else 5
     rows = max(1, -(-len(terms) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(11, 2.1 * rows), squeeze=False)
     steps = [r["step"] for r in records]
     for ax, term in zip(axes.ravel(), terms):
         ax.plot(steps, [r.get(term, np.nan) for r in records], lw=1.2, color="#37474f")
+        if term in AT_LN2:
+            ax.axhline(LN2, ls="--", lw=0.9, color="#d62728")
+            ax.text(1.0, LN2, " ln 2", transform=ax.get_yaxis_transform(), color="#d62728", fontsize=7, va="center")
         ax.set_title(term, fontsize=9)
         ax.tick_params(labelsize=7)
         ax.spines[["top", "right"]].set_visible(False)
@@ -38,7 +109,8 @@ def training_curves(records: list[dict[str, Any]]) -> str:
         ax.set_axis_off()
     for ax in axes[-1]:
         ax.set_xlabel("iteration", fontsize=8)
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.12 / rows, top=1 - 0.12 / rows, wspace=0.3, hspace=0.6)
+    bottom = 0.3 if rows == 1 else 0.12 / rows
+    fig.subplots_adjust(left=0.05, right=0.97, bottom=bottom, top=1 - 0.14 / rows, wspace=0.35, hspace=0.6)
     return png_uri(fig)
 
 

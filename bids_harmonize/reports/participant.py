@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,9 @@ def _load(path: Path) -> np.ndarray:
 class _ImageSection:
     """Builds the HTML of one image; collects its warnings as it goes."""
 
-    def __init__(self, item: ImageOutputs, template: Template):
+    def __init__(self, item: ImageOutputs, template: Template, dataset_checks: Sequence[dict[str, Any]] = ()):
         self.item, self.template = item, template
+        self.dataset_checks = dataset_checks
         self.warnings: list[str] = []
         self.agreement: float | None = None
         self._template_mask: np.ndarray | None = None
@@ -129,6 +131,7 @@ class _ImageSection:
             f"volume {check.get('BrainVolumeML', float('nan')):.0f} ml (template mask "
             f"{check.get('TemplateMaskVolumeML', float('nan')):.0f} ml).</p>"
         )
+        text += self._dataset_check(check)
         if not check.get("Flagged"):
             return text
         message = (
@@ -136,6 +139,38 @@ class _ImageSection:
             "learned mask and the registered template mask): either the registration or the learned mask is "
             "wrong. Check that the red outline follows the brain; brain outside it is missing from the mask "
             "and from what the model saw."
+        )
+        self.warnings.append(message)
+        return text + html.box("warn", message)
+
+    def _dataset_check(self, check: dict[str, Any]) -> str:
+        """The same numbers against the dataset's distribution of them (robust z-score), a second
+        opinion that adapts to the data where the fixed bounds cannot."""
+        outliers = metrics.mask_check_outliers(check, self.dataset_checks)
+        if not outliers:
+            return html.paragraph(
+                f"Against this dataset: not judged, fewer than {metrics.MIN_DATASET_IMAGES} images of the run have a "
+                "mask check.",
+                "note",
+            )
+        described = []
+        for key, outlier in outliers.items():
+            name, bad, _ = metrics.MASK_CHECK_NUMBERS[key]
+            described.append(f"{name} z = {round(outlier.z, 1) + 0.0:+.1f} (dataset median {outlier.median:.3g})")
+        images = max(o.images for o in outliers.values())
+        text = html.paragraph(
+            f"Against this dataset ({images} images with a mask check; robust z-score, median and MAD): "
+            + "; ".join(described)
+            + f". Flagged beyond {metrics.ROBUST_Z_LIMIT} on the bad side (low Dice, long distance).",
+            "note",
+        )
+        flagged = [metrics.MASK_CHECK_NUMBERS[k][0] for k, o in outliers.items() if o.flagged]
+        if not flagged:
+            return text
+        message = (
+            f"Mask check unusual for this dataset ({' and '.join(flagged)} beyond {metrics.ROBUST_Z_LIMIT} robust "
+            "z from the dataset's median): this image's registration or learned mask agrees less well than "
+            "its peers'. Check that the red outline follows the brain."
         )
         self.warnings.append(message)
         return text + html.box("warn", message)
@@ -149,8 +184,10 @@ class _ImageSection:
         )
         return html.figure(
             png,
-            "Native grid. Preprocessed (source site) and harmonized (target site) share one "
-            "grey window; difference = harmonized - preprocessed.",
+            "Native grid. Preprocessed (source site, its scanner units) and harmonized (target site's units) "
+            "each in its own grey window (1st-99th percentile inside the brain mask); difference = harmonized - "
+            "preprocessed after each was robustly standardised inside the brain mask (minus its median, divided "
+            "by 1.4826 MAD), so it shows contrast changes, not the change of units.",
         )
 
     def distributions(self) -> str:
@@ -278,12 +315,18 @@ def _status(item: ImageOutputs) -> str:
 
 
 def participant_report(
-    out_dir: Path, subject: str, items: list[ImageOutputs], template: Template, methods: str | None = None
+    out_dir: Path,
+    subject: str,
+    items: list[ImageOutputs],
+    template: Template,
+    methods: str | None = None,
+    dataset_checks: Sequence[dict[str, Any]] = (),
 ) -> Path:
-    """Write OUT/sub-<subject>.html for ``items`` (the images of that participant)."""
+    """Write OUT/sub-<subject>.html for ``items`` (the images of that participant);
+    ``dataset_checks``: the mask checks of the dataset's images (collect.dataset_mask_checks)."""
     sections, summary = [], []
     for item in items:
-        section = _ImageSection(item, template)
+        section = _ImageSection(item, template, dataset_checks)
         body = section.build()
         sections.append((item.label, item.label, body))
         agreement = f"{section.agreement:.3f}" if section.agreement is not None else "n/a"

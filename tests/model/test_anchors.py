@@ -19,6 +19,21 @@ from bids_harmonize.model.networks import build_translator
 LEVELS = np.linspace(0.01, 0.99, 99)
 
 
+def _sampler(volumes: list[np.ndarray], labels: list[int], config, min_foreground: float) -> SliceSampler:
+    stacked, _ = stack_volumes(volumes)
+    return SliceSampler(
+        stacked,
+        labels,
+        config,
+        batch_size=2,
+        site_balanced=True,
+        min_foreground=min_foreground,
+        content_noise_std=0.0,
+        seed=0,
+        device=torch.device("cpu"),
+    )
+
+
 def _quantiles(samples: list[np.ndarray]) -> torch.Tensor:
     return torch.tensor(np.stack([np.quantile(s, LEVELS) for s in samples]))
 
@@ -45,18 +60,7 @@ def test_identical_sites_get_identical_anchors_so_translation_is_the_identity():
 
 def test_site_quantiles_read_each_sites_foreground(toy_data, tiny_config):
     volumes, labels = toy_data
-    stacked, _ = stack_volumes(volumes)
-    sampler = SliceSampler(
-        stacked,
-        labels,
-        tiny_config,
-        batch_size=2,
-        site_balanced=True,
-        min_foreground=0.1,
-        content_noise_std=0.0,
-        seed=0,
-        device=torch.device("cpu"),
-    )
+    sampler = _sampler(volumes, labels, tiny_config, min_foreground=0.1)
     quantiles = site_quantiles(sampler, slices_per_site=16)
     assert quantiles.shape == (2, 99)
     assert torch.all(quantiles.diff(dim=1) >= 0)
@@ -96,18 +100,7 @@ def test_an_anchored_bundle_translates_with_the_site_level_curves(tmp_path, toy_
     assert torch.equal(bundle.source_style(volume, "siteA"), bundle.style_code("siteA"))
     assert torch.equal(bundle.source_style(volumes[1], "siteA"), bundle.source_style(volume, "siteA"))
     inputs, outputs = bundle.intensity_lookup(bundle.style_code("siteB"), bundle.source_style(volume, "siteA"))
-    stacked, _ = stack_volumes(volumes)
-    sampler = SliceSampler(
-        stacked,
-        labels,
-        tiny_config,
-        batch_size=2,
-        site_balanced=True,
-        min_foreground=options.min_foreground,
-        content_noise_std=0.0,
-        seed=0,
-        device=torch.device("cpu"),
-    )
+    sampler = _sampler(volumes, labels, tiny_config, min_foreground=options.min_foreground)
     anchors = anchor_curves(site_quantiles(sampler, options.style_slices_per_site), tiny_config.curve_knots)
     np.testing.assert_allclose(inputs, anchors[0].numpy(), atol=1e-3)
     np.testing.assert_allclose(outputs, anchors[1].numpy(), atol=1e-3)
@@ -120,18 +113,7 @@ def test_with_a_brain_mask_only_brain_voxels_set_the_anchors(toy_data, tiny_conf
     brain[4:-4, 4:-4, :] = True
     for volume in scalp:
         volume[~brain & (volume > -1)] = 0.95  # a bright rim outside the brain
-    stacked, _ = stack_volumes(scalp)
-    sampler = SliceSampler(
-        stacked,
-        labels,
-        tiny_config,
-        batch_size=2,
-        site_balanced=True,
-        min_foreground=0.1,
-        content_noise_std=0.0,
-        seed=0,
-        device=torch.device("cpu"),
-    )
+    sampler = _sampler(scalp, labels, tiny_config, min_foreground=0.1)
     mask = torch.from_numpy(np.moveaxis(brain, 2, 0).copy())
     with_mask = site_quantiles(sampler, slices_per_site=16, brain_mask=mask)
     without = site_quantiles(sampler, slices_per_site=16)

@@ -34,6 +34,7 @@ GENERATOR_TERMS = {
     "diversity",
     "histogram",
     "texture",
+    "anchor",
 }
 
 
@@ -74,11 +75,13 @@ def test_generator_terms_are_finite_and_respond_to_the_images(preset):
             parameter.add_(0.05 * torch.randn_like(parameter))
     batch = random_batch(config)
     other_fakes = torch.rand(2, 3, config.image_size, config.image_size) * 2 - 1
-    before = generator_terms(translator, discriminator, batch, other_fakes)
-    after = generator_terms(translator, discriminator, perturbed(batch), other_fakes)
+    anchors = torch.linspace(-1, 1, config.curve_knots + 1).repeat(2, 1)  # identity curves for both sites
+    before = generator_terms(translator, discriminator, batch, other_fakes, anchors)
+    after = generator_terms(translator, discriminator, perturbed(batch), other_fakes, anchors)
     assert set(before) == GENERATOR_TERMS
-    # The style-aware layout renders an image in its own style exactly: identity is 0 there.
-    exact = {"identity"} if translator.needs_source_style else set()
+    # The style-aware layout renders an image in its own style exactly: identity is 0 there; the
+    # paper layout has no curves, so no anchor term.
+    exact = {"identity"} if translator.needs_source_style else {"anchor"}
     for name in GENERATOR_TERMS - exact:
         assert torch.isfinite(before[name]), name
         assert before[name].item() != after[name].item(), f"{name} ignores its input"
@@ -147,6 +150,7 @@ def test_reference_weights_are_the_defaults():
         "r1": 1.0,
         "histogram": 0.0,
         "texture": 0.0,
+        "anchor": 0.0,
     }
 
 

@@ -86,7 +86,8 @@ def test_group_report_shows_inventory_training_and_a_site_effect_that_goes_away(
         "SiteA: 2, SiteB: 2",
     ):
         assert expected in text, expected
-    assert text.count("data:image/png;base64,") == 3  # training curves, densities, per-site mosaic
+    assert text.count("data:image/png;base64,") == 4  # 2 loss groups, densities, per-site mosaic
+    assert "ln 2 = 0.69" in text and "<h4>Adversarial</h4>" in text and "<h4>Reconstruction</h4>" in text
     accuracy = _cell(text, "site-classifier accuracy, cross-validated")
     distance = _cell(text, "between-site Wasserstein distance")
     assert float(accuracy[0]) > 0.9 and float(accuracy[1]) < float(accuracy[0])
