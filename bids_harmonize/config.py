@@ -123,6 +123,9 @@ class RunConfig:
     export_bids: Path | None = None
     brain_mask: str = "deepbet"  # deepbet (learned) or template (carried back through the registration)
     training: TrainingOptions = field(default_factory=TrainingOptions)
+    # downstream measures
+    volumes: bool = True  # participant: tissue volumes of every preprocessed and harmonized image
+    covariates: list[str] | None = None  # None: age and sex where participants.tsv has them
     # execution (never part of any cache hash)
     device: str = "auto"
     nprocs: int = 0
@@ -164,6 +167,8 @@ class RunConfig:
             template_resolution=opts.template_resolution,
             export_bids=opts.export_bids.resolve() if opts.export_bids else None,
             brain_mask=getattr(opts, "brain_mask", "deepbet"),
+            volumes=getattr(opts, "volumes", True),
+            covariates=list(opts.covariates) if getattr(opts, "covariates", None) else None,
             training=TrainingOptions(
                 recipe=opts.recipe,
                 preset=opts.preset,

@@ -138,6 +138,8 @@ class Progress:
         ("preproc_", "preprocessed"),
         ("harmonize_", "harmonized"),
         ("sink_", "outputs written"),
+        ("volumes_preproc_", "tissue volumes of the preprocessed image measured"),
+        ("volumes_harmonized_", "tissue volumes of the harmonized image measured"),
     )
 
     def __init__(self, workflow: Any) -> None:

@@ -7,6 +7,7 @@ the next level), takes its paths from here::
       dataset_description.json, .bidsignore
       sites.tsv, sites.json                      the site inventory (group level)
       sub-<label>.html, group.html               the reports
+      group_volumes.tsv, group_volume_stats.tsv  the downstream diagnostics' table and numbers
       sub-<label>/[ses-<label>/]anat/...         derivatives, named by OUTPUTS (BIDS Derivatives 1.9)
       models/<contrast>/                         model bundles (group level)
       logs/config-<run_id>.json                  each run's configuration
@@ -32,12 +33,27 @@ DATASET_DESCRIPTION = "dataset_description.json"
 SITES_TABLE, SITES_DICTIONARY = "sites.tsv", "sites.json"
 MODELS, LOGS, LOCKS = "models", "logs", ".locks"
 GROUP_REPORT = "group.html"
+# Beside the group report: every image's volumes with its covariates, and the diagnostics' numbers.
+GROUP_VOLUMES, GROUP_VOLUME_STATS = "group_volumes.tsv", "group_volume_stats.tsv"
 CITATION = "CITATION"  # logs/CITATION.md and logs/CITATION.bib
 CRASH_PREFIX = "crash-"  # ours (crash-<run_id>.txt) and Nipype's (crash-<time>-<user>-<node>-<uuid>.txt)
 
 # Files BIDS does not define, declared the way fMRIPrep does so the validator passes the rest.
 # Folders without a trailing slash: bids-validator-deno 3.0 matches "/models", not "/models/".
-BIDSIGNORE = (SITES_TABLE, SITES_DICTIONARY, f"/{MODELS}", f"/{LOGS}", "/figures", "*.html", "/*.png", "*_xfm.*")
+# The volume tables (*_volumes.tsv/.json) are no BIDS suffix either (BEP011 is not merged).
+BIDSIGNORE = (
+    SITES_TABLE,
+    SITES_DICTIONARY,
+    f"/{MODELS}",
+    f"/{LOGS}",
+    "/figures",
+    "*.html",
+    "/*.png",
+    "*_xfm.*",
+    "*_volumes.tsv",
+    "*_volumes.json",
+    "/group_volume*.tsv",
+)
 
 # The derivatives of one raw image: their BIDS entities, and what their sidecar says.
 OUTPUTS: dict[str, dict[str, Any]] = {
@@ -59,6 +75,23 @@ OUTPUTS: dict[str, dict[str, Any]] = {
     "native_harmonized": {"entities": {"description": "harmonized"}, "native": True, "harmonized": True},
     "template_harmonized": {
         "entities": {"space": "TEMPLATE", "resolution": "RES", "description": "harmonized"},
+        "harmonized": True,
+    },
+    # Tissue volumes (ml) of the native-grid images inside the native brain mask, one table per
+    # measured image; named like the mask (space-T2w for a T2w's grid), suffix "volumes".
+    "native_preproc_volumes": {
+        "entities": {"space": "NATIVE", "description": "preproc"},
+        "suffix": "volumes",
+        "extension": ".tsv",
+        "table": True,
+        "measures": "native_preproc",
+    },
+    "native_harmonized_volumes": {
+        "entities": {"space": "NATIVE", "description": "harmonized"},
+        "suffix": "volumes",
+        "extension": ".tsv",
+        "table": True,
+        "measures": "native_harmonized",
         "harmonized": True,
     },
 }
@@ -184,6 +217,16 @@ class OutputLayout:
     @property
     def group_report(self) -> Path:
         return self.root / GROUP_REPORT
+
+    @property
+    def group_volumes(self) -> Path:
+        """Every image's tissue volumes (preprocessed, harmonized) with its site and covariates."""
+        return self.root / GROUP_VOLUMES
+
+    @property
+    def group_volume_stats(self) -> Path:
+        """The numbers of the group report's downstream section."""
+        return self.root / GROUP_VOLUME_STATS
 
     # ------------------------------------------------------------------------- derivatives
     def derivative(self, source: ImageRecord, **kwargs: Any) -> Path:

@@ -127,6 +127,22 @@ def build_parser() -> argparse.ArgumentParser:
         "a whole-head registration (the earlier default, kept so the change stays measurable)",
     )
 
+    measures = parser.add_argument_group("downstream measures")
+    measures.add_argument(
+        "--no-volumes",
+        dest="volumes",
+        action="store_false",
+        help="participant: do not measure each image's tissue volumes (ANTs Atropos on the preprocessed and the "
+        "harmonized image, *_volumes.tsv); the group report's downstream section then has nothing to read",
+    )
+    measures.add_argument(
+        "--covariates",
+        nargs="+",
+        metavar="COLUMN",
+        help="columns of participants.tsv (and sessions.tsv) for the group report's downstream section, e.g. age "
+        "sex group (numeric columns are slopes, others groups; default: age and sex where present)",
+    )
+
     train = parser.add_argument_group("training (group level)")
     train.add_argument(
         "--recipe",

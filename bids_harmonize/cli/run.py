@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bids_harmonize import console
 from bids_harmonize.bids import derivatives
+from bids_harmonize.bids.covariates import read_covariates
 from bids_harmonize.bids.layout import SelectionError, discover_images, load_filter_file
 from bids_harmonize.bids.outputs import OutputLayout
 from bids_harmonize.bids.records import ImageRecord
@@ -116,6 +117,7 @@ def run_level(config: RunConfig) -> int:
 
     runner = run_group if config.analysis_level == "group" else run_participant
     resolve_device(config)  # an asked-for GPU that is absent fails before anything else
+    read_covariates(config.bids_dir, config.covariates)  # so does a --covariates name that is no column
     images = discover(config)
     whole = config.analysis_level == "group" or not config.participant_labels
     with participant_locks(

@@ -4,7 +4,8 @@
 whatever the preprocessing and harmonization produced for one image, gives each file the
 name bids/outputs.py gives it, restores the raw image's orientation for native-grid outputs
 (an exact axis permutation: same shape and affine as the input), and writes image + sidecar
-atomically through bids/derivatives.py. Its node always re-runs (``overwrite=True``): it is
+atomically through bids/derivatives.py; the tissue-volume records of interfaces/volumes.py become
+``*_volumes.tsv`` tables with a JSON data dictionary. Its node always re-runs (``overwrite=True``): it is
 cheap, and the provenance it records belongs to the run that wrote it.
 """
 
@@ -19,9 +20,11 @@ import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits
 
 from bids_harmonize.bids import derivatives, invariant
+from bids_harmonize.bids.naming import sidecar_path
 from bids_harmonize.bids.outputs import OUTPUTS, output_path
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.preproc.operations import restore_orientation
+from bids_harmonize.qc.volumes import TISSUE_NAMES, TISSUES, VOLUME_COLUMNS, volume_rows
 from bids_harmonize.sites.signature import SCANNER_KEYS
 
 # Raw sidecar fields that stay true of a bias-corrected or resampled copy of the image.
@@ -54,6 +57,8 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     transform = File(exists=True)
     native_harmonized = File(exists=True)
     template_harmonized = File(exists=True)
+    native_preproc_volumes = File(exists=True, desc="JSON from TissueVolumes of native_preproc")
+    native_harmonized_volumes = File(exists=True, desc="JSON from TissueVolumes of native_harmonized")
 
 
 class _SinkOutputSpec(TraitedSpec):
@@ -107,6 +112,11 @@ class _Writer:
         invariant here (bids/invariant.py), which raises before anything is written."""
         spec = OUTPUTS[name]
         target = output_path(self.out_dir, self.record, name, self.template, self.resolution)
+        if spec.get("table"):
+            measured = json.loads(path.read_text())
+            volumes = measured["Volumes"]
+            rows = volume_rows(volumes) if volumes else [{"tissue": t, "volume_ml": "n/a"} for t in TISSUES]
+            return target, rows, self._table_sidecar(spec, measured, harmonization)
         if spec.get("extension") == ".txt":
             return target, path, None
         img = nb.load(path)
@@ -134,11 +144,39 @@ class _Writer:
         return out, bounds.record(clipped)
 
     def commit(self, target: Path, content: Any, sidecar: dict | None) -> None:
-        if sidecar is None:
+        if target.suffix == ".tsv":
+            derivatives.write_tsv(target, content, VOLUME_COLUMNS)
+            derivatives.write_json(sidecar_path(target), sidecar)
+        elif sidecar is None:
             derivatives.atomic_copy(content, target)
         else:
             derivatives.write_image(content, target, sidecar)
         self.written.append(target)
+
+    def _table_sidecar(self, spec: dict[str, Any], measured: dict, harmonization: dict | None) -> dict[str, Any]:
+        """A volume table's data dictionary: its columns, what was measured inside which mask, by
+        which segmenter (name, version, settings), and the run's provenance."""
+
+        def uri(output: str) -> str:
+            path = output_path(self.out_dir, self.record, output, self.template, self.resolution)
+            return "bids::" + path.relative_to(self.out_dir).as_posix()
+
+        content: dict[str, Any] = {
+            "tissue": {"Description": "tissue class", "Levels": {t: TISSUE_NAMES[t] for t in TISSUES}},
+            "volume_ml": {"Description": "tissue volume inside the brain mask", "Units": "ml"},
+            "Sources": [uri(spec["measures"]), uri("native_mask"), self.record.bids_uri],
+            "MeasuredImage": uri(spec["measures"]),
+            "BrainMask": uri("native_mask"),
+            "VoxelVolume": measured["VoxelVolume"],
+            "Segmenter": measured["Segmenter"],
+            "SourceSite": self.site["site"],
+        }
+        if measured.get("Error"):
+            content["MeasureError"] = measured["Error"]
+        if spec.get("harmonized") and harmonization:
+            content.update(harmonization)
+        content.update(self.provenance.fields())
+        return content
 
     def _sidecar(self, spec: dict[str, Any], harmonization: dict | None) -> dict[str, Any]:
         extra: dict[str, Any] = {

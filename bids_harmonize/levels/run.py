@@ -15,6 +15,7 @@ from typing import Any
 
 from bids_harmonize import console
 from bids_harmonize.bids import derivatives
+from bids_harmonize.bids.covariates import CovariateError, read_covariates
 from bids_harmonize.bids.outputs import OutputLayout
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.config import MULTIPROC_DEFAULTS, RunConfig, read_plugin_file
@@ -195,6 +196,7 @@ def run_participant(config: RunConfig, images: list[ImageRecord], site_inventory
         omp_nthreads=omp_threads(config),
         seed=config.seed,
         brain_mask=config.brain_mask,
+        volumes=config.volumes,
     )
     for message in not_harmonized:
         LOGGER.warning(message)
@@ -237,6 +239,7 @@ def run_group(config: RunConfig, images: list[ImageRecord], site_inventory: Site
             omp_nthreads=omp_threads(config),
             seed=config.seed,
             brain_mask=config.brain_mask,
+            volumes=config.volumes,
             name="group_preproc_wf",
         )
         execute(workflow, config)
@@ -293,6 +296,10 @@ def write_reports(
         _mask_method(config.brain_mask),
     )
     hint = f"--model {config.model}" if config.model else f"none in {OutputLayout(config.output_dir).models}"
+    try:
+        covariates = read_covariates(config.bids_dir, config.covariates)
+    except CovariateError:  # already refused before the run (cli/run.py)
+        covariates = None
     reasons = skip_reasons(assignments or [], set(plans), not_harmonized or [], hint)
     return build(
         out_dir=config.output_dir,
@@ -303,6 +310,7 @@ def write_reports(
         reasons=reasons,
         since=since,
         group=config.analysis_level == "group" or bool(plans),
+        covariates=covariates,
     )
 
 

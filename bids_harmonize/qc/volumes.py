@@ -10,11 +10,15 @@ probabilities (partial-volume aware, as FSL FAST's pve volumes), in millilitres.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 TISSUES = ("CSF", "GM", "WM")
+TISSUE_NAMES = {"CSF": "cerebrospinal fluid", "GM": "grey matter", "WM": "white matter"}
+VOLUME_COLUMNS = ("tissue", "volume_ml")  # the per-image volume tables (participant level)
 # k-means initialisation orders the classes by mean intensity.
 DARK_TO_BRIGHT = {"T1w": ("CSF", "GM", "WM"), "T2w": ("WM", "GM", "CSF")}
 MRF_SMOOTHING = 0.1  # Atropos' default-like MRF weight; radius one voxel
@@ -35,6 +39,18 @@ class SegmenterInfo:
         from importlib.metadata import version
 
         return version("antspyx")
+
+    def record(self) -> dict[str, Any]:
+        """The segmenter as the volume tables' JSON sidecars name it (BIDS-style CamelCase keys)."""
+        return {
+            "Name": self.name,
+            "Version": self.version,
+            "Initialisation": self.initialisation,
+            "MRF": self.mrf,
+            "Iterations": self.iterations,
+            "Volumes": "sum of the posterior probabilities of each class inside the brain mask (partial-volume aware)",
+            "Rescaling": "image mapped to its 1st-99th brain percentiles and clipped there before segmenting",
+        }
 
 
 def tissue_volumes(image: NDArray, mask: NDArray, voxel_volume_ml: float, contrast: str = "T1w") -> dict[str, float]:
@@ -72,3 +88,27 @@ def tissue_volumes(image: NDArray, mask: NDArray, voxel_volume_ml: float, contra
 def true_volumes(probseg: dict[str, NDArray], voxel_volume_ml: float) -> dict[str, float]:
     """Ground-truth volumes (ml) from tissue probability maps, e.g. the simulator's probsegs."""
     return {tissue: float(np.asarray(probseg[tissue], dtype=np.float64).sum() * voxel_volume_ml) for tissue in TISSUES}
+
+
+def volume_rows(volumes: dict[str, float]) -> list[dict[str, str]]:
+    """The rows of a per-image volume table: one per tissue (TISSUES order), volume in ml."""
+    return [{"tissue": tissue, "volume_ml": f"{volumes[tissue]:.3f}"} for tissue in TISSUES]
+
+
+def read_volume_table(path: str | Path) -> dict[str, float]:
+    """tissue -> volume (ml) from a per-image volume table (VOLUME_COLUMNS); raises ValueError
+    naming the file when a tissue is missing or a volume is not a number."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    volumes = {}
+    for row in rows:
+        try:
+            volumes[row["tissue"]] = float(row["volume_ml"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: not a volume table with columns {VOLUME_COLUMNS} ({err})") from err
+    missing = [t for t in TISSUES if t not in volumes]
+    if missing:
+        raise ValueError(f"{path}: no row for {', '.join(missing)}")
+    return volumes

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bids_harmonize.bids.covariates import Covariates
 from bids_harmonize.reports.citation import MethodsFacts, write_citation
 from bids_harmonize.reports.collect import (
     ImageOutputs,
@@ -66,6 +67,7 @@ def write_reports(
     reasons: dict[str, str] | None = None,
     since: float | None = None,
     group: bool = True,
+    covariates: Covariates | None = None,
 ) -> list[Path]:
     """CITATION.md/.bib, one report per participant of ``assignments``, and (with ``group``)
     OUT/group.html. Returns the reports written."""
@@ -96,5 +98,5 @@ def write_reports(
         for subject, items in sorted(by_subject.items())
     ]
     if group:
-        written.append(_timed("group report", lambda: group_report(out_dir, template, bundles, methods)))
+        written.append(_timed("group report", lambda: group_report(out_dir, template, bundles, methods, covariates)))
     return [path for path in written if path]

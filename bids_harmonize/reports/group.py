@@ -1,4 +1,5 @@
-"""OUT/group.html: site inventory, training curves, and the site effect before vs after.
+"""OUT/group.html: site inventory, training curves, the site effect before vs after, and the
+tissue volumes before vs after with covariates (reports/downstream.py).
 
 Written by the group level (after training) and rewritten by every participant run that
 harmonizes, so it always covers what OUT_DIR holds. The site effect uses the template-grid
@@ -17,6 +18,7 @@ from typing import Any
 import nibabel as nb
 import numpy as np
 
+from bids_harmonize.bids.covariates import Covariates
 from bids_harmonize.bids.outputs import OutputLayout
 from bids_harmonize.qc import between_site_wasserstein, site_classifier_accuracy
 from bids_harmonize.reports import group_figures, html
@@ -27,6 +29,7 @@ from bids_harmonize.reports.collect import (
     read_sites_table,
     record_from_relpath,
 )
+from bids_harmonize.reports.downstream import downstream_section
 from bids_harmonize.utils import atomic_write_text
 
 LOGGER = logging.getLogger("bids_harmonize.reports")
@@ -202,8 +205,14 @@ def _guarded(title: str, build: Any) -> str:
         return html.box("fail", f"Could not build this section: {type(err).__name__}: {err}")
 
 
-def group_report(out_dir: Path, template: Template, bundles: dict[str, Path], methods: str | None = None) -> Path:
-    """Write OUT/group.html from what OUT_DIR holds now."""
+def group_report(
+    out_dir: Path,
+    template: Template,
+    bundles: dict[str, Path],
+    methods: str | None = None,
+    covariates: Covariates | None = None,
+) -> Path:
+    """Write OUT/group.html from what OUT_DIR holds now (and the covariates of the raw dataset)."""
     out_dir = Path(out_dir)
     rows = read_sites_table(out_dir)
     sections = [
@@ -213,6 +222,11 @@ def group_report(out_dir: Path, template: Template, bundles: dict[str, Path], me
             "site-effect",
             "Site effect before / after",
             _guarded("site effect", lambda: site_effect_section(out_dir, rows, template, bundles)),
+        ),
+        (
+            "volumes",
+            "Tissue volumes before / after, with covariates",
+            _guarded("volumes", lambda: downstream_section(out_dir, rows, covariates, bundles)),
         ),
     ]
     if methods:

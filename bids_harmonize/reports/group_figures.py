@@ -167,3 +167,35 @@ def site_mosaic(rows: Sequence[tuple[str, NDArray, NDArray]], mask: NDArray[np.b
         )
     fig.subplots_adjust(left=0.03, right=0.99, bottom=0.01, top=1 - 0.1 / len(rows), wspace=0.02, hspace=0.05)
     return png_uri(fig)
+
+
+def volume_distributions(
+    by_site: dict[str, dict[str, tuple[list[float], list[float]]]], tissues: Sequence[str], title: str
+) -> str:
+    """Per-site distributions of each tissue volume, before | after harmonization: one panel per
+    tissue, a box per site and state (before hatched grey, after coloured), images as dots."""
+    sites = sorted(by_site)
+    fig, axes = plt.subplots(1, len(tissues), figsize=(3.7 * len(tissues), 3.2), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax, tissue in zip(axes[0], tissues):
+        for k, site in enumerate(sites):
+            before, after = by_site[site][tissue]
+            for offset, values, colour in ((-0.18, before, "#b0bec5"), (0.18, after, colours(k % 10))):
+                ax.boxplot(
+                    values,
+                    positions=[k + offset],
+                    widths=0.3,
+                    patch_artist=True,
+                    showfliers=False,
+                    boxprops={"facecolor": colour, "alpha": 0.6},
+                    medianprops={"color": "black"},
+                )
+                jitter = np.linspace(-0.06, 0.06, len(values)) if len(values) > 1 else [0.0]
+                ax.scatter(np.add(jitter, k + offset), values, s=6, color="black", alpha=0.5, zorder=3)
+        ax.set_xticks(range(len(sites)), sites, fontsize=7, rotation=30)
+        ax.set_title(f"{tissue} (ml): before | after", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.22, top=0.82, wspace=0.3)
+    return png_uri(fig, dpi=80)

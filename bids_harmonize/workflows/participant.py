@@ -8,8 +8,9 @@ from typing import Any
 
 from nipype.pipeline import engine as pe
 
-from bids_harmonize.bids.outputs import node_name
+from bids_harmonize.bids.outputs import OUTPUTS, node_name
 from bids_harmonize.interfaces.bids import DerivativesSink
+from bids_harmonize.interfaces.volumes import TissueVolumes
 from bids_harmonize.preproc.brainmask import DEFAULT_METHOD
 from bids_harmonize.sites import SiteAssignment
 from bids_harmonize.workflows.harmonize import init_harmonize_wf
@@ -63,9 +64,12 @@ def init_participant_wf(
     omp_nthreads: int = 1,
     seed: int = 0,
     brain_mask: str = DEFAULT_METHOD,
+    volumes: bool = True,
     name: str = "bids_harmonize_wf",
 ) -> tuple[pe.Workflow, list[str]]:
-    """The workflow, and a message for every image a model could not harmonize."""
+    """The workflow, and a message for every image a model could not harmonize. With ``volumes``,
+    each image's tissue volumes are measured on its native grid inside its native brain mask,
+    once on the preprocessed and (where harmonized) once on the harmonized image."""
     workflow = pe.Workflow(name=name)
     not_harmonized: list[str] = []
     masking = {"brain_mask": brain_mask, "device": device, "omp_nthreads": omp_nthreads, "seed": seed}
@@ -97,6 +101,9 @@ def init_participant_wf(
             run_without_submitting=True,
         )
         workflow.connect([(preproc, sink, [(f"outputnode.{f}", f) for f in PREPROC_OUTPUTS if f in _SINK_PREPROC])])
+        if volumes:
+            image = (preproc, "outputnode.native_preproc")
+            _measure(workflow, image, preproc, sink, "native_preproc_volumes", omp_nthreads)
         plan = plans.get(contrast)
         if plan is None:
             continue
@@ -140,9 +147,39 @@ def init_participant_wf(
                 ),
             ]
         )
+        if volumes:
+            image = (harmonize, "outputnode.native_harmonized")
+            _measure(workflow, image, preproc, sink, "native_harmonized_volumes", omp_nthreads)
         if contrast in references:
             workflow.connect(references[contrast], "outputnode.model_input", harmonize, "inputnode.reference_file")
     return workflow, not_harmonized
+
+
+def _measure(
+    workflow: pe.Workflow,
+    image: tuple[pe.Workflow, str],
+    preproc: pe.Workflow,
+    sink: pe.Node,
+    output: str,
+    omp_nthreads: int,
+) -> None:
+    """A TissueVolumes node (volumes_preproc_<image> or volumes_harmonized_<image>) that measures
+    ``image`` (workflow, output field) inside the preprocessing's native brain mask, into the
+    sink's ``output`` (a volume table of bids.outputs.OUTPUTS)."""
+    variant = OUTPUTS[output]["entities"]["description"]
+    node = pe.Node(
+        TissueVolumes(contrast=sink.inputs.record["suffix"], num_threads=omp_nthreads),
+        name=sink.name.replace("sink_", f"volumes_{variant}_", 1),
+        n_procs=omp_nthreads,
+        mem_gb=1.5,
+    )
+    workflow.connect(
+        [
+            (image[0], node, [(image[1], "in_file")]),
+            (preproc, node, [("outputnode.native_mask", "mask")]),
+            (node, sink, [("out_file", output)]),
+        ]
+    )
 
 
 _SINK_PREPROC = ("native_preproc", "template_preproc", "native_mask", "transform", "mask_record")

@@ -55,7 +55,8 @@ def test_the_layout_finds_what_runs_left_in_logs(tmp_path):
 
 
 def test_bidsignore_patterns_are_the_layouts_names():
-    assert BIDSIGNORE == ("sites.tsv", "sites.json", "/models", "/logs", "/figures", "*.html", "/*.png", "*_xfm.*")
+    assert BIDSIGNORE[:8] == ("sites.tsv", "sites.json", "/models", "/logs", "/figures", "*.html", "/*.png", "*_xfm.*")
+    assert BIDSIGNORE[8:] == ("*_volumes.tsv", "*_volumes.json", "/group_volume*.tsv")
 
 
 # Literals that name something in OUT, and the places where the same string names something

@@ -127,3 +127,13 @@ def test_preset_choices_match_the_model_presets():
     from bids_harmonize.model.networks import PRESETS
 
     assert NETWORK_PRESETS == tuple(sorted(PRESETS))
+
+
+def test_a_covariate_that_is_no_column_stops_the_run_before_any_work(multisite_bids, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main([str(multisite_bids), str(out), "participant", "--covariates", "age", "diagnosis", "--no-volumes"])
+    assert code == 64
+    assert "--covariates" in capsys.readouterr().err
+    config = json.loads(next((out / "logs").glob("config-*.json")).read_text())
+    assert config["covariates"] == ["age", "diagnosis"] and config["volumes"] is False
+    assert not any(out.rglob("*.nii.gz"))

@@ -18,7 +18,8 @@ from helpers import Scan, make_bids
 
 CHATTER = '[Node] Setting-up "wf.preproc_sub_01_T1w.n4"'
 PROGRESS = re.compile(
-    r"^INFO bids_harmonize: \[\d\d:\d\d:\d\d\] (sub-\d\d_T1w): (preprocessed|outputs written) "
+    r"^INFO bids_harmonize: \[\d\d:\d\d:\d\d\] (sub-\d\d_T1w): "
+    r"(preprocessed|outputs written|tissue volumes of the preprocessed image measured) "
     r"\((\d+) of (\d+) stages done, (\d+) left\)$"
 )
 
@@ -137,6 +138,9 @@ def test_stage_sizes_count_the_nodes_nipype_runs(tmp_path):
         "sink_sub_01_T1w",
         "preproc_sub_02_T1w",
         "sink_sub_02_T1w",
+        "volumes_preproc_sub_01_T1w",
+        "volumes_harmonized_sub_01_T1w",
+        "volumes_preproc_sub_02_T1w",
     }
 
 
@@ -178,13 +182,16 @@ def test_a_participant_run_keeps_to_the_promised_console(tmp_path):
     lines = done.stderr.splitlines()
     assert all(re.match(r"(INFO|WARNING) bids_harmonize[.\w]*: ", line) for line in lines), lines
     progress = [PROGRESS.match(line) for line in lines if PROGRESS.match(line)]
+    measured = "tissue volumes of the preprocessed image measured"
     assert sorted((m[1], m[2]) for m in progress) == [
         ("sub-01_T1w", "outputs written"),
         ("sub-01_T1w", "preprocessed"),
+        ("sub-01_T1w", measured),
         ("sub-02_T1w", "outputs written"),
         ("sub-02_T1w", "preprocessed"),
+        ("sub-02_T1w", measured),
     ]
-    assert [(int(m[3]), int(m[5])) for m in progress] == [(1, 3), (2, 2), (3, 1), (4, 0)]
+    assert [(int(m[3]), int(m[5])) for m in progress] == [(k, 6 - k) for k in range(1, 7)]
     assert len(lines) <= 15  # before the quiet console: ~90 lines for these two images
     node_log = next((out / "logs").glob("nipype-*.log")).read_text()
     assert "[Node] Setting-up" in node_log and "[Node] Finished" in node_log

@@ -217,7 +217,9 @@ def test_participant_wf_harmonizes_known_sites_and_leaves_the_rest_preprocessed(
     sinks = {name.replace("preproc_", "sink_") for name in preprocs}
     harmonized = {"harmonize_sub_01_T1w", "harmonize_sub_02_T1w"}
     references = {"preproc_reference_T1w"} if style == "reference" else set()
-    assert top == preprocs | sinks | harmonized | references
+    volumes = {name.replace("preproc_", "volumes_preproc_") for name in preprocs}
+    volumes |= {name.replace("harmonize_", "volumes_harmonized_") for name in harmonized}
+    assert top == preprocs | sinks | harmonized | references | volumes
     assert [message.split(":")[0] for message in not_harmonized] == [
         "sub-03/anat/sub-03_T1w.nii.gz",
         "sub-04/anat/sub-04_T1w.nii.gz",
@@ -281,7 +283,34 @@ def test_group_preprocessing_builds_without_a_model(fakes):
 def test_a_plan_for_another_contrast_leaves_this_one_preprocessed(fakes):
     workflow, not_harmonized = participant_wf(fakes, [assignment("01", "siteA", "T2w")], {"T1w": plan(fakes)})
     assert not_harmonized == []  # no model for T2w is the run's warning, not a per-image one
-    assert {name.split(".")[0] for name in workflow.list_node_names()} == {"preproc_sub_01_T2w", "sink_sub_01_T2w"}
+    top = {name.split(".")[0] for name in workflow.list_node_names()}
+    assert top == {"preproc_sub_01_T2w", "sink_sub_01_T2w", "volumes_preproc_sub_01_T2w"}
+
+
+def test_participant_wf_measures_the_preprocessed_and_the_harmonized_image_inside_the_native_mask(fakes):
+    """Issue 18: tissue volumes per image, as nodes of the participant workflow (so they spread
+    over a Slurm array like the rest), from the native-grid images and the native brain mask."""
+    images = [assignment("01", "siteB"), assignment("02", "siteC", "T2w")]
+    workflow, _ = participant_wf(fakes, images, {"T1w": plan(fakes)}, omp_nthreads=3)
+    edges = connections(workflow)
+    for image, contrast in (("sub_01_T1w", "T1w"), ("sub_02_T2w", "T2w")):
+        node = workflow.get_node(f"volumes_preproc_{image}")
+        assert (node.inputs.contrast, node.inputs.num_threads, node.n_procs) == (contrast, 3, 3)
+        assert origin(workflow, (f"volumes_preproc_{image}", "in_file"), edges) == (f"preproc_{image}.n4", "out_file")
+        mask = origin(workflow, (f"volumes_preproc_{image}", "mask"), edges)
+        assert mask == (f"preproc_{image}.learned_mask", "out_file")
+        assert edges[(f"sink_{image}", "native_preproc_volumes")] == (f"volumes_preproc_{image}", "out_file")
+    harmonized = "volumes_harmonized_sub_01_T1w"
+    assert origin(workflow, (harmonized, "in_file"), edges) == ("harmonize_sub_01_T1w.to_native", "native_file")
+    assert origin(workflow, (harmonized, "mask"), edges) == ("preproc_sub_01_T1w.learned_mask", "out_file")
+    assert edges[("sink_sub_01_T1w", "native_harmonized_volumes")] == (harmonized, "out_file")
+    assert "volumes_harmonized_sub_02_T2w" not in workflow.list_node_names()  # no T2w model: not harmonized
+    assert unwired_inputs(workflow) == []
+
+
+def test_participant_wf_without_volumes_has_no_volume_nodes(fakes):
+    workflow, _ = participant_wf(fakes, [assignment("01", "siteA")], {"T1w": plan(fakes)}, volumes=False)
+    assert not any(name.startswith("volumes_") for name in workflow.list_node_names())
 
 
 def test_the_unwired_check_finds_a_dangling_input(fakes):
