@@ -206,7 +206,7 @@ def test_every_participant_has_a_report_holding_each_section(flow):
             "Brain mask: deepbet",
             "Mask check",
             "Before / after",
-            "share one grey window",
+            "each in its own grey window",
             "Intensity distributions in the brain",
             "(training)",
             "Warnings",
