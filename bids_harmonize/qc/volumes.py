@@ -9,6 +9,7 @@ probabilities (partial-volume aware, as FSL FAST's pve volumes), in millilitres.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,19 +71,32 @@ def tissue_volumes(image: NDArray, mask: NDArray, voxel_volume_ml: float, contra
         raise ValueError("image is constant or not finite inside the brain mask; cannot segment")
     # Clipped: a few bright outliers (vessels, a noise spike) would otherwise take a k-means class.
     scaled = np.where(brain, np.clip((values - low) / (high - low), 0.0, 1.0), 0.0).astype(np.float32)
-    result = ants.atropos(
-        a=ants.from_numpy(scaled),
-        x=ants.from_numpy(brain.astype(np.float32)),
-        i="kmeans[3]",
-        m=f"[{MRF_SMOOTHING},1x1x1]",
-        c=f"[{ITERATIONS},0]",
-        verbose=0,
-    )
-    posteriors = [probability.numpy() for probability in result["probabilityimages"]]
+    posteriors = _atropos_posteriors(ants, scaled, brain)
     return {
         tissue: float(posterior[brain].sum() * voxel_volume_ml)
         for tissue, posterior in zip(DARK_TO_BRIGHT[contrast], posteriors, strict=True)
     }
+
+
+def _atropos_posteriors(ants: Any, scaled: NDArray, brain: NDArray) -> list[NDArray]:
+    """Atropos' posterior maps, darkest class first. antspyx writes them to files in the temporary
+    folder and leaves them there; they are read back inside a folder of our own that is removed
+    afterwards, so a run over thousands of images (or a Slurm task) leaves no files behind."""
+    previous = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix="atropos-") as scratch:
+        tempfile.tempdir = scratch
+        try:
+            result = ants.atropos(
+                a=ants.from_numpy(scaled),
+                x=ants.from_numpy(brain.astype(np.float32)),
+                i="kmeans[3]",
+                m=f"[{MRF_SMOOTHING},1x1x1]",
+                c=f"[{ITERATIONS},0]",
+                verbose=0,
+            )
+            return [np.array(probability.numpy()) for probability in result["probabilityimages"]]
+        finally:
+            tempfile.tempdir = previous
 
 
 def true_volumes(probseg: dict[str, NDArray], voxel_volume_ml: float) -> dict[str, float]:

@@ -123,3 +123,20 @@ def test_atropos_refuses_a_constant_image():
     _, mask, _ = _three_tissue_phantom()
     with pytest.raises(ValueError, match="constant"):
         tissue_volumes(np.ones(mask.shape), mask, 1.0)
+
+
+def test_atropos_leaves_no_files_in_the_temporary_folder(tmp_path, monkeypatch):
+    import tempfile
+
+    from bids_harmonize.qc.volumes import tissue_volumes
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    rng = np.random.default_rng(0)
+    image = rng.normal(1.0, 0.1, (24, 24, 24)).astype(np.float32)
+    image[6:18, 6:18, 6:18] += 1.0
+    image[9:15, 9:15, 9:15] += 1.0
+    mask = np.zeros(image.shape, bool)
+    mask[3:21, 3:21, 3:21] = True
+    tissue_volumes(image, mask, 1.0)
+    assert list(tmp_path.iterdir()) == []
+    assert tempfile.tempdir == str(tmp_path)  # restored
