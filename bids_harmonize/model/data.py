@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import nibabel as nib
 import numpy as np
@@ -254,3 +254,34 @@ def _place_volumes(volumes: Tensor | VolumeSet, device: torch.device) -> VolumeS
         if np.prod(volumes.shape) * 2 <= DEVICE_MEMORY_SHARE * free_bytes:
             return TensorVolumes(volumes.to(device))
     return TensorVolumes(volumes) if isinstance(volumes, Tensor) else volumes
+
+
+def training_volume_set(volumes: Sequence[VolumeSource] | VolumeSet, slice_axis: int) -> tuple[Any, list[str]]:
+    """The sampler's volumes and the SHA-256 of each: a store's rows as they are, arrays or
+    NIfTI paths stacked in RAM."""
+    if hasattr(volumes, "gather"):
+        return volumes, list(volumes.hashes)
+    return stack_volumes(volumes, slice_axis)
+
+
+def mask_slices_first(brain_mask: np.ndarray, slice_axis: int, grid: tuple[int, ...]) -> Tensor:
+    """The brain mask as a bool tensor (slices, height, width), checked against the volumes' grid."""
+    mask = np.moveaxis(np.asarray(brain_mask, bool), slice_axis, 0)
+    if mask.shape != grid:
+        raise ValueError(
+            f"the brain mask has shape {mask.shape} (slices first) but the training volumes {grid}: "
+            "pass the mask of the template grid the volumes are on"
+        )
+    return torch.from_numpy(mask.copy())
+
+
+def check_site_labels(site_labels: Sequence[int], site_names: Sequence[str], config: MURDConfig) -> None:
+    if len(site_names) != config.num_sites or len(set(site_names)) != len(site_names):
+        raise ValueError(
+            f"config.num_sites is {config.num_sites} but {len(site_names)} site names were given (must be unique)"
+        )
+    if config.num_sites < 2:
+        raise ValueError("MURD translates between sites: training needs volumes from at least 2 sites")
+    bad = sorted({label for label in site_labels if not 0 <= label < config.num_sites})
+    if bad:
+        raise ValueError(f"site labels {bad} are outside 0..{config.num_sites - 1} (indices into site_names)")

@@ -35,8 +35,10 @@ from bids_harmonize.model.data import (
     SliceSampler,
     VolumeSet,
     VolumeSource,
+    check_site_labels,
     data_fingerprint,
-    stack_volumes,
+    mask_slices_first,
+    training_volume_set,
 )
 from bids_harmonize.model.distributed import DistributedContext, init_distributed
 from bids_harmonize.model.infer import mean_style
@@ -324,7 +326,7 @@ def train(
     `on_step(trainer)` runs after every iteration (e.g. to snapshot the EMA weights).
     Returns the bundle directory.
     """
-    _check_sites(site_labels, site_names, config)
+    check_site_labels(site_labels, site_names, config)
     context, device, created_group = init_distributed(resolve_device(device))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # input sizes never change: let cuDNN pick its fastest kernels
@@ -332,7 +334,7 @@ def train(
         out_dir = Path(out_dir)
         work_dir = Path(work_dir) if work_dir is not None else out_dir / "training"
         work_dir.mkdir(parents=True, exist_ok=True)
-        training_set, volume_hashes = _volume_set(volumes, slice_axis)
+        training_set, volume_hashes = training_volume_set(volumes, slice_axis)
         data_hash = data_hash or data_fingerprint(volume_hashes, site_labels, site_names)
         sampler = SliceSampler(
             training_set,
@@ -347,11 +349,7 @@ def train(
             rank=context.rank,
             crop_size=train_config.crop_size,
         )
-        mask = (
-            None
-            if brain_mask is None
-            else torch.from_numpy(np.moveaxis(np.asarray(brain_mask, bool), slice_axis, 0).copy())
-        )
+        mask = None if brain_mask is None else mask_slices_first(brain_mask, slice_axis, tuple(training_set.shape[1:]))
         trainer = Trainer(config, train_config, sampler, device, context, brain_mask=mask)
         checkpoint = work_dir / CHECKPOINT_NAME
         if resume and checkpoint.exists():
@@ -382,26 +380,6 @@ def train(
         if created_group:
             dist.destroy_process_group()
     return out_dir
-
-
-def _volume_set(volumes: Sequence[VolumeSource] | VolumeSet, slice_axis: int) -> tuple[Any, list[str]]:
-    """The sampler's volumes and the SHA-256 of each: a store's rows as they are, arrays or
-    NIfTI paths stacked in RAM."""
-    if hasattr(volumes, "gather"):
-        return volumes, list(volumes.hashes)
-    return stack_volumes(volumes, slice_axis)
-
-
-def _check_sites(site_labels: Sequence[int], site_names: Sequence[str], config: MURDConfig) -> None:
-    if len(site_names) != config.num_sites or len(set(site_names)) != len(site_names):
-        raise ValueError(
-            f"config.num_sites is {config.num_sites} but {len(site_names)} site names were given (must be unique)"
-        )
-    if config.num_sites < 2:
-        raise ValueError("MURD translates between sites: training needs volumes from at least 2 sites")
-    bad = sorted({label for label in site_labels if not 0 <= label < config.num_sites})
-    if bad:
-        raise ValueError(f"site labels {bad} are outside 0..{config.num_sites - 1} (indices into site_names)")
 
 
 def run_training(

@@ -121,3 +121,18 @@ def test_with_a_brain_mask_only_brain_voxels_set_the_anchors(toy_data, tiny_conf
     assert brightest_brain < 0.9
     assert float(without[0, -1]) == pytest.approx(0.95, abs=1e-3)  # the rim counts without the mask
     assert float(with_mask[0, -1]) <= brightest_brain + 1e-3  # and never with it
+
+
+def test_a_brain_mask_on_another_grid_is_refused_by_name(tmp_path, toy_data, tiny_config):
+    volumes, labels = toy_data
+    options = TrainConfig(
+        iterations=2,
+        batch_size=2,
+        log_every=1,
+        checkpoint_every=1,
+        style_slices_per_site=4,
+        loss_weights=dataclasses.replace(LossWeights(), anchor=1.0),
+    )
+    wrong = np.ones((5, 5, 5), bool)
+    with pytest.raises(ValueError, match="brain mask has shape"):
+        train(volumes, labels, ["siteA", "siteB"], tiny_config, options, tmp_path, progress=False, brain_mask=wrong)
