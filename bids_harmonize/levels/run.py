@@ -88,6 +88,24 @@ def training_threads(config: RunConfig) -> int:
     return config.omp_nthreads or max(1, min(8, config.nprocs))
 
 
+def participant_workflow(config: RunConfig, assignments, template, plans, device: str, **options: Any):
+    """init_participant_wf with the run's settings (output folder, provenance, threads, seed,
+    brain mask, volumes); both levels build their graph through it."""
+    return init_participant_wf(
+        assignments=assignments,
+        out_dir=config.output_dir,
+        template=template,
+        plans=plans,
+        provenance=provenance(config),
+        device=device,
+        omp_nthreads=omp_threads(config),
+        seed=config.seed,
+        brain_mask=config.brain_mask,
+        volumes=config.volumes,
+        **options,
+    )
+
+
 def execute(workflow: Any, config: RunConfig) -> None:
     """Run with MultiProc (or the --use-plugin settings); crashes go to OUT/logs as text, a
     progress line per image and stage to the console (console.Progress)."""
@@ -186,18 +204,7 @@ def run_participant(config: RunConfig, images: list[ImageRecord], site_inventory
     for contrast in sorted(set(present) - set(plans)):
         if plans:
             LOGGER.warning("%s: no model bundle for this contrast; its images are preprocessed only.", contrast)
-    workflow, not_harmonized = init_participant_wf(
-        assignments=assignments,
-        out_dir=config.output_dir,
-        template=template,
-        plans=plans,
-        provenance=provenance(config),
-        device=device,
-        omp_nthreads=omp_threads(config),
-        seed=config.seed,
-        brain_mask=config.brain_mask,
-        volumes=config.volumes,
-    )
+    workflow, not_harmonized = participant_workflow(config, assignments, template, plans, device)
     for message in not_harmonized:
         LOGGER.warning(message)
     started = time.time()
@@ -229,19 +236,7 @@ def run_group(config: RunConfig, images: list[ImageRecord], site_inventory: Site
     if missing:
         LOGGER.info("preprocessing %d image(s) not yet preprocessed", len(missing))
         check_available(config.brain_mask)
-        workflow, _ = init_participant_wf(
-            assignments=missing,
-            out_dir=config.output_dir,
-            template=template,
-            plans={},
-            provenance=provenance(config),
-            device=device,
-            omp_nthreads=omp_threads(config),
-            seed=config.seed,
-            brain_mask=config.brain_mask,
-            volumes=config.volumes,
-            name="group_preproc_wf",
-        )
+        workflow, _ = participant_workflow(config, missing, template, {}, device, name="group_preproc_wf")
         execute(workflow, config)
     threads = training_threads(config)
     trained = [
