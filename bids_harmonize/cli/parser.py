@@ -55,11 +55,22 @@ def _positive_int(value: str) -> int:
     return number
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends a default only where it says something: not for flags, not for None, and not where
+    the help text already names the default (e.g. "default: the recipe's")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if isinstance(action.default, bool) or action.default is None or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="bids_harmonize",
         description="Remove scanner/site effects from structural MRI (T1w, T2w) with MURD.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("bids_dir", type=Path, help="root of the input BIDS dataset")
     parser.add_argument("output_dir", type=Path, help="where derivatives are written")

@@ -137,3 +137,14 @@ def test_a_covariate_that_is_no_column_stops_the_run_before_any_work(multisite_b
     config = json.loads(next((out / "logs").glob("config-*.json")).read_text())
     assert config["covariates"] == ["age", "diagnosis"] and config["volumes"] is False
     assert not any(out.rglob("*.nii.gz"))
+
+
+def test_help_names_a_default_only_where_it_says_something(capsys):
+    from bids_harmonize.cli.parser import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and "(default: True)" not in text and "(default: False)" not in text
+    assert "(default: the bundle's)" in text and "(default: 0)" in text  # named once, by the help text
+    assert "the bundle's) (default:" not in text
