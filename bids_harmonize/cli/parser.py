@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--template-resolution",
         type=int,
         choices=(1, 2),
-        help=f"template resolution in mm (default: the model's; without a model {DEFAULT_RESOLUTION})",
+        help="template resolution in mm (default: the model's; without a model, at group level the resolution "
+        f"most images were already preprocessed at, else {DEFAULT_RESOLUTION})",
     )
     harmonize.add_argument(
         "--export-bids",

@@ -10,6 +10,7 @@ of the run: an explicit ``--template``/``--template-resolution`` that differs is
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from bids_harmonize.config import DEFAULT_RESOLUTION, DEFAULT_TEMPLATE, RunConfi
 from bids_harmonize.model.card import CARD_NAME, BundleError, ContractMismatch, InputContract, ModelCard, read_card
 from bids_harmonize.preproc.operations import intensity_convention
 from bids_harmonize.workflows.participant import HarmonizationPlan
+
+LOGGER = logging.getLogger("bids_harmonize")
 
 _RETRAIN = "Fix: retrain at group level (`bids_harmonize BIDS OUT group`) with this version of bids_harmonize"
 
@@ -112,6 +115,32 @@ def choose_template(config: RunConfig, contracts: dict[str, InputContract]) -> T
         name, resolution = choices.pop()
         return TemplateChoice(name, resolution)
     return TemplateChoice(config.template or DEFAULT_TEMPLATE, config.template_resolution or DEFAULT_RESOLUTION)
+
+
+def group_template(config: RunConfig, images: list) -> TemplateChoice:
+    """The group level's grid: the options when given, else the resolution at which the participant
+    level already preprocessed most of ``images`` (ImageRecords), so a study run at 2 mm is not
+    preprocessed again at the 1 mm default; with no earlier outputs, the default."""
+    name = config.template or DEFAULT_TEMPLATE
+    if config.template_resolution is not None:
+        return TemplateChoice(name, config.template_resolution)
+    layout = OutputLayout(config.output_dir)
+    found = {
+        resolution: sum(layout.output(image, "template_preproc", name, resolution).is_file() for image in images)
+        for resolution in (1, 2)
+    }
+    resolution = max(found, key=lambda r: (found[r], r == DEFAULT_RESOLUTION))
+    if not found[resolution]:
+        return TemplateChoice(name, DEFAULT_RESOLUTION)
+    LOGGER.info(
+        "group: %d of %d image(s) already preprocessed on the %s %d mm grid; training there "
+        "(--template-resolution chooses)",
+        found[resolution],
+        len(images),
+        name,
+        resolution,
+    )
+    return TemplateChoice(name, resolution)
 
 
 def check_grid(contract: InputContract, card: Path, template_mask: str) -> None:

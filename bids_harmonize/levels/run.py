@@ -27,6 +27,7 @@ from bids_harmonize.levels.bundles import (
     choose_template,
     default_target,
     find_bundles,
+    group_template,
     harmonization_plans,
 )
 from bids_harmonize.levels.training import train_contrast
@@ -231,7 +232,7 @@ def run_group(config: RunConfig, images: list[ImageRecord], site_inventory: Site
     device = resolve_device(config)
     check_processes(device, config.training.processes)
     assignments = site_inventory(config, images)
-    template = template_files(config, choose_template(config, {}))
+    template = template_files(config, group_template(config, images))
     missing = [a for a in assignments if not template_preproc_path(config, template, a.image).is_file()]
     if missing:
         LOGGER.info("preprocessing %d image(s) not yet preprocessed", len(missing))
