@@ -114,11 +114,25 @@ def load_cohort(dataset: SimulatedDataset) -> Cohort:
     return Cohort(study, traveling, rescans, ages, truth, voxel_ml)
 
 
-def participants_ages(bids_root: Path) -> dict[str, float]:
+def participants_column(bids_root: Path, column: str) -> dict[str, str]:
     lines = (bids_root / "participants.tsv").read_text().splitlines()
     header = lines[0].split("\t")
     rows = [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
-    return {row["participant_id"].removeprefix("sub-"): float(row["age"]) for row in rows}
+    return {row["participant_id"].removeprefix("sub-"): row[column] for row in rows}
+
+
+def participants_ages(bids_root: Path) -> dict[str, float]:
+    return {subject: float(age) for subject, age in participants_column(bids_root, "age").items()}
+
+
+def anchor_covariates(cohort: Cohort, bids_root: Path) -> dict[str, list[float]]:
+    """What the group level's default --covariates (age, sex) give the site anchors: one value
+    per study image, sex as a 0/1 column (as bids.covariates.Covariates.columns encodes it)."""
+    sex = participants_column(bids_root, "sex")
+    return {
+        "age": [cohort.age[im.subject] for im in cohort.study],
+        "sex=M": [float(sex[im.subject] == "M") for im in cohort.study],
+    }
 
 
 def simulated_consortium(out_dir: Path, reuse: bool) -> SimulatedDataset:
@@ -175,8 +189,9 @@ def run(args: argparse.Namespace, work_dir: Path) -> tuple[dict, dict, Cohort, f
     sites = [im.site for im in cohort.study]
     cache = work_dir / "measured"
     measured = {}
-    for name, harmonize in baseline_harmonizers(images, masks, sites, TARGET).items():
-        if name in ("none", "z-score", "WhiteStripe", "histogram matching", "Nyul (target site)", "site quantile map"):
+    covariates = None if args.pooled_anchors else anchor_covariates(cohort, dataset.bids_root)
+    for name, harmonize in baseline_harmonizers(images, masks, sites, TARGET, covariates=covariates).items():
+        if name != "Nyul (all sites)":
             print(f"measuring {name}", flush=True)
             measured[name] = cached(cache / f"{name}.json", lambda h=harmonize: measure(h, cohort))
     measured["rescan"] = cached(
@@ -199,10 +214,11 @@ def run(args: argparse.Namespace, work_dir: Path) -> tuple[dict, dict, Cohort, f
     per_seed, seconds = {}, []
     for seed in [] if args.skip_murd else args.seeds:
         training = MurdTraining(args.murd_recipe, seed, args.murd_iterations)
-        key = f"murd-{training.recipe}-{training.iterations or 'recipe'}-{recipe_digest(training.recipe)}-seed{seed}"
+        key = f"murd-{training.recipe}-{training.iterations or 'recipe'}-{recipe_digest(training.recipe)}"
+        key += f"-{'anchors-age-sex' if covariates else 'anchors-pooled'}-seed{seed}"
 
         def compute(training=training, seed=seed) -> dict:
-            setup = prepare_murd(images, masks, sites, TARGET, training)
+            setup = prepare_murd(images, masks, sites, TARGET, training, covariates)
             harmonize = setup.train(training, work_dir / f"murd-seed{seed}")
             print(f"  trained seed {seed} in {training.seconds / 60:.1f} min (load {training.load:.1f})", flush=True)
             return {**measure(harmonize, cohort), "training_s": training.seconds, "load": training.load}
@@ -237,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--murd-recipe", default="cpu")
     parser.add_argument("--murd-iterations", type=int)
     parser.add_argument("--skip-murd", action="store_true")
+    parser.add_argument(
+        "--pooled-anchors", action="store_true", help="train without covariates (the site anchors pooled per site)"
+    )
     args = parser.parse_args(argv)
     import torch
 

@@ -68,6 +68,7 @@ class MurdSetup:
     target_site: str
     target_scale: object  # preproc.operations.IntensityScale
     brain_mask: NDArray[np.bool_] | None = None  # the population's brain (the template mask's role)
+    anchor_covariates: dict[str, list[float]] | None = None  # as the group level passes participants.tsv's
 
     def harmonizer(self, bundle) -> Harmonizer:
         from bids_harmonize.preproc.operations import robust_scale
@@ -92,6 +93,7 @@ class MurdSetup:
             self.options,
             work_dir / "murd",
             brain_mask=self.brain_mask,
+            anchor_covariates=self.anchor_covariates,
             work_dir=work_dir / "murd_training",
             resume=False,
             progress=False,
@@ -103,10 +105,16 @@ class MurdSetup:
 
 
 def prepare_murd(
-    images: Sequence[NDArray], masks: Sequence[NDArray], sites: Sequence[str], target_site: str, run: MurdTraining
+    images: Sequence[NDArray],
+    masks: Sequence[NDArray],
+    sites: Sequence[str],
+    target_site: str,
+    run: MurdTraining,
+    covariates: dict[str, list[float]] | None = None,
 ) -> MurdSetup:
     """Robust scaling, model input size from the brain masks and the recipe, as the group level
-    does; the target intensity scale is the median of the target site's training scales."""
+    does; the target intensity scale is the median of the target site's training scales.
+    `covariates` (column -> one value per image) adjust the site anchors, as the group level's."""
     from bids_harmonize.model import preset_config
     from bids_harmonize.model.recipes import RECIPES
     from bids_harmonize.model.slices import model_image_size
@@ -124,7 +132,7 @@ def prepare_murd(
     # Where at least half of the subjects have brain: the role the template mask plays in the pipeline.
     brain = np.mean(np.asarray(masks, dtype=bool), axis=0) >= 0.5
     labels = [names.index(site) for site in sites]
-    return MurdSetup(volumes, labels, names, config, options, target_site, target_scale, brain)
+    return MurdSetup(volumes, labels, names, config, options, target_site, target_scale, brain, covariates)
 
 
 # ----------------------------------------------------------------------------- the quality benchmarks' phantom

@@ -1,4 +1,5 @@
-"""Covariates of the downstream diagnostics: columns of participants.tsv and sessions.tsv.
+"""Covariates of the downstream diagnostics and of the site anchors: columns of participants.tsv
+and sessions.tsv.
 
 ``--covariates age sex group`` names columns of the raw dataset's participants.tsv or of its
 ``sub-<label>/sub-<label>_sessions.tsv`` files (a session's value wins over the participant's).
@@ -11,6 +12,7 @@ missing here and reported by name wherever a fit has to leave an image out.
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +43,22 @@ class Covariates:
         row = {**self.participants.get(subject, {})}
         row.update({k: v for k, v in self.sessions.get((subject, session), {}).items() if v is not None})
         return {name: _typed(row.get(name), self.kinds[name]) for name in self.names}
+
+    def columns(self, keys: Sequence[Key]) -> dict[str, list[float | None]]:
+        """Numeric columns for a model, one value per (subject, session) in ``keys`` (None:
+        missing): a numeric covariate as it is; a categorical one as a 0/1 column per level but
+        the first in sorted order. Columns without variation among ``keys`` carry no information
+        and are left out."""
+        rows = [self.values(subject, session) for subject, session in keys]
+        columns: dict[str, list[float | None]] = {}
+        for name in self.names:
+            values = [row[name] for row in rows]
+            if self.kinds[name] == "numeric":
+                columns[name] = values
+                continue
+            for level in sorted({v for v in values if v is not None})[1:]:
+                columns[f"{name}={level}"] = [None if v is None else float(v == level) for v in values]
+        return {name: v for name, v in columns.items() if len({x for x in v if x is not None}) > 1}
 
 
 def _typed(value: str | None, kind: str) -> float | str | None:

@@ -73,6 +73,43 @@ def site_signatures(store: VolumeStore, rows: list[int], usable: list[SiteAssign
     }
 
 
+def anchor_covariates(
+    config: RunConfig, usable: list[SiteAssignment], sites: list[str]
+) -> dict[str, list[float | None]] | None:
+    """The covariates the site anchors are adjusted for (--covariates, default age and sex where
+    participants.tsv has them), one value per training image; None, saying why, when there are
+    none or they cannot be told apart from site."""
+    import torch
+
+    from bids_harmonize.bids.covariates import read_covariates
+    from bids_harmonize.model.anchors import anchor_design, covariate_matrix
+
+    covariates = read_covariates(config.bids_dir, config.covariates)
+    columns = covariates.columns([(a.image.subject, a.image.session) for a in usable])
+    if not columns:
+        LOGGER.info("site anchors: no covariate varies among the training images; pooled per site")
+        return None
+    matrix = covariate_matrix({n: [np.nan if v is None else v for v in c] for n, c in columns.items()}, len(usable))
+    try:
+        _, rows = anchor_design([sites.index(a.site) for a in usable], matrix, len(sites))
+    except ValueError as err:
+        LOGGER.warning(
+            "site anchors NOT adjusted for %s: %s. They are pooled per site, so a site whose subjects differ "
+            "(older, say) has that difference harmonized away. Fix: add training images that break the link, "
+            "or choose other columns with --covariates.",
+            ", ".join(columns),
+            err,
+        )
+        return None
+    LOGGER.info(
+        "site anchors adjusted for %s (%d of %d training images have every value; the others still train)",
+        ", ".join(columns),
+        int(rows.sum()),
+        len(usable),
+    )
+    return columns
+
+
 def train_contrast(
     config: RunConfig,
     contrast: str,
@@ -152,6 +189,7 @@ def train_contrast(
         site_signatures=site_signatures(store, rows, usable),
         progress=config.verbosity > 0,
         brain_mask=str(template.mask),
+        anchor_covariates=anchor_covariates(config, usable, sites),
         input_contract=InputContract(
             contrast=contrast,
             template=template.name,

@@ -10,12 +10,19 @@ no site is privileged and, for any pair of sites, target(inverse(source)) is the
 quantile map from source to target. A loss term pulls every style's curve towards its site's
 anchor; the residual branch and the adversarial terms remain free to do the rest.
 
-Limitation, by construction: a site whose subjects differ in anatomy on average (older, say)
-has a shifted pooled distribution, and a site-level map absorbs part of that difference.
-benchmarks/downstream.py measures how much, with age confounded with site.
+A site whose subjects differ in anatomy on average (older, say) has a shifted pooled
+distribution, and a site-level map from pooled quantiles absorbs that difference: it removes
+biology along with the scanner. With covariates (age, sex: the group level passes those of
+participants.tsv), each site's quantiles are instead its coefficients in a per-quantile linear
+model `volume quantile ~ site + covariates` over the training volumes (`adjusted_site_quantiles`):
+every site's quantile function at the same covariate values, so a site's older population no
+longer moves its anchor. benchmarks/downstream.py measures both, with age confounded with site.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -48,6 +55,76 @@ def site_quantiles(sampler, slices_per_site: int, brain_mask: Tensor | None = No
         values = [_voxels(sampler, volume_index[chunk], centre[chunk], brain_mask) for chunk in chosen.split(64)]
         rows.append(torch.quantile(torch.cat(values), QUANTILE_LEVELS))
     return torch.stack(rows)
+
+
+def volume_quantiles(sampler, brain_mask: Tensor | None = None, slices_per_volume: int = 32) -> Tensor:
+    """(num_volumes, len(QUANTILE_LEVELS)) quantiles of each training volume's intensities over up
+    to `slices_per_volume` of its usable slices, evenly spaced (deterministic); as site_quantiles."""
+    rows = []
+    for volume in range(len(sampler.site_labels)):
+        centre = sampler.slice_centre[sampler.slice_volume == volume]
+        chosen = torch.linspace(0, len(centre) - 1, min(slices_per_volume, len(centre)), device=centre.device)
+        centre = centre[chosen.round().long()]
+        values = _voxels(sampler, torch.full_like(centre, volume), centre, brain_mask) if len(centre) else None
+        missing = values is None or len(values) == 0  # no usable slice or no brain voxel: NaN, left out of fits
+        rows.append(
+            torch.full_like(QUANTILE_LEVELS, float("nan")) if missing else torch.quantile(values, QUANTILE_LEVELS)
+        )
+    return torch.stack(rows)
+
+
+def adjusted_site_quantiles(
+    quantiles: Tensor, site_labels: Tensor, covariates: Tensor, num_sites: int
+) -> tuple[Tensor, int]:
+    """Each site's quantile function at the training volumes' mean covariates: the site
+    coefficients of the least-squares fit `quantile ~ site + (covariates - mean)`, one fit per
+    quantile level, over the volumes with every covariate (and their quantiles) present.
+
+    quantiles (V, Q), site_labels (V,), covariates (V, C) with NaN where a value is missing.
+    Returns (num_sites, Q) and the number of volumes that counted (anchor_design's errors).
+    """
+    quantiles = quantiles.double().cpu()
+    design, usable = anchor_design(site_labels, covariates, num_sites, torch.isfinite(quantiles).all(dim=1))
+    coefficients = torch.linalg.lstsq(design, quantiles[usable]).solution
+    return torch.cummax(coefficients[:num_sites], dim=1).values, int(usable.sum())
+
+
+def anchor_design(
+    site_labels: Tensor | Sequence[int], covariates: Tensor, num_sites: int, present: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """The design matrix [site indicators | centred covariates] over the volumes with every
+    covariate present (and ``present``), and which volumes those are. Raises ValueError, saying
+    why, when a site has no such volume or the covariates are determined by site (or by each
+    other), so their effect cannot be told apart from the sites'."""
+    site_labels, covariates = torch.as_tensor(site_labels).cpu(), covariates.double().cpu()
+    usable = torch.isfinite(covariates).all(dim=1)
+    if present is not None:
+        usable &= present.cpu()
+    missing = sorted(set(range(num_sites)) - set(site_labels[usable].tolist()))
+    if missing:
+        raise ValueError(f"site indices {missing} have no training volume with every covariate value")
+    kept = covariates[usable]
+    design = torch.cat([torch.nn.functional.one_hot(site_labels[usable], num_sites).double(), kept - kept.mean(0)], 1)
+    if torch.linalg.matrix_rank(design) < design.shape[1]:
+        raise ValueError("the covariates are determined by site (or by each other) among the training volumes")
+    return design, usable
+
+
+def covariate_matrix(covariates: Mapping[str, Sequence[float]] | None, num_volumes: int) -> Tensor | None:
+    """name -> one value per volume, as a (num_volumes, C) float64 matrix (None without any)."""
+    if not covariates:
+        return None
+    wrong = {name: len(values) for name, values in covariates.items() if len(values) != num_volumes}
+    if wrong:
+        raise ValueError(f"anchor covariates need one value per training volume ({num_volumes}); got {wrong}")
+    return torch.tensor([list(values) for values in covariates.values()], dtype=torch.float64).T.contiguous()
+
+
+def anchor_record(covariates: Mapping[str, Sequence[float]] | None, volumes: int) -> dict[str, Any]:
+    """What the bundle's card says about the anchors' covariates (nothing when there were none)."""
+    if not covariates:
+        return {}
+    return {"anchor_covariates": {"columns": list(covariates), "volumes": volumes}}
 
 
 def _voxels(sampler, volume_index: Tensor, centre: Tensor, brain_mask: Tensor | None) -> Tensor:

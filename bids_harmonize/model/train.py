@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,16 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from bids_harmonize.model.anchors import anchor_curves, calibrate_curve_head, fit_curves_to_anchors, site_quantiles
+from bids_harmonize.model.anchors import (
+    adjusted_site_quantiles,
+    anchor_curves,
+    anchor_record,
+    calibrate_curve_head,
+    covariate_matrix,
+    fit_curves_to_anchors,
+    site_quantiles,
+    volume_quantiles,
+)
 from bids_harmonize.model.bundle import save_bundle
 from bids_harmonize.model.card import InputContract
 from bids_harmonize.model.checkpoint import (
@@ -92,6 +102,7 @@ class Trainer:
         device: torch.device,
         context: DistributedContext = DistributedContext(),
         brain_mask: Tensor | None = None,
+        anchor_covariates: Tensor | None = None,
     ) -> None:
         self.config, self.train_config, self.sampler = config, train_config, sampler
         self.device, self.context = device, context
@@ -102,7 +113,8 @@ class Trainer:
         if train_config.compile:
             for network in (self.translator.content_encoder, self.translator.style_encoder, self.translator.generator):
                 network.compile()
-        self.curve_anchors = self._curve_anchors(brain_mask)
+        self.anchor_volumes = 0  # training volumes that set covariate-adjusted anchors (0: pooled anchors)
+        self.curve_anchors = self._curve_anchors(brain_mask, anchor_covariates)
         self.generator_step = self._parallel(GeneratorStep(self.translator, self.curve_anchors))
         self.discriminator_step = self._parallel(self.discriminator)
         betas = (train_config.beta1, train_config.beta2)
@@ -133,11 +145,18 @@ class Trainer:
         ]
         self.step = 0
 
-    def _curve_anchors(self, brain_mask: Tensor | None) -> Tensor | None:
-        """Each site's anchor curve from its training slices, when the anchor term is on."""
+    def _curve_anchors(self, brain_mask: Tensor | None, covariates: Tensor | None) -> Tensor | None:
+        """Each site's anchor curve from its training slices, when the anchor term is on; with
+        covariates, from every site's quantiles at the same covariate values (anchors.py)."""
         if self.train_config.loss_weights.anchor == 0 or not self.translator.needs_source_style:
             return None
-        quantiles = site_quantiles(self.sampler, self.train_config.style_slices_per_site, brain_mask)
+        if covariates is None:
+            quantiles = site_quantiles(self.sampler, self.train_config.style_slices_per_site, brain_mask)
+        else:
+            per_volume = volume_quantiles(self.sampler, brain_mask)
+            quantiles, self.anchor_volumes = adjusted_site_quantiles(
+                per_volume, self.sampler.site_labels, covariates, self.config.num_sites
+            )
         return anchor_curves(quantiles, self.config.curve_knots).to(self.device)
 
     def warm_up_curves(self) -> None:
@@ -307,6 +326,7 @@ def train(
     input_contract: InputContract | None = None,
     slice_axis: int = 2,
     brain_mask: np.ndarray | None = None,
+    anchor_covariates: Mapping[str, Sequence[float]] | None = None,
     progress: bool = True,
     on_step: Callable[[Trainer], None] | None = None,
 ) -> Path:
@@ -321,6 +341,9 @@ def train(
     `data_hash` defaults to a SHA-256 over the volumes' values and their site names.
     `brain_mask`: a boolean mask on the volumes' grid (the template's brain mask); the site curve
     anchors (anchors.py) then count brain voxels only.
+    `anchor_covariates`: name -> one value per volume (NaN: missing; categorical covariates as 0/1
+    indicator columns): the site anchors are then every site's quantiles at the same covariate
+    values (anchors.adjusted_site_quantiles), so a site's older population does not move its curve.
     `input_contract` (how the volumes were prepared) goes into the bundle's card.
     Under torchrun (WORLD_SIZE > 1) every process runs this; rank 0 writes the files.
     `on_step(trainer)` runs after every iteration (e.g. to snapshot the EMA weights).
@@ -336,6 +359,9 @@ def train(
         work_dir.mkdir(parents=True, exist_ok=True)
         training_set, volume_hashes = training_volume_set(volumes, slice_axis)
         data_hash = data_hash or data_fingerprint(volume_hashes, site_labels, site_names)
+        covariates = covariate_matrix(anchor_covariates, len(site_labels))
+        if covariates is not None:  # other covariates, other anchors: a checkpoint must not mix them
+            data_hash = hashlib.sha256(f"{data_hash}:{covariates.numpy().tobytes().hex()}".encode()).hexdigest()
         sampler = SliceSampler(
             training_set,
             site_labels,
@@ -350,7 +376,7 @@ def train(
             crop_size=train_config.crop_size,
         )
         mask = None if brain_mask is None else mask_slices_first(brain_mask, slice_axis, tuple(training_set.shape[1:]))
-        trainer = Trainer(config, train_config, sampler, device, context, brain_mask=mask)
+        trainer = Trainer(config, train_config, sampler, device, context, brain_mask=mask, anchor_covariates=covariates)
         checkpoint = work_dir / CHECKPOINT_NAME
         if resume and checkpoint.exists():
             trainer.resume_if_possible(checkpoint, data_hash)
@@ -368,7 +394,7 @@ def train(
                 site_names,
                 styles,
                 data_hash=data_hash,
-                training=train_config.to_dict(),
+                training={**train_config.to_dict(), **anchor_record(anchor_covariates, trainer.anchor_volumes)},
                 seed=train_config.seed,
                 site_signatures=site_signatures,
                 metrics=metrics,

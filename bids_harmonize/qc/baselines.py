@@ -107,6 +107,7 @@ def baseline_harmonizers(
     train_sites: Sequence[str],
     target_site: str,
     contrast: str = "T1w",
+    covariates: dict[str, list[float]] | None = None,
 ) -> dict[str, Harmonizer]:
     """Every baseline, fitted on the training images, as a `Harmonizer`.
 
@@ -114,6 +115,9 @@ def baseline_harmonizers(
     That equals the classic all-site standard scale followed by a map onto the target site's
     landmarks (two piecewise-linear maps with the same knots compose to one), so it is the Nyul
     variant that harmonizes *to the target*; "Nyul (all sites)" is the classic method.
+    With `covariates` (column -> one value per training image), "site quantile map, covariate-
+    adjusted" maps between every site's quantiles at the same covariate values, as MURD's site
+    anchors do with covariates (model.anchors.adjusted_site_quantiles).
     """
     at_target = [index for index, site in enumerate(train_sites) if site == target_site]
     if not at_target:
@@ -128,7 +132,7 @@ def baseline_harmonizers(
         for site in set(train_sites)
     }
     target_units = _median_scale(target_images, target_masks)
-    return {
+    harmonizers: dict[str, Harmonizer] = {
         "none": lambda image, mask, source: no_harmonization(image, mask),
         "z-score": lambda image, mask, source: zscore(image, mask),
         "WhiteStripe": lambda image, mask, source: whitestripe(image, mask, contrast),
@@ -139,6 +143,34 @@ def baseline_harmonizers(
             image, mask, quantiles[source], quantiles[target_site], target_units
         ),
     }
+    if covariates:
+        adjusted = _adjusted_quantiles(train_images, train_masks, train_sites, covariates)
+        harmonizers["site quantile map, covariate-adjusted"] = lambda image, mask, source: site_quantile_map(
+            image, mask, adjusted[source], adjusted[target_site], target_units
+        )
+    return harmonizers
+
+
+def _adjusted_quantiles(
+    images: Sequence[NDArray], masks: Sequence[NDArray], sites: Sequence[str], covariates: dict[str, list[float]]
+) -> dict[str, NDArray]:
+    import torch
+
+    from bids_harmonize.model.anchors import adjusted_site_quantiles, covariate_matrix
+    from bids_harmonize.preproc.operations import robust_scale
+
+    names = sorted(set(sites))
+    per_image = [
+        np.percentile(robust_scale(image, mask).to_model(image)[mask.astype(bool)], QUANTILE_LEVELS)
+        for image, mask in zip(images, masks, strict=True)
+    ]
+    quantiles, _ = adjusted_site_quantiles(
+        torch.tensor(np.array(per_image)),
+        torch.tensor([names.index(site) for site in sites]),
+        covariate_matrix(covariates, len(images)),
+        len(names),
+    )
+    return {site: quantiles[k].numpy() for k, site in enumerate(names)}
 
 
 def _median_scale(images: Sequence[NDArray], masks: Sequence[NDArray]):

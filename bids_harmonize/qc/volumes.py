@@ -71,11 +71,22 @@ def tissue_volumes(image: NDArray, mask: NDArray, voxel_volume_ml: float, contra
         raise ValueError("image is constant or not finite inside the brain mask; cannot segment")
     # Clipped: a few bright outliers (vessels, a noise spike) would otherwise take a k-means class.
     scaled = np.where(brain, np.clip((values - low) / (high - low), 0.0, 1.0), 0.0).astype(np.float32)
+    # Atropos segments only the mask's voxels; cropping to them first saves 27-38 % of its time
+    # and moves no volume by more than 0.3 ml (docs/usage.md, "Tissue volumes of every image").
+    box = _bounding_box(brain, margin=2)
+    scaled, brain = scaled[box], brain[box]
     posteriors = _atropos_posteriors(ants, scaled, brain)
     return {
         tissue: float(posterior[brain].sum() * voxel_volume_ml)
         for tissue, posterior in zip(DARK_TO_BRIGHT[contrast], posteriors, strict=True)
     }
+
+
+def _bounding_box(mask: NDArray, margin: int) -> tuple[slice, ...]:
+    """The mask's bounding box grown by `margin` voxels (clipped to the array)."""
+    found = np.argwhere(mask)
+    low, high = np.maximum(found.min(axis=0) - margin, 0), found.max(axis=0) + margin + 1
+    return tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
 
 
 def _atropos_posteriors(ants: Any, scaled: NDArray, brain: NDArray) -> list[NDArray]:

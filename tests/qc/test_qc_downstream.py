@@ -116,6 +116,17 @@ def test_atropos_volumes_match_a_known_phantom_and_ignore_units():
         assert rescaled[tissue] == pytest.approx(volumes[tissue], rel=1e-3)
 
 
+def test_atropos_volumes_do_not_depend_on_the_field_of_view_around_the_brain():
+    pytest.importorskip("ants")
+    from bids_harmonize.qc.volumes import tissue_volumes
+
+    image, mask, _ = _three_tissue_phantom()
+    padded_image, padded_mask = np.pad(image, 20, constant_values=0.3), np.pad(mask, 20)
+    volumes, padded = tissue_volumes(image, mask, 1.0), tissue_volumes(padded_image, padded_mask, 1.0)
+    for tissue in volumes:
+        assert padded[tissue] == pytest.approx(volumes[tissue], abs=0.5)
+
+
 def test_atropos_refuses_a_constant_image():
     pytest.importorskip("ants")
     from bids_harmonize.qc.volumes import tissue_volumes
