@@ -79,7 +79,6 @@ def anchor_covariates(
     """The covariates the site anchors are adjusted for (--covariates, default age and sex where
     participants.tsv has them), one value per training image; None, saying why, when there are
     none or they cannot be told apart from site."""
-    import torch
 
     from bids_harmonize.bids.covariates import read_covariates
     from bids_harmonize.model.anchors import anchor_design, covariate_matrix
