@@ -3,6 +3,7 @@ briefly trained bundle (trained once per test worker; its quality does not matte
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -37,6 +38,15 @@ def tiny_config() -> MURDConfig:
 @pytest.fixture(scope="session")
 def quick_train_config() -> TrainConfig:
     return TrainConfig(iterations=4, batch_size=2, log_every=2, checkpoint_every=2, seed=3, style_slices_per_site=8)
+
+
+@pytest.fixture(scope="session")
+def anchored_train_config(quick_train_config) -> TrainConfig:
+    """quick_train_config with the site curve anchors on, as the recipes train."""
+    from bids_harmonize.model.losses import LossWeights
+
+    anchor = dataclasses.replace(LossWeights(), anchor=10.0)
+    return dataclasses.replace(quick_train_config, curve_warmup=5, loss_weights=anchor)
 
 
 @pytest.fixture(scope="session")

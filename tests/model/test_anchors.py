@@ -81,18 +81,11 @@ def test_calibration_makes_each_site_style_render_its_anchor(tiny_config):
         np.testing.assert_allclose(translator.generator.curve(styles).numpy(), anchors.numpy(), atol=1e-3)
 
 
-def test_an_anchored_bundle_translates_with_the_site_level_curves(tmp_path, toy_data, tiny_config):
+def test_an_anchored_bundle_translates_with_the_site_level_curves(
+    tmp_path, toy_data, tiny_config, anchored_train_config
+):
     volumes, labels = toy_data
-    options = TrainConfig(
-        iterations=4,
-        batch_size=2,
-        log_every=2,
-        checkpoint_every=2,
-        seed=3,
-        style_slices_per_site=8,
-        curve_warmup=5,
-        loss_weights=dataclasses.replace(LossWeights(), anchor=10.0),
-    )
+    options = anchored_train_config
     bundle = load_bundle(train(volumes, labels, ["siteA", "siteB"], tiny_config, options, tmp_path, progress=False))
     assert bundle.site_anchored
     volume = volumes[0]

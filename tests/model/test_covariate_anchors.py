@@ -3,7 +3,6 @@ have its age effect taken for a scanner effect."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -14,9 +13,8 @@ import pytest
 import torch
 
 from bids_harmonize.bids.covariates import read_covariates
-from bids_harmonize.model import TrainConfig, train
+from bids_harmonize.model import train
 from bids_harmonize.model.anchors import adjusted_site_quantiles, anchor_design, covariate_matrix
-from bids_harmonize.model.losses import LossWeights
 
 LEVELS = np.linspace(0.01, 0.99, 99)
 
@@ -72,17 +70,9 @@ def test_covariate_columns_encode_numbers_and_levels_and_drop_constants(tmp_path
     assert columns == {"age": [30.0, None, 50.0, 70.0], "sex=M": [0.0, 1.0, 1.0, None]}  # site_name: constant
 
 
-def test_training_with_covariates_records_them_in_the_card(tmp_path, toy_data, tiny_config):
+def test_training_with_covariates_records_them_in_the_card(tmp_path, toy_data, tiny_config, anchored_train_config):
     volumes, labels = toy_data
-    options = TrainConfig(
-        iterations=2,
-        batch_size=2,
-        log_every=2,
-        checkpoint_every=2,
-        style_slices_per_site=8,
-        curve_warmup=2,
-        loss_weights=dataclasses.replace(LossWeights(), anchor=10.0),
-    )
+    options = anchored_train_config
     ages = [30.0 + 5 * k for k in range(len(volumes))]
     out = train(
         volumes,
