@@ -100,12 +100,13 @@ def anchor_covariates(
             err,
         )
         return None
-    LOGGER.info(
-        "site anchors adjusted for %s (%d of %d training images have every value; the others still train)",
-        ", ".join(columns),
-        int(rows.sum()),
-        len(usable),
+    counted = int(rows.sum())
+    left_out = (
+        f"; {len(usable) - counted} lack a value: they train but do not set the anchors"
+        if counted < len(usable)
+        else ""
     )
+    LOGGER.info("site anchors adjusted for %s (%d training images%s)", ", ".join(columns), counted, left_out)
     return columns
 
 
