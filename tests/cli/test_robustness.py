@@ -202,6 +202,16 @@ def test_a_multiproc_plugin_file_keeps_the_forkserver(tmp_path):
     )
 
 
+def test_local_runs_poll_often_and_cluster_runs_keep_nipypes_pace(tmp_path):
+    from bids_harmonize.config import RunConfig
+    from bids_harmonize.levels.run import LOCAL_POLL_SECONDS, execution_settings
+
+    config = RunConfig(bids_dir=tmp_path, output_dir=tmp_path, analysis_level="participant", work_dir=tmp_path)
+    assert execution_settings(config, "MultiProc")["poll_sleep_duration"] == LOCAL_POLL_SECONDS < 1
+    slurm = execution_settings(config, "SLURM")
+    assert "poll_sleep_duration" not in slurm and slurm["crashfile_format"] == "txt"
+
+
 def test_scheduler_plugins_get_logname_and_size_node_threads_by_the_job(tmp_path, monkeypatch):
     from bids_harmonize.config import RunConfig
     from bids_harmonize.levels.run import omp_threads, training_threads
