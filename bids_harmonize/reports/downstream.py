@@ -73,6 +73,16 @@ def collect(
     return dict(studies), problems
 
 
+def anchor_covariates(bundle: Path | None) -> tuple[str, ...]:
+    """The covariates a bundle's site anchors were fitted at (its card), by their participants.tsv
+    names (a categorical column "sex=M" counts as "sex")."""
+    if bundle is None:
+        return ()
+    training = json.loads((bundle / "model.json").read_text()).get("training") or {}
+    columns = (training.get("anchor_covariates") or {}).get("columns", [])
+    return tuple(dict.fromkeys(column.split("=")[0] for column in columns))
+
+
 def volume_rows(studies: dict[str, list[StudyImage]], names: list[str]) -> tuple[list[dict[str, str]], list[str]]:
     """group_volumes.tsv: one row per image, its site, covariates and both sets of volumes."""
     columns = ["path", "contrast", "site", *names]
@@ -142,13 +152,19 @@ def stats_rows(contrast: str, result: Diagnostics) -> list[dict[str, str]]:
     return rows
 
 
-def confound_warning(covariate: str, test: str, statistic: float, p_value: float) -> str:
+def confound_warning(covariate: str, test: str, statistic: float, p_value: float, adjusted: bool = False) -> str:
+    model = (
+        f"This bundle's site anchors were fitted at the study's mean {covariate} (docs/model.md), which keeps the "
+        f"{covariate} difference out of the site curves on average, though not out of what the network learns."
+        if adjusted
+        else f"This bundle's site anchors were not adjusted for {covariate}."
+    )
     return (
         f"Site and {covariate} are associated ({test} = {statistic:.2f}, p = {p_value:.3g}): the sites differ in "
         f"{covariate}, so part of what differs between sites is biology, not scanner. Any harmonization that makes "
         f"the sites alike without knowing {covariate} (an image-level model learns each site's appearance from "
         f"images alone) can remove part of the {covariate} effect with the site effect, or leave scanner "
-        f"differences that look like {covariate}; the two cannot be told apart in these data. What to do: keep "
+        f"differences that look like {covariate}; the two cannot be told apart in these data. {model} What to do: keep "
         f"{covariate} (and site) in every model of the harmonized volumes, read the after-estimates below against "
         f"their before-intervals, check on traveling subjects or on sites that overlap in {covariate}, and report "
         "the confound with the results."
@@ -159,7 +175,10 @@ def _interval(effect) -> str:
     return f"{effect.estimate:.3g} [{effect.low:.3g}, {effect.high:.3g}]"
 
 
-def contrast_section(contrast: str, result: Diagnostics, kinds: dict[str, str]) -> str:
+def contrast_section(
+    contrast: str, result: Diagnostics, kinds: dict[str, str], adjusted_for: tuple[str, ...] = ()
+) -> str:
+    """The section of one contrast; ``adjusted_for``: the covariates its bundle's anchors were fitted at."""
     parts = [f"<h3>{html.esc(contrast)}</h3>"]
     if result.missing:
         listed = "; ".join(f"{path} ({', '.join(names)})" for path, names in result.missing[:LISTED])
@@ -190,7 +209,7 @@ def contrast_section(contrast: str, result: Diagnostics, kinds: dict[str, str]) 
         )
     )
     parts += [
-        html.box("warn", confound_warning(c.covariate, c.test, c.statistic, c.p_value))
+        html.box("warn", confound_warning(c.covariate, c.test, c.statistic, c.p_value, c.covariate in adjusted_for))
         for c in result.confounds
         if c.flagged
     ]
@@ -247,7 +266,7 @@ def downstream_section(
     for contrast, images in sorted(studies.items()):
         result = diagnose(images, names, kinds)
         numbers += stats_rows(contrast, result)
-        parts.append(contrast_section(contrast, result, kinds))
+        parts.append(contrast_section(contrast, result, kinds, anchor_covariates(bundles.get(contrast))))
     if numbers:
         derivatives.write_tsv(layout.group_volume_stats, numbers, STATS_COLUMNS)
     tables = (

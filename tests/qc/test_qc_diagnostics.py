@@ -167,6 +167,7 @@ def test_the_report_section_reads_the_participant_tables_and_writes_its_numbers(
     (bids / "participants.tsv").write_text("\n".join(lines) + "\n")
     text = downstream_section(out, rows, read_covariates(bids), {"T1w": bundle})
     assert "Site and age are associated" in text and "sub-005/anat/sub-005_T1w.nii.gz (age)" in text
+    assert "anchors were not adjusted for age" in text  # this card records no anchor covariates
     assert "sub-007/anat/sub-007_T1w.nii.gz: harmonized with another model bundle" in text
     assert "<img" in text
     stats = layout.group_volume_stats.read_text().splitlines()
@@ -178,3 +179,13 @@ def test_the_report_section_reads_the_participant_tables_and_writes_its_numbers(
     assert [c for c in table[0].split("\t") if c.endswith("_ml")] == [
         f"{s}_{t}_ml" for s in ("preproc", "harmonized") for t in TISSUES
     ]
+
+
+def test_the_confound_warning_says_whether_the_bundles_anchors_knew_the_covariate(tmp_path):
+    from bids_harmonize.reports.downstream import anchor_covariates, confound_warning
+
+    card = {"training": {"anchor_covariates": {"columns": ["age", "sex=M"], "volumes": 40}}}
+    (tmp_path / "model.json").write_text(json.dumps(card))
+    assert anchor_covariates(tmp_path) == ("age", "sex") and anchor_covariates(None) == ()
+    assert "fitted at the study's mean age" in confound_warning("age", "ANOVA F", 4.8, 0.02, adjusted=True)
+    assert "not adjusted for age" in confound_warning("age", "ANOVA F", 4.8, 0.02)
