@@ -10,7 +10,6 @@ import copy
 import functools
 import hashlib
 import os
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from bids_harmonize.model.anchors import (
     adjusted_site_quantiles,
@@ -68,11 +66,10 @@ from bids_harmonize.model.networks import (
     build_translator,
 )
 from bids_harmonize.model.train_config import TrainConfig, lr_factor
-from bids_harmonize.model.training_log import LOG_NAME, LossWindow, TrainingLog
+from bids_harmonize.model.training_log import LOG_NAME, run_training
 from bids_harmonize.utils import atomic_write
 
 # Loss terms shown in the progress bar (all terms go to the log).
-PROGRESS_TERMS = ("d_real", "d_fake", "g_adversarial", "g_cycle", "g_identity", "g_style")
 
 
 class GeneratorStep(nn.Module):
@@ -406,37 +403,3 @@ def train(
         if created_group:
             dist.destroy_process_group()
     return out_dir
-
-
-def run_training(
-    trainer: Trainer,
-    checkpoint: Path,
-    log_path: Path,
-    data_hash: str,
-    progress: bool,
-    on_step: Callable[[Trainer], None] | None = None,
-) -> dict[str, Any]:
-    """Iterate to the configured length with progress bar, log and checkpoints; returns metrics."""
-    config, context = trainer.train_config, trainer.context
-    log = TrainingLog(log_path, trainer.step) if context.is_main else None
-    window = LossWindow()
-    start_step, started = trainer.step, time.perf_counter()
-    bar = tqdm(total=config.iterations, initial=trainer.step, disable=not (progress and context.is_main), desc="MURD")
-    with bar:
-        while trainer.step < config.iterations:
-            window.add(trainer.train_step())
-            bar.update(1)
-            if on_step is not None:
-                on_step(trainer)
-            finished = trainer.step == config.iterations
-            if trainer.step % config.log_every == 0 or finished:
-                elapsed = time.perf_counter() - started
-                samples = (trainer.step - start_step) * config.batch_size * context.world_size
-                record: dict[str, Any] = {"step": trainer.step, **trainer.learning_rates(), **window.flush(context)}
-                record.update(elapsed_s=round(elapsed, 3), samples_per_s=round(samples / elapsed, 2))
-                if log is not None:
-                    log.write(record)
-                bar.set_postfix({name: f"{record[name]:.3f}" for name in PROGRESS_TERMS})
-            if trainer.step % config.checkpoint_every == 0 or finished:
-                trainer.save_checkpoint(checkpoint, data_hash)
-    return {"iterations": trainer.step, "final_window": log.last if log is not None else {}}
