@@ -79,7 +79,6 @@ def anchor_covariates(
     """The covariates the site anchors are adjusted for (--covariates, default age and sex where
     participants.tsv has them), one value per training image; None, saying why, when there are
     none or they cannot be told apart from site."""
-
     from bids_harmonize.bids.covariates import read_covariates
     from bids_harmonize.model.anchors import anchor_design, covariate_matrix
 
@@ -88,9 +87,10 @@ def anchor_covariates(
     if not columns:
         LOGGER.info("site anchors: no covariate varies among the training images; pooled per site")
         return None
-    matrix = covariate_matrix({n: [np.nan if v is None else v for v in c] for n, c in columns.items()}, len(usable))
     try:
-        _, rows = anchor_design([sites.index(a.site) for a in usable], matrix, len(sites))
+        _, rows = anchor_design(
+            [sites.index(a.site) for a in usable], covariate_matrix(columns, len(usable)), len(sites)
+        )
     except ValueError as err:
         LOGGER.warning(
             "site anchors NOT adjusted for %s: %s. They are pooled per site, so a site whose subjects differ "

@@ -110,17 +110,19 @@ def anchor_design(
     return design, usable
 
 
-def covariate_matrix(covariates: Mapping[str, Sequence[float]] | None, num_volumes: int) -> Tensor | None:
-    """name -> one value per volume, as a (num_volumes, C) float64 matrix (None without any)."""
+def covariate_matrix(covariates: Mapping[str, Sequence[float | None]] | None, num_volumes: int) -> Tensor | None:
+    """name -> one value per volume (None or NaN: missing), as a (num_volumes, C) float64 matrix
+    with NaN where a value is missing (None without any covariate)."""
     if not covariates:
         return None
     wrong = {name: len(values) for name, values in covariates.items() if len(values) != num_volumes}
     if wrong:
         raise ValueError(f"anchor covariates need one value per training volume ({num_volumes}); got {wrong}")
-    return torch.tensor([list(values) for values in covariates.values()], dtype=torch.float64).T.contiguous()
+    rows = [[float("nan") if value is None else float(value) for value in values] for values in covariates.values()]
+    return torch.tensor(rows, dtype=torch.float64).T.contiguous()
 
 
-def anchor_record(covariates: Mapping[str, Sequence[float]] | None, volumes: int) -> dict[str, Any]:
+def anchor_record(covariates: Mapping[str, Sequence[float | None]] | None, volumes: int) -> dict[str, Any]:
     """What the bundle's card says about the anchors' covariates (nothing when there were none)."""
     if not covariates:
         return {}

@@ -82,15 +82,8 @@ def run_job(job: TrainingJob) -> Path:
         progress=job.progress,
         input_contract=InputContract.from_dict(job.input_contract) if job.input_contract is not None else None,
         brain_mask=None if job.brain_mask is None else np.asarray(nib.load(job.brain_mask).dataobj) > 0,
-        anchor_covariates=_with_nan(job.anchor_covariates),
+        anchor_covariates=job.anchor_covariates,
     )
-
-
-def _with_nan(columns: dict[str, list[float | None]] | None) -> dict[str, list[float]] | None:
-    """JSON has no NaN: a missing value travels as null and becomes NaN for training."""
-    if columns is None:
-        return None
-    return {name: [float("nan") if v is None else float(v) for v in values] for name, values in columns.items()}
 
 
 def check_processes(device: str, processes: int) -> None:

@@ -99,3 +99,8 @@ def test_the_group_level_warns_and_pools_when_site_determines_a_covariate(tmp_pa
         assert anchor_covariates(config, usable, ["A", "B"]) is None
     assert "NOT adjusted for sex=M" in caplog.text and "determined by site" in caplog.text
     assert read_covariates(tmp_path).names == ["sex"]
+
+
+def test_a_missing_value_may_travel_as_none_as_the_training_job_json_carries_it():
+    matrix = covariate_matrix({"age": [30.0, None, 50.0]}, 3)
+    assert matrix.shape == (3, 1) and torch.isnan(matrix[1, 0]) and float(matrix[2, 0]) == 50.0
