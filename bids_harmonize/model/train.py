@@ -69,8 +69,6 @@ from bids_harmonize.model.train_config import TrainConfig, lr_factor
 from bids_harmonize.model.training_log import LOG_NAME, run_training
 from bids_harmonize.utils import atomic_write
 
-# Loss terms shown in the progress bar (all terms go to the log).
-
 
 class GeneratorStep(nn.Module):
     """The translator with the generator-side objective as its forward.
@@ -323,7 +321,7 @@ def train(
     input_contract: InputContract | None = None,
     slice_axis: int = 2,
     brain_mask: np.ndarray | None = None,
-    anchor_covariates: Mapping[str, Sequence[float]] | None = None,
+    anchor_covariates: Mapping[str, Sequence[float | None]] | None = None,
     progress: bool = True,
     on_step: Callable[[Trainer], None] | None = None,
 ) -> Path:
@@ -338,7 +336,7 @@ def train(
     `data_hash` defaults to a SHA-256 over the volumes' values and their site names.
     `brain_mask`: a boolean mask on the volumes' grid (the template's brain mask); the site curve
     anchors (anchors.py) then count brain voxels only.
-    `anchor_covariates`: name -> one value per volume (NaN: missing; categorical covariates as 0/1
+    `anchor_covariates`: name -> one value per volume (None or NaN: missing; categorical covariates as 0/1
     indicator columns): the site anchors are then every site's quantiles at the same covariate
     values (anchors.adjusted_site_quantiles), so a site's older population does not move its curve.
     `input_contract` (how the volumes were prepared) goes into the bundle's card.

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from bids_harmonize.model.distributed import DistributedContext
 
 LOG_NAME = "train_log.jsonl"
+# Loss terms shown in the progress bar (all terms go to the log).
 PROGRESS_TERMS = ("d_real", "d_fake", "g_adversarial", "g_cycle", "g_identity", "g_style")
 
 
