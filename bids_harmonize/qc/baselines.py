@@ -76,12 +76,16 @@ QUANTILE_LEVELS = np.linspace(1.0, 99.0, 99)
 def site_quantiles(images: Sequence[NDArray], masks: Sequence[NDArray]) -> NDArray:
     """One site's pooled brain quantiles (1st-99th percentile), each image first put in the
     model range by its own robust scale (preproc.operations.robust_scale), as MURD's inputs are."""
+
+    values = [_model_brain_values(image, mask) for image, mask in zip(images, masks, strict=True)]
+    return np.percentile(np.concatenate(values), QUANTILE_LEVELS)
+
+
+def _model_brain_values(image: NDArray, mask: NDArray) -> NDArray:
+    """The brain voxels of ``image`` in the model range, scaled as MURD's inputs are."""
     from bids_harmonize.preproc.operations import robust_scale
 
-    values = [
-        robust_scale(image, mask).to_model(image)[mask.astype(bool)] for image, mask in zip(images, masks, strict=True)
-    ]
-    return np.percentile(np.concatenate(values), QUANTILE_LEVELS)
+    return robust_scale(image, mask).to_model(image)[mask.astype(bool)]
 
 
 def site_quantile_map(
@@ -157,11 +161,10 @@ def _adjusted_quantiles(
     import torch
 
     from bids_harmonize.model.anchors import adjusted_site_quantiles, covariate_matrix
-    from bids_harmonize.preproc.operations import robust_scale
 
     names = sorted(set(sites))
     per_image = [
-        np.percentile(robust_scale(image, mask).to_model(image)[mask.astype(bool)], QUANTILE_LEVELS)
+        np.percentile(_model_brain_values(image, mask), QUANTILE_LEVELS)
         for image, mask in zip(images, masks, strict=True)
     ]
     quantiles, _ = adjusted_site_quantiles(
