@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bids_harmonize.bids.outputs import OutputLayout
+from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.config import DEFAULT_RESOLUTION, DEFAULT_TEMPLATE, RunConfig
 from bids_harmonize.model.card import CARD_NAME, BundleError, ContractMismatch, InputContract, ModelCard, read_card
 from bids_harmonize.preproc.operations import intensity_convention
@@ -117,7 +118,7 @@ def choose_template(config: RunConfig, contracts: dict[str, InputContract]) -> T
     return TemplateChoice(config.template or DEFAULT_TEMPLATE, config.template_resolution or DEFAULT_RESOLUTION)
 
 
-def group_template(config: RunConfig, images: list) -> TemplateChoice:
+def group_template(config: RunConfig, images: list[ImageRecord]) -> TemplateChoice:
     """The group level's grid: the options when given, else the resolution at which the participant
     level already preprocessed most of ``images`` (ImageRecords), so a study run at 2 mm is not
     preprocessed again at the 1 mm default; with no earlier outputs, the default."""

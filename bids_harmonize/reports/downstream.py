@@ -39,8 +39,12 @@ STATS_COLUMNS = (
 LISTED = 20  # images named in full in a warning; the rest are counted (all are in group_volumes.tsv)
 
 
+def _card(bundle: Path) -> dict:
+    return json.loads((bundle / "model.json").read_text())  # model.card.CARD_NAME (not imported: torch)
+
+
 def _bundle_sha(bundle: Path) -> str:
-    return (json.loads((bundle / "model.json").read_text()).get("weights") or {}).get("sha256", "")
+    return (_card(bundle).get("weights") or {}).get("sha256", "")
 
 
 def collect(
@@ -78,7 +82,7 @@ def anchor_covariates(bundle: Path | None) -> tuple[str, ...]:
     names (a categorical column "sex=M" counts as "sex")."""
     if bundle is None:
         return ()
-    training = json.loads((bundle / "model.json").read_text()).get("training") or {}
+    training = _card(bundle).get("training") or {}
     columns = (training.get("anchor_covariates") or {}).get("columns", [])
     return tuple(dict.fromkeys(column.split("=")[0] for column in columns))
 
