@@ -45,13 +45,16 @@ def _conv3(in_ch: int, out_ch: int) -> nn.Conv2d:
 class AdaptiveInstanceNorm(nn.Module):
     """Instance norm, then a per-channel scale (1 + gamma) and shift beta computed from the style.
 
-    gamma and beta start at zero (plain instance norm) so training starts from a neutral style.
+    The style projection starts random (He-normal), not at zero: the renderer's last layer
+    already starts at zero, and with both at zero neither ever received a gradient (the
+    residual's features did not depend on the style, so target and source residuals cancelled
+    exactly; the residual stayed zero in every bundle trained before this was found).
     """
 
     def __init__(self, channels: int, style_dim: int) -> None:
         super().__init__()
         self.norm = nn.InstanceNorm2d(channels, affine=False)
-        self.to_scale_shift = zero_initialised(nn.Linear(style_dim, 2 * channels))
+        self.to_scale_shift = nn.Linear(style_dim, 2 * channels)
 
     def forward(self, features: Tensor, style: Tensor) -> Tensor:
         gamma, beta = self.to_scale_shift(style)[:, :, None, None].chunk(2, dim=1)

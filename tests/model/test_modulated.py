@@ -123,3 +123,16 @@ def test_discriminator_gradients_reach_the_intensities_through_the_histogram():
     images = brain_like_images().requires_grad_(True)
     discriminator(images, torch.tensor([0, 1])).sum().backward()
     assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+def test_the_untrained_residual_branch_receives_a_gradient():
+    """The renderer's last layer starts at zero (identity start); its input must still depend on
+    the style, or target and source residuals cancel and the branch never learns (it did not,
+    while the style projections of AdaIN started at zero too)."""
+    translator = build_translator(preset_config("tiny", num_sites=2, image_size=SIZE))
+    images = brain_like_images()
+    styles = torch.randn(2, 2, translator.config.style_dim, generator=torch.Generator().manual_seed(1))
+    output = translator.translate(images, styles[0], styles[1])
+    output.square().mean().backward()
+    last = translator.generator.renderer.to_residual.weight
+    assert last.grad is not None and last.grad.abs().max() > 1e-4
