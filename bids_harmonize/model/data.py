@@ -165,6 +165,7 @@ class SliceSampler:
         self.site_labels = torch.as_tensor(site_labels, dtype=torch.long, device=device)
         self._index_slices(min_foreground)
         self._index_volumes()
+        self.hold_out(())
         self.generator = seeded_generator(seed, rank, device)
 
     def _index_slices(self, min_foreground: float) -> None:
@@ -185,8 +186,25 @@ class SliceSampler:
     def _index_volumes(self) -> None:
         """Volume indices grouped by site, for drawing same-height reference slices of a site."""
         self.volumes_by_site = torch.argsort(self.site_labels, stable=True)
-        self.volume_counts = torch.bincount(self.site_labels, minlength=self.config.num_sites)
-        self.volume_offsets = torch.cumsum(self.volume_counts, 0) - self.volume_counts
+
+    def hold_out(self, volume_indices: Sequence[int]) -> None:
+        """Leave these volumes out of `sample()`, as sources and as references (validation.py
+        scores them); `site_positions` and `slice_volume` still list every volume, so the site
+        anchors and site styles read the whole study."""
+        held = torch.zeros(len(self.site_labels), dtype=torch.bool, device=self.device)
+        held[torch.as_tensor(list(volume_indices), dtype=torch.long, device=self.device)] = True
+        keep = ~held[self.slice_volume]  # both orderings are by site, and filtering keeps them so
+        self.draw_volume, self.draw_centre = self.slice_volume[keep], self.slice_centre[keep]
+        self.draw_counts = torch.bincount(self.site_labels[self.draw_volume], minlength=self.config.num_sites)
+        self.draw_offsets = torch.cumsum(self.draw_counts, 0) - self.draw_counts
+        self.reference_volumes = self.volumes_by_site[~held[self.volumes_by_site]]
+        sites = self.config.num_sites
+        self.reference_counts = torch.bincount(self.site_labels[self.reference_volumes], minlength=sites)
+        self.reference_offsets = torch.cumsum(self.reference_counts, 0) - self.reference_counts
+        short = ((self.draw_counts == 0) | (self.reference_counts == 0)).nonzero().flatten().tolist()
+        if short:
+            held_list = sorted(volume_indices)
+            raise ValueError(f"holding out volumes {held_list} leaves site indices {short} nothing to train on")
 
     def stacks(self, volume_index: Tensor, centre: Tensor) -> Tensor:
         """The model inputs (B, C, S, S) float32 on the training device for the given pairs."""
@@ -203,15 +221,15 @@ class SliceSampler:
         options = {"generator": self.generator, "device": self.device}
         if self.site_balanced:
             sites = torch.randint(config.num_sites, (batch,), **options)
-            within = torch.rand(batch, dtype=torch.float64, **options) * self.site_counts[sites]
-            pick = self.site_offsets[sites] + within.long()
+            within = torch.rand(batch, dtype=torch.float64, **options) * self.draw_counts[sites]
+            pick = self.draw_offsets[sites] + within.long()
         else:
-            pick = torch.randint(len(self.slice_volume), (batch,), **options)
+            pick = torch.randint(len(self.draw_volume), (batch,), **options)
         targets = torch.randint(config.num_sites, (batch,), **options)
-        volume_index, centre = self.slice_volume[pick], self.slice_centre[pick]
+        volume_index, centre = self.draw_volume[pick], self.draw_centre[pick]
         # A random volume of each target site, at the same height (volumes share one grid).
-        within = torch.rand(batch, dtype=torch.float64, **options) * self.volume_counts[targets]
-        reference_volume = self.volumes_by_site[self.volume_offsets[targets] + within.long()]
+        within = torch.rand(batch, dtype=torch.float64, **options) * self.reference_counts[targets]
+        reference_volume = self.reference_volumes[self.reference_offsets[targets] + within.long()]
         top, left = self._crop_offset()
         content_size = self.crop_size // 2**config.encoder_downsamplings
         return TrainingBatch(

@@ -24,7 +24,6 @@ from bids_harmonize.model.anchors import (
     adjusted_site_quantiles,
     anchor_curves,
     anchor_record,
-    calibrate_curve_head,
     covariate_matrix,
     fit_curves_to_anchors,
     site_quantiles,
@@ -49,7 +48,6 @@ from bids_harmonize.model.data import (
     training_volume_set,
 )
 from bids_harmonize.model.distributed import DistributedContext, init_distributed
-from bids_harmonize.model.infer import mean_style
 from bids_harmonize.model.losses import (
     TrainingBatch,
     discriminator_terms,
@@ -65,8 +63,10 @@ from bids_harmonize.model.networks import (
     build_discriminator,
     build_translator,
 )
+from bids_harmonize.model.styles import bundle_styles
 from bids_harmonize.model.train_config import TrainConfig, lr_factor
 from bids_harmonize.model.training_log import LOG_NAME, run_training
+from bids_harmonize.model.validation import Validator, validation_record, validation_split
 from bids_harmonize.utils import atomic_write
 
 
@@ -98,6 +98,7 @@ class Trainer:
         context: DistributedContext = DistributedContext(),
         brain_mask: Tensor | None = None,
         anchor_covariates: Tensor | None = None,
+        held_out: tuple[int, ...] = (),
     ) -> None:
         self.config, self.train_config, self.sampler = config, train_config, sampler
         self.device, self.context = device, context
@@ -110,6 +111,10 @@ class Trainer:
                 network.compile()
         self.anchor_volumes = 0  # training volumes that set covariate-adjusted anchors (0: pooled anchors)
         self.curve_anchors = self._curve_anchors(brain_mask, anchor_covariates)
+        self.validator = None
+        if held_out:  # after the anchors, which read every volume; the gradient steps then skip these
+            sampler.hold_out(held_out)
+            self.validator = Validator(sampler, held_out, train_config.loss_weights, self.curve_anchors)
         self.generator_step = self._parallel(GeneratorStep(self.translator, self.curve_anchors))
         self.discriminator_step = self._parallel(self.discriminator)
         betas = (train_config.beta1, train_config.beta2)
@@ -166,6 +171,18 @@ class Trainer:
             for parameter in self.translator.parameters():
                 dist.broadcast(parameter.data, src=0)
         self.ema.load_state_dict(self.translator.state_dict())
+
+    def validate(self) -> dict[str, float]:
+        """Score the EMA weights on the held-out volumes (main process only; validation.py)."""
+        if self.validator is None or not self.context.is_main:
+            return {}
+        terms = self.validator.validate(self.ema, self.step, self.train_config.batch_size)
+        return {f"val_{name}": value for name, value in terms.items()}
+
+    def keep_best_snapshot(self) -> None:
+        """Put the best-scoring EMA weights back (no-op without validation)."""
+        if self.validator is not None and self.validator.best_weights is not None:
+            self.ema.load_state_dict(self.validator.best_weights)
 
     def _parallel(self, module: nn.Module) -> nn.Module:
         if self.context.world_size == 1:
@@ -248,6 +265,7 @@ class Trainer:
             "discriminator_optimizer": self.discriminator_optimizer.state_dict(),
             "schedulers": [scheduler.state_dict() for scheduler in self.schedulers],
             "per_rank": per_rank,
+            "validation": None if self.validator is None else self.validator.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -259,6 +277,8 @@ class Trainer:
         self.discriminator_optimizer.load_state_dict(state["discriminator_optimizer"])
         for scheduler, scheduler_state in zip(self.schedulers, state["schedulers"]):
             scheduler.load_state_dict(scheduler_state)
+        if self.validator is not None and state.get("validation"):
+            self.validator.load_state_dict(state["validation"])
         local = state["per_rank"][self.context.rank]
         self.sampler.load_state_dict(local["sampler"])
         set_global_rng_state(local["rng"])
@@ -290,19 +310,6 @@ class Trainer:
 
 def _prefixed(prefix: str, terms: dict[str, Tensor]) -> dict[str, Tensor]:
     return {prefix + name: value.detach().float() for name, value in terms.items()}
-
-
-def compute_site_styles(translator: Translator, sampler: SliceSampler, slices_per_site: int, batch_size: int) -> Tensor:
-    """Deterministic style per site: the mean style code of up to `slices_per_site` of its
-    training slices, evenly spaced over its usable slices, read by the (EMA) style encoder."""
-    styles = []
-    for site in range(translator.config.num_sites):
-        volume_index, centre = sampler.site_positions(site)
-        chosen = torch.linspace(0, len(centre) - 1, min(slices_per_site, len(centre)), device=centre.device)
-        chosen = chosen.round().long()
-        batches = (sampler.stacks(volume_index[chunk], centre[chunk]) for chunk in chosen.split(batch_size))
-        styles.append(mean_style(translator, batches, site))
-    return torch.stack(styles)
 
 
 def train(
@@ -371,25 +378,38 @@ def train(
             crop_size=train_config.crop_size,
         )
         mask = None if brain_mask is None else mask_slices_first(brain_mask, slice_axis, tuple(training_set.shape[1:]))
-        trainer = Trainer(config, train_config, sampler, device, context, brain_mask=mask, anchor_covariates=covariates)
+        split = validation_split(site_labels, train_config.validation_per_site)
+        trainer = Trainer(
+            config,
+            train_config,
+            sampler,
+            device,
+            context,
+            brain_mask=mask,
+            anchor_covariates=covariates,
+            held_out=split.held_out,
+        )
         checkpoint = work_dir / CHECKPOINT_NAME
         if resume and checkpoint.exists():
             trainer.resume_if_possible(checkpoint, data_hash)
         trainer.warm_up_curves()
         metrics = run_training(trainer, checkpoint, work_dir / LOG_NAME, data_hash, progress, on_step)
         if context.is_main:
-            styles = compute_site_styles(
-                trainer.ema, sampler, train_config.style_slices_per_site, train_config.batch_size
+            trainer.keep_best_snapshot()
+            styles = bundle_styles(
+                trainer.ema, sampler, trainer.curve_anchors, train_config.style_slices_per_site, train_config.batch_size
             )
-            if trainer.curve_anchors is not None:
-                calibrate_curve_head(trainer.ema.generator, styles, trainer.curve_anchors)
             save_bundle(
                 out_dir,
                 trainer.ema,
                 site_names,
                 styles,
                 data_hash=data_hash,
-                training={**train_config.to_dict(), **anchor_record(anchor_covariates, trainer.anchor_volumes)},
+                training={
+                    **train_config.to_dict(),
+                    **anchor_record(anchor_covariates, trainer.anchor_volumes),
+                    **validation_record(trainer.validator, split, train_config),
+                },
                 seed=train_config.seed,
                 site_signatures=site_signatures,
                 metrics=metrics,

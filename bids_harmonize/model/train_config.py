@@ -32,6 +32,8 @@ class TrainConfig:
     min_foreground: float = MIN_FOREGROUND  # slices with less foreground (fraction of voxels) are skipped
     style_slices_per_site: int = 512  # slices averaged into each site's deterministic style
     curve_warmup: int = 0  # steps fitting the style curves to the site anchors first (anchors.py)
+    validation_per_site: int = 0  # volumes per site withheld to choose the kept snapshot (validation.py); 0: last
+    validate_every: int = 1_000  # iterations between validations (at log points; also at the start and the end)
     compile: bool = False  # torch.compile the translator's networks (not the discriminator: R1 needs double backward)
     loss_weights: LossWeights = LossWeights()
 
@@ -45,6 +47,8 @@ class TrainConfig:
             )
         if not 0 <= self.decay_start_step <= self.iterations:
             raise ValueError(f"decay_start must lie in [0, iterations], got {self.decay_start}")
+        if self.validation_per_site < 0 or self.validate_every < 1:
+            raise ValueError("validation_per_site must be >= 0 and validate_every >= 1")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
 

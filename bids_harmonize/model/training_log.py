@@ -75,6 +75,11 @@ def run_training(
     log = TrainingLog(log_path, trainer.step) if context.is_main else None
     window = LossWindow()
     start_step, started = trainer.step, time.perf_counter()
+    validated = trainer.step
+    if trainer.step == 0 and log is not None:  # the warmed-up start is a candidate too (validation.py)
+        scores = trainer.validate()
+        if scores:
+            log.write({"step": 0, **scores})
     bar = tqdm(total=config.iterations, initial=trainer.step, disable=not (progress and context.is_main), desc="MURD")
     with bar:
         while trainer.step < config.iterations:
@@ -88,6 +93,9 @@ def run_training(
                 samples = (trainer.step - start_step) * config.batch_size * context.world_size
                 record: dict[str, Any] = {"step": trainer.step, **trainer.learning_rates(), **window.flush(context)}
                 record.update(elapsed_s=round(elapsed, 3), samples_per_s=round(samples / elapsed, 2))
+                if trainer.step - validated >= config.validate_every or finished:
+                    record.update(trainer.validate())
+                    validated = trainer.step
                 if log is not None:
                     log.write(record)
                 bar.set_postfix({name: f"{record[name]:.3f}" for name in PROGRESS_TERMS})
