@@ -213,13 +213,14 @@ def run(args: argparse.Namespace, work_dir: Path) -> tuple[dict, dict, Cohort, f
     )
     per_seed, seconds = {}, []
     for seed in [] if args.skip_murd else args.seeds:
-        training = MurdTraining(args.murd_recipe, seed, args.murd_iterations)
+        overrides = {"validation_per_site": 0} if args.keep_last else {}
+        training = MurdTraining(args.murd_recipe, seed, args.murd_iterations, overrides)
         key = f"murd-{training.recipe}-{training.iterations or 'recipe'}-{recipe_digest(training.recipe)}"
-        key += f"-{'anchors-age-sex' if covariates else 'anchors-pooled'}-seed{seed}"
+        key += f"-{'anchors-age-sex' if covariates else 'anchors-pooled'}{'-last' if args.keep_last else ''}-seed{seed}"
 
         def compute(training=training, seed=seed) -> dict:
             setup = prepare_murd(images, masks, sites, TARGET, training, covariates)
-            harmonize = setup.train(training, work_dir / f"murd-seed{seed}")
+            harmonize = setup.train(training, murd_dir(work_dir, seed, args.keep_last))
             print(f"  trained seed {seed} in {training.seconds / 60:.1f} min (load {training.load:.1f})", flush=True)
             return {**measure(harmonize, cohort), "training_s": training.seconds, "load": training.load}
 
@@ -227,6 +228,22 @@ def run(args: argparse.Namespace, work_dir: Path) -> tuple[dict, dict, Cohort, f
         per_seed[seed] = cached(cache / f"{key}.json", compute)
         seconds.append(per_seed[seed]["training_s"])
     return measured, per_seed, cohort, float(np.mean(seconds)) if seconds else 0.0
+
+
+def murd_dir(work_dir: Path, seed: int, keep_last: bool) -> Path:
+    return work_dir / f"murd-seed{seed}{'-last' if keep_last else ''}"
+
+
+def kept_steps(work_dir: Path, seeds: list[int], keep_last: bool) -> dict[int, object]:
+    """Per seed, the training step whose weights the bundle kept (its card's validation record),
+    read from the bundles this work dir holds; "last" when validation was off."""
+    steps = {}
+    for seed in seeds:
+        card = murd_dir(work_dir, seed, keep_last) / "murd" / "model.json"
+        if card.exists():
+            record = json.loads(card.read_text())["training"].get("validation", {})
+            steps[seed] = record.get("selected_step", "last")
+    return steps
 
 
 def recipe_digest(name: str) -> str:
@@ -256,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pooled-anchors", action="store_true", help="train without covariates (the site anchors pooled per site)"
     )
+    parser.add_argument(
+        "--keep-last",
+        action="store_true",
+        help="train on every study image and keep the last snapshot (no validation-based choice)",
+    )
     args = parser.parse_args(argv)
     import torch
 
@@ -265,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as temporary:
         work_dir = args.work_dir or Path(temporary)
         measured, per_seed, cohort, training_s = run(args, work_dir)
+        kept = kept_steps(work_dir, sorted(per_seed), args.keep_last)
     rows, seed_rows, fidelity = summarise(measured, per_seed, cohort, TARGET, SITES)
     context = {
         "command": command.strip(),
@@ -275,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         "iterations": args.murd_iterations,
         "load": os.getloadavg()[1],
         "seeds": sorted(per_seed),
+        "kept_steps": kept,
+        "stem": "downstream_keep_last" if args.keep_last else "downstream",
         "machine": machine(),
     }
     print(write_results(rows, seed_rows, fidelity, measured, per_seed, cohort, context))

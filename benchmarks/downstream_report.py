@@ -226,6 +226,15 @@ def target_checks(rows: Mapping[str, Mapping]) -> list[tuple[str, bool]]:
     ]
 
 
+def _kept_line(context: Mapping) -> str:
+    """Which training step's weights each seed's bundle kept (model/validation.py)."""
+    kept = context.get("kept_steps")
+    if not kept:
+        return ""
+    steps = ", ".join(f"seed {seed}: {step}" for seed, step in kept.items())
+    return f"Snapshot each bundle kept (validation on held-out training volumes; 'last': validation off): {steps}.  \n"
+
+
 def write_results(rows, seed_rows, fidelity: Estimate, measured, per_seed, cohort, context: Mapping) -> str:
     RESULTS.mkdir(parents=True, exist_ok=True)
     checks = target_checks(rows)
@@ -240,7 +249,8 @@ def write_results(rows, seed_rows, fidelity: Estimate, measured, per_seed, cohor
         f"MURD: recipe `{context['recipe']}`{iterations}, seeds {context['seeds']}, "
         f"{context['threads']} torch threads (the CLI's default here), {context['training_s'] / 60:.1f} min training "
         f"per seed on average. Total time {context['seconds'] / 60:.0f} min.  \n"
-        "Cells: value [bootstrap 95 % interval over subjects]; MURD: mean ±SD over seeds [envelope of the seeds' "
+        + _kept_line(context)
+        + "Cells: value [bootstrap 95 % interval over subjects]; MURD: mean ±SD over seeds [envelope of the seeds' "
         "intervals]. Study population: 48 subjects, one scan each, age confounded with site; traveling subjects: "
         '8, scanned at all 4 sites. Definitions: docs/qc.md, "Downstream measures".  \n'
         "GM age-slope ratio: slope of GM on age in the (harmonized) study / the slope in the same subjects scanned at "
@@ -254,10 +264,11 @@ def write_results(rows, seed_rows, fidelity: Estimate, measured, per_seed, cohor
         + "\n".join(f"- [{'x' if ok else ' '}] {name}" for name, ok in checks)
         + "\n"
     )
-    (RESULTS / "downstream.md").write_text(text)
-    _write_csv(RESULTS / "downstream.csv", rows)
-    _write_csv(RESULTS / "downstream_seeds.csv", {f"seed {s}": r for s, r in seed_rows.items()})
-    _write_volumes(RESULTS / "downstream_volumes.csv", measured, per_seed, cohort)
+    stem = context.get("stem", "downstream")
+    (RESULTS / f"{stem}.md").write_text(text)
+    _write_csv(RESULTS / f"{stem}.csv", rows)
+    _write_csv(RESULTS / f"{stem}_seeds.csv", {f"seed {s}": r for s, r in seed_rows.items()})
+    _write_volumes(RESULTS / f"{stem}_volumes.csv", measured, per_seed, cohort)
     return text
 
 

@@ -10,7 +10,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,6 +51,7 @@ class MurdTraining:
     recipe: str = "cpu"
     seed: int = 0
     iterations: int | None = None  # None: the recipe's
+    overrides: dict = field(default_factory=dict)  # other TrainConfig fields that differ from the recipe
     seconds: float = 0.0
     load: float = 0.0  # 5-minute load average when training ended
 
@@ -128,7 +129,9 @@ def prepare_murd(
     union = np.any(np.asarray(masks, dtype=bool), axis=0)
     config = preset_config(recipe.preset, len(names), image_size=model_image_size(union))
     iterations = run.iterations or recipe.iterations
-    options = recipe.train_config(iterations=iterations, seed=run.seed, checkpoint_every=iterations, log_every=10)
+    options = recipe.train_config(
+        iterations=iterations, seed=run.seed, checkpoint_every=iterations, log_every=10, **run.overrides
+    )
     # Where at least half of the subjects have brain: the role the template mask plays in the pipeline.
     brain = np.mean(np.asarray(masks, dtype=bool), axis=0) >= 0.5
     labels = [names.index(site) for site in sites]
@@ -226,8 +229,15 @@ def format_table(scores: Mapping[str, Mapping[str, float]], chance: float, first
     header = [first, *COLUMNS.values()]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, row in scores.items():
-        lines.append("| " + " | ".join([method, *(f"{row[key]:.4g}" for key in COLUMNS)]) + " |")
+        lines.append("| " + " | ".join([method, *(_cell(row, key) for key in COLUMNS)]) + " |")
     return "\n".join(lines) + f"\n\nSite-classifier chance level: {chance:.3f}."
+
+
+def _cell(row: Mapping[str, float], key: str) -> str:
+    """A value, with its interval where the row has one (`KEY_low`, `KEY_high`)."""
+    if f"{key}_low" in row:
+        return f"{row[key]:.4g} [{row[f'{key}_low']:.4g}, {row[f'{key}_high']:.4g}]"
+    return f"{row[key]:.4g}"
 
 
 def save_results(scores: Mapping[str, Mapping[str, float]], markdown: str, stem: str, header: str) -> None:

@@ -1,12 +1,14 @@
 """Harmonization quality benchmark on the simulated multi-site phantom.
 
-    python benchmarks/quality.py [--quick] [--target-site site1] [--work-dir DIR]
+    python benchmarks/quality.py [--quick] [--target-site site1] [--work-dir DIR] [--seeds 0 1 2 3 4]
                                  [--murd-recipe cpu] [--murd-iterations N] [--snapshot-minutes 2 5 10]
     python benchmarks/quality.py --pipeline   # the real CLI on native grids (pipeline_quality.py)
 
 Simulates a dataset with a fixed seed, splits each site's subjects into train and test halves,
 fits every method on the training images, harmonizes each test image to the target site and
-scores it (docs/qc.md has the metrics and why they are defined so).
+scores it (docs/qc.md has the metrics and why they are defined so). MURD is trained once per
+seed (default 5) at the CLI's thread count; the table gives every seed's row, their mean and
+their SD, and SSIM's bootstrap 95 % interval over the test subjects.
 
 The benchmark works on the template grid, so it measures harmonization alone: the input of each
 method is the subject's ground-truth render at its own site plus that site's Rician noise (as
@@ -43,6 +45,7 @@ from bids_harmonize.qc import (
     site_classifier_accuracy,
 )
 from bids_harmonize.qc.baselines import Harmonizer, baseline_harmonizers
+from bids_harmonize.qc.downstream import subject_mean
 
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import (  # noqa: E402
@@ -50,6 +53,7 @@ from harness import (  # noqa: E402
     SEED,
     MurdTraining,
     Scan,
+    cli_threads,
     device_name,
     format_table,
     load_scans,
@@ -83,8 +87,11 @@ def score_outputs(
     anatomy = [anatomy_preservation(output, scan.mask, scan.labels, contrast) for output, scan in pairs]
     masks, sites = [s.mask for s in test], [s.site for s in test]
     classifier = site_classifier_accuracy(outputs, masks, sites)
+    ssim = subject_mean([s.ssim for s in similarities])
     return {
-        "ssim": float(np.mean([s.ssim for s in similarities])),
+        "ssim": ssim.value,
+        "ssim_low": ssim.low,
+        "ssim_high": ssim.high,
         "psnr_db": float(np.mean([s.psnr for s in similarities])),
         "mae": float(np.mean([s.mae for s in similarities])),
         "ssim_clean": float(np.mean([similarity(o, scan.truth, scan.mask).ssim for o, scan in pairs])),
@@ -129,22 +136,23 @@ class MurdRun:
 
     recipe: str = "cpu"
     iterations: int | None = None  # None: the recipe's
+    seed: int = SEED
     snapshot_minutes: Sequence[float] = ()
     seconds: float = 0.0  # training time, snapshot scoring excluded
     load: float = 0.0  # 5-minute load average when training ended
     snapshots: list[dict[str, float]] = field(default_factory=list)
 
     def label(self) -> str:
-        return f"MURD ({self.recipe})"
+        return f"MURD ({self.recipe}) seed {self.seed}"
 
 
 def murd_factory(run: MurdRun, work_dir: Path, test: Sequence[Scan] = ()) -> HarmonizerFactory:
-    """MURD as the pipeline runs it on the template grid (benchmarks/harness.py), seed SEED.
+    """MURD as the pipeline runs it on the template grid (benchmarks/harness.py), seed `run.seed`.
     With `run.snapshot_minutes`, the EMA weights are also scored on `test` after those minutes
     of training (scoring time is not counted as training time)."""
 
     def build(train_scans: Sequence[Scan], target_site: str, contrast: str) -> Harmonizer:
-        training = MurdTraining(run.recipe, SEED, run.iterations)
+        training = MurdTraining(run.recipe, run.seed, run.iterations)
         setup = prepare_murd(
             [s.image for s in train_scans],
             [s.mask for s in train_scans],
@@ -166,7 +174,7 @@ def _snapshotter(run: MurdRun, sites: list[str], work_dir: Path, score: Callable
     if not run.snapshot_minutes:
         return None
     from bids_harmonize.model import load_bundle, save_bundle
-    from bids_harmonize.model.train import compute_site_styles
+    from bids_harmonize.model.styles import compute_site_styles
 
     marks = sorted(run.snapshot_minutes)
     clock = {"start": time.perf_counter(), "paused": 0.0}
@@ -195,6 +203,18 @@ def _snapshotter(run: MurdRun, sites: list[str], work_dir: Path, score: Callable
     return on_step
 
 
+def seed_summary(per_seed: Mapping[str, Mapping[str, float]], label: str) -> dict[str, dict[str, float]]:
+    """The seeds' mean row (SSIM interval: the envelope of the seeds' intervals) and SD row."""
+    keys = next(iter(per_seed.values())).keys()
+    table = {key: np.array([row[key] for row in per_seed.values()], dtype=float) for key in keys}
+    mean = {key: float(values.mean()) for key, values in table.items()}
+    mean.update(ssim_low=float(table["ssim_low"].min()), ssim_high=float(table["ssim_high"].max()))
+    spread = {key: float(values.std(ddof=1)) if len(values) > 1 else 0.0 for key, values in table.items()}
+    spread.pop("ssim_low"), spread.pop("ssim_high")
+    spread["chance"] = mean["chance"]
+    return {f"{label}, mean of {len(per_seed)} seeds": mean, f"{label}, SD over seeds": spread}
+
+
 def _growth_table(run: MurdRun, chance: float) -> str:
     rows = {f"{s['minutes']:g} min ({s['iterations']} it.)": s for s in run.snapshots}
     return "Quality against training time (EMA weights):\n\n" + format_table(rows, chance, "MURD after")
@@ -212,19 +232,23 @@ def main(argv: list[str] | None = None) -> int:
         "--snapshot-minutes", type=float, nargs="*", default=(), help="also score MURD after these training minutes"
     )
     parser.add_argument("--pipeline", action="store_true", help="run the real CLI and score native outputs instead")
-    parser.add_argument("--threads", type=int, help="torch threads for MURD (default: torch's)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="MURD training seeds")
+    parser.add_argument("--threads", type=int, default=cli_threads(), help="torch threads (default: the CLI's)")
     args = parser.parse_args(argv)
-    if args.threads:
-        import torch
+    import torch
 
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     command = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.pipeline:
         from pipeline_quality import main as pipeline_main
 
         return pipeline_main(args, command.strip())
     n_sites, per_site = 3, (4 if args.quick else 8)
-    run = MurdRun(args.murd_recipe, args.murd_iterations, args.snapshot_minutes)
+    # Snapshots (quality against training time) are scored for the first seed only.
+    runs = [
+        MurdRun(args.murd_recipe, args.murd_iterations, seed, args.snapshot_minutes if k == 0 else ())
+        for k, seed in enumerate(args.seeds)
+    ]
 
     with tempfile.TemporaryDirectory() as temporary:
         out_dir = args.work_dir or Path(temporary) / "phantom"
@@ -232,23 +256,30 @@ def main(argv: list[str] | None = None) -> int:
         dataset = simulated_phantom(out_dir, n_sites, per_site, args.reuse_dataset and args.work_dir is not None)
         simulated = time.perf_counter() - start
         train, test = split_train_test(load_scans(dataset, args.target_site))
-        factories = {run.label(): murd_factory(run, Path(temporary), test)} if args.murd_iterations != 0 else {}
+        factories = {}
+        if args.murd_iterations != 0:
+            factories = {run.label(): murd_factory(run, Path(temporary) / f"seed{run.seed}", test) for run in runs}
         scores = run_benchmark(train, test, args.target_site, factories=factories)
     total = time.perf_counter() - start
+    if factories:
+        scores.update(seed_summary({run.label(): scores[run.label()] for run in runs}, f"MURD ({args.murd_recipe})"))
 
     chance = next(iter(scores.values()))["chance"]
     table = format_table(scores, chance)
-    if run.snapshots:
-        table += "\n\n" + _growth_table(run, chance)
+    if runs[0].snapshots:
+        table += "\n\n" + _growth_table(runs[0], chance)
     header = (
         f"# Harmonization quality on the simulated phantom\n\n"
         f"Command: `{command.strip()}`  \nMachine: {machine()}, load average {os.getloadavg()[0]:.1f} at the end  \n"
-        f"Data: {n_sites} sites x {per_site} subjects, {CONTRAST}, 2 mm, seed {SEED}; "
+        f"Data: {n_sites} sites x {per_site} subjects, {CONTRAST}, 2 mm, simulation seed {SEED}; "
         f"train/test = first/second half of each site's subjects; target site {args.target_site}.  \n"
-        f"Time: simulation {simulated:.0f} s, total {total:.0f} s. Metrics: docs/qc.md.  \n"
+        f"Time: simulation {simulated:.0f} s, total {total:.0f} s. Metrics: docs/qc.md; SSIM: mean [bootstrap 95 % "
+        "interval over the test subjects; for the seed mean, the envelope of the seeds' intervals].  \n"
         + (
-            f"MURD: recipe {run.recipe!r}{f', {run.iterations} iterations' if run.iterations else ''}, trained in "
-            f"{run.seconds / 60:.1f} min on {device_name()}, 5-minute load average {run.load:.1f} when it ended."
+            f"MURD: recipe {args.murd_recipe!r}"
+            f"{f', {args.murd_iterations} iterations' if args.murd_iterations else ''}, seeds {args.seeds}, trained in "
+            f"{np.mean([run.seconds for run in runs]) / 60:.1f} min per seed on {device_name()}, 5-minute load "
+            f"average {max(run.load for run in runs):.1f} at most when a training ended."
             if factories
             else "MURD: not run."
         )
