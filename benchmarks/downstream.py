@@ -33,7 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bids_harmonize.qc import between_site_wasserstein, similarity, site_classifier_accuracy
-from bids_harmonize.qc.baselines import Harmonizer, baseline_harmonizers
+from bids_harmonize.qc.baselines import Harmonizer, baseline_harmonizers, match_histogram
 from bids_harmonize.qc.volumes import TISSUES, tissue_volumes, true_volumes
 from bids_harmonize.simulate import SimulatedDataset, simulate_dataset
 from bids_harmonize.simulate.dataset import GROUND_TRUTH_DIR, RESCAN_STREAM, SCAN_STREAM
@@ -49,6 +49,7 @@ STUDY_PER_SITE, TRAVELING = 12, 8
 SEED = 0
 TRAVEL_STREAM = 300  # + site index: every traveling scan has its own noise
 RESOLUTION_MM = 2.0
+ORACLE = "oracle: each scan matched to the same subject at the target site"
 # Study subjects per site (rows, SITES order) in each age quartile (columns, youngest first):
 # every site spans the whole age range, but site1 leans young and site4 old.
 AGE_CONFOUND = ((5, 3, 2, 2), (3, 4, 3, 2), (2, 3, 4, 3), (2, 2, 3, 5))
@@ -172,6 +173,22 @@ def measure(harmonize: Harmonizer, cohort: Cohort) -> dict:
     }
 
 
+def oracle_volumes(cohort: Cohort) -> list[dict[str, float]]:
+    """Every traveling scan histogram-matched (brain voxels) to the same subject's scan at the
+    target site, then segmented: the best any per-image intensity map can do, knowing what no
+    real method knows (each subject's target-site histogram). Where a site-level curve stops
+    short of it, the gap is per-subject contrast, not the curve's shape."""
+    n_sites, k = len(SITES), SITES.index(TARGET)
+    volumes = []
+    for first in range(0, len(cohort.traveling), n_sites):
+        scans = cohort.traveling[first : first + n_sites]
+        reference = scans[k].data[scans[k].mask]
+        for im in scans:
+            matched = im.data if im.site == TARGET else match_histogram(im.data, im.mask, reference)
+            volumes.append(tissue_volumes(matched, im.mask, cohort.voxel_ml))
+    return volumes
+
+
 def cached(path: Path, compute) -> dict:
     """A method's measurements, reused from `path` when an earlier run wrote them."""
     if path.exists():
@@ -202,6 +219,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> tuple[dict, dict, Cohort, f
             ]
         },
     )
+    measured[ORACLE] = cached(cache / "oracle.json", lambda: {"traveling": oracle_volumes(cohort)})
     # The age-slope reference: every study subject as the target scanner measures it.
     measured["rescan"].update(
         cached(

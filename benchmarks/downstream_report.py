@@ -119,6 +119,9 @@ def summarise(measured: Mapping, per_seed: Mapping, cohort, target: str, sites: 
     for name, result in measured.items():
         if name == "rescan":
             continue
+        if "study" not in result:  # traveling scans only (the per-subject oracle)
+            rows[name] = _traveling_only(shaped(result["traveling"]), reference, k)
+            continue
         rows[name] = measures(
             _table(result["study"]), shaped(result["traveling"]), reference, cohort, k, result, at_target
         )
@@ -143,6 +146,17 @@ def _noise_floor(rescan: np.ndarray, reference: np.ndarray) -> dict[str, Estimat
     row: dict[str, Estimate | None] = dict.fromkeys(COLUMNS)
     for t, tissue in enumerate(TISSUES):
         row[f"avdp_{tissue}"] = subject_mean(absolute_volume_difference(rescan[:, t], reference[:, t]))
+    return row
+
+
+def _traveling_only(traveling: np.ndarray, reference: np.ndarray, target_index: int) -> dict[str, Estimate | None]:
+    """AVDP and between-site CoV of a method that only the traveling subjects can have."""
+    row: dict[str, Estimate | None] = dict.fromkeys(COLUMNS)
+    sources = [k for k in range(traveling.shape[1]) if k != target_index]
+    for t, tissue in enumerate(TISSUES):
+        avdp = absolute_volume_difference(traveling[:, sources, t], reference[:, None, t]).mean(axis=1)
+        row[f"avdp_{tissue}"] = subject_mean(avdp)
+        row[f"cov_{tissue}"] = subject_mean(between_site_cov(traveling[:, :, t]))
     return row
 
 
@@ -293,6 +307,8 @@ def _write_volumes(path: Path, measured: Mapping, per_seed: Mapping, cohort) -> 
         writer.writerow(["method", "set", "subject", "site", "age", *(f"{t}_ml" for t in TISSUES)])
         for name, result in results.items():
             for part, images in (("study", cohort.study), ("traveling", cohort.traveling)):
+                if part not in result:  # the oracle has traveling scans only
+                    continue
                 for im, volumes in zip(images, result[part], strict=True):
                     writer.writerow(
                         [

@@ -84,12 +84,15 @@ def test_summary_scores_a_site_offset_and_its_removal(downstream, monkeypatch):
         },
     }
     clean = _measured(cohort, dict.fromkeys(shifted, 0.0), rng)
+    measured[downstream.ORACLE] = {"traveling": clean["traveling"]}  # traveling scans only
     rows, seed_rows, fidelity = downstream.summarise(measured, {0: clean, 1: clean}, cohort, "site1", downstream.SITES)
     none, murd = rows["none"], rows["MURD, mean of 2 seeds"]
     assert none["avdp_GM"].value > 5 and murd["avdp_GM"].value < 2
     assert none["eta_GM"].value > 0.5 and murd["eta_GM"].value < 0.3
     assert murd["slope_GM"].low < 1.0 < murd["slope_GM"].high
     assert rows["neuroCombat (age protected)"]["eta_GM"].value < none["eta_GM"].value
+    oracle = rows[downstream.ORACLE]
+    assert oracle["avdp_GM"].value < 2 and oracle["cov_GM"].value < 2 and oracle["eta_GM"] is None
     assert fidelity.low < 1.0 < fidelity.high  # the fake segmenter measures the truth plus noise
     checks = dict(target_checks(rows))
     assert checks["site partial eta2 <= half the input's (GM, WM)"]
