@@ -105,6 +105,19 @@ def _version(facts: MethodsFacts, package: str) -> str:
     return facts.versions.get(package, "(version not recorded)")
 
 
+def kept_snapshot(training: dict) -> str:
+    """Which training step's weights a bundle holds, as its card's `training.validation` says."""
+    record = training.get("validation")
+    if not record:
+        return "those of the last iteration"
+    if "off" in record:
+        return f"those of the last iteration (validation was off: {record['off']})"
+    return (
+        f"those of iteration {record['selected_step']}, which scored best on {record['held_out_volumes']} training "
+        f"images held out of the gradient steps (scored every {record['every']} iterations)"
+    )
+
+
 def _model_paragraph(facts: MethodsFacts, model: ModelUse) -> str:
     card = json.loads((model.bundle_dir / "model.json").read_text())
     training = card.get("training") or {}
@@ -115,8 +128,8 @@ def _model_paragraph(facts: MethodsFacts, model: ModelUse) -> str:
         f"For the {model.contrast} images, a MURD model [@murd] ({card.get('preset', '?')} preset) was trained "
         f"with PyTorch {_version(facts, 'torch')} [@pytorch] on 2.5D axial slices of the template-space images "
         f"of {n_images or 'the'} images from {len(sites)} sites ({names}) for {training.get('iterations', '?')} "
-        f"iterations (batch size {training.get('batch_size', '?')}, seed {card.get('seed', '?')}); its weights "
-        f"have SHA-256 {(card.get('weights') or {}).get('sha256', '?')}."
+        f"iterations (batch size {training.get('batch_size', '?')}, seed {card.get('seed', '?')}); the weights "
+        f"kept are {kept_snapshot(training)}, with SHA-256 {(card.get('weights') or {}).get('sha256', '?')}."
     )
     if model.target_site:
         architecture = (card.get("network") or {}).get("architecture", "modulated")

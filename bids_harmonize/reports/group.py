@@ -22,6 +22,7 @@ from bids_harmonize.bids.covariates import Covariates
 from bids_harmonize.bids.outputs import OutputLayout
 from bids_harmonize.qc import between_site_wasserstein, site_classifier_accuracy
 from bids_harmonize.reports import group_figures, html
+from bids_harmonize.reports.citation import kept_snapshot
 from bids_harmonize.reports.collect import (
     ImageOutputs,
     Template,
@@ -77,6 +78,7 @@ def training_section(out_dir: Path, bundles: dict[str, Path]) -> str:
                     ("created", card.get("created", "")),
                     ("preset", card.get("preset", "")),
                     ("iterations", training.get("iterations", "n/a")),
+                    ("weights kept", kept_snapshot(training)),
                     ("batch size", training.get("batch_size", "n/a")),
                     ("seed", card.get("seed", "n/a")),
                     ("sites", ", ".join(s["name"] for s in card.get("sites", []))),

@@ -6,7 +6,14 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from bids_harmonize.qc import metrics
-from bids_harmonize.reports.citation import BIBTEX, MethodsFacts, ModelUse, methods_markdown, write_citation
+from bids_harmonize.reports.citation import (
+    BIBTEX,
+    MethodsFacts,
+    ModelUse,
+    kept_snapshot,
+    methods_markdown,
+    write_citation,
+)
 
 
 def _phantom(shape=(40, 48, 40), seed=0):
@@ -61,7 +68,11 @@ def _card(tmp_path):
     card = {
         "preset": "tiny",
         "seed": 5,
-        "training": {"iterations": 321, "batch_size": 4},
+        "training": {
+            "iterations": 321,
+            "batch_size": 4,
+            "validation": {"held_out_volumes": 2, "every": 20, "selected_step": 140, "scores": [[0, 0.8], [140, 0.7]]},
+        },
         "weights": {"sha256": "ab" * 32},
         "sites": [{"name": "SiteA", "signature": {"n_images": 3}}, {"name": "SiteB", "signature": {"n_images": 2}}],
     }
@@ -93,6 +104,7 @@ def test_methods_text_names_what_was_run_and_every_citation_is_in_the_bib(tmp_pa
         "at 2 mm",
         "'scanner'",
         "ab" * 32,
+        "iteration 140, which scored best on 2 training images held out",
     ):
         assert fact in text, fact
     cited = {key for key in BIBTEX if f"@{key}" in text}
@@ -100,6 +112,11 @@ def test_methods_text_names_what_was_run_and_every_citation_is_in_the_bib(tmp_pa
     bib_text = bib.read_text()
     assert all(f"{{{key}," in bib_text for key in cited)
     assert md.read_text() == text
+
+
+def test_kept_snapshot_says_which_weights_and_why():
+    assert kept_snapshot({}) == "those of the last iteration"
+    assert "validation was off: too few" in kept_snapshot({"validation": {"off": "too few"}})
 
 
 def test_methods_text_without_a_model_says_preprocessing_only():
