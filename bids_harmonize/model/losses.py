@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from bids_harmonize.model.common import dataclass_from_dict
 from bids_harmonize.model.modulated import centre_slice, soft_histogram, weighted_histogram
@@ -206,3 +206,19 @@ def weighted_generator_loss(terms: dict[str, Tensor], weights: LossWeights) -> T
 
 def weighted_discriminator_loss(terms: dict[str, Tensor], weights: LossWeights) -> Tensor:
     return terms["real"] + terms["fake"] + weights.r1 * terms["r1"]
+
+
+class GeneratorStep(nn.Module):
+    """The translator with the generator-side objective as its forward.
+
+    DistributedDataParallel synchronises gradients of parameters used in one forward call; the
+    objective uses each network several times, so the whole objective is that one call.
+    """
+
+    def __init__(self, translator: Translator, curve_anchors: Tensor | None = None) -> None:
+        super().__init__()
+        self.translator = translator
+        self.curve_anchors = curve_anchors
+
+    def forward(self, batch: TrainingBatch, diversity_fakes: Tensor, discriminator: Discriminator) -> dict[str, Tensor]:
+        return generator_terms(self.translator, discriminator, batch, diversity_fakes, self.curve_anchors)

@@ -49,17 +49,15 @@ from bids_harmonize.model.data import (
 )
 from bids_harmonize.model.distributed import DistributedContext, init_distributed
 from bids_harmonize.model.losses import (
+    GeneratorStep,
     TrainingBatch,
     discriminator_terms,
-    generator_terms,
     weighted_discriminator_loss,
     weighted_generator_loss,
 )
 from bids_harmonize.model.networks import (
     CONV_MEMORY_FORMAT,
-    Discriminator,
     MURDConfig,
-    Translator,
     build_discriminator,
     build_translator,
 )
@@ -68,22 +66,6 @@ from bids_harmonize.model.train_config import TrainConfig, lr_factor
 from bids_harmonize.model.training_log import LOG_NAME, run_training
 from bids_harmonize.model.validation import Validator, validation_record, validation_split
 from bids_harmonize.utils import atomic_write
-
-
-class GeneratorStep(nn.Module):
-    """The translator with the generator-side objective as its forward.
-
-    DistributedDataParallel synchronises gradients of parameters used in one forward call; the
-    objective uses each network several times, so the whole objective is that one call.
-    """
-
-    def __init__(self, translator: Translator, curve_anchors: Tensor | None = None) -> None:
-        super().__init__()
-        self.translator = translator
-        self.curve_anchors = curve_anchors
-
-    def forward(self, batch: TrainingBatch, diversity_fakes: Tensor, discriminator: Discriminator) -> dict[str, Tensor]:
-        return generator_terms(self.translator, discriminator, batch, diversity_fakes, self.curve_anchors)
 
 
 class Trainer:
