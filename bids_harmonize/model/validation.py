@@ -75,6 +75,11 @@ def validation_split(site_labels: Sequence[int], per_site: int) -> ValidationSpl
         )
         LOGGER.warning("MURD validation is off: %s.", reason)
         return ValidationSplit((), reason)
+    LOGGER.info(
+        "MURD validation: %d of %d volumes held out of the gradient steps to choose the snapshot kept",
+        len(held_out),
+        len(labels),
+    )
     return ValidationSplit(tuple(sorted(held_out)))
 
 
