@@ -3,27 +3,15 @@ synthetic measurements, without simulating or segmenting anything."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
+from benchmark_loader import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def downstream():
     pytest.importorskip("neuroCombat")
-    sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("downstream", BENCHMARKS / "downstream.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["downstream"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    sys.path.remove(str(BENCHMARKS))
-    del sys.modules["downstream"]
+    yield from benchmark_module("downstream")
 
 
 def test_study_sites_are_balanced_and_confounded_with_age(downstream):
