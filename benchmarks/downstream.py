@@ -49,6 +49,7 @@ STUDY_PER_SITE, TRAVELING = 12, 8
 SEED = 0
 TRAVEL_STREAM = 300  # + site index: every traveling scan has its own noise
 RESOLUTION_MM = 2.0
+REUSED: list[int] = []  # MURD seeds whose measurements an earlier run cached
 ORACLE = "oracle: each scan matched to the same subject at the target site"
 # Study subjects per site (rows, SITES order) in each age quartile (columns, youngest first):
 # every site spans the whole age range, but site1 leans young and site4 old.
@@ -243,6 +244,8 @@ def run(args: argparse.Namespace, work_dir: Path) -> tuple[dict, dict, Cohort, f
             return {**measure(harmonize, cohort), "training_s": training.seconds, "load": training.load}
 
         print(f"MURD ({args.murd_recipe}) seed {seed}", flush=True)
+        if (cache / f"{key}.json").exists():
+            REUSED.append(seed)
         per_seed[seed] = cached(cache / f"{key}.json", compute)
         seconds.append(per_seed[seed]["training_s"])
     return measured, per_seed, cohort, float(np.mean(seconds)) if seconds else 0.0
@@ -317,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         "load": os.getloadavg()[1],
         "seeds": sorted(per_seed),
         "kept_steps": kept,
+        "reused_seeds": REUSED,
         "stem": "downstream_keep_last" if args.keep_last else "downstream",
         "machine": machine(),
     }

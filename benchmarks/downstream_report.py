@@ -262,7 +262,14 @@ def write_results(rows, seed_rows, fidelity: Estimate, measured, per_seed, cohor
         f"Machine: {context.get('machine', '')}; 5-minute load average {context['load']:.1f} at the end.  \n"
         f"MURD: recipe `{context['recipe']}`{iterations}, seeds {context['seeds']}, "
         f"{context['threads']} torch threads (the CLI's default here), {context['training_s'] / 60:.1f} min training "
-        f"per seed on average. Total time {context['seconds'] / 60:.0f} min.  \n"
+        f"per seed on average. Total time {context['seconds'] / 60:.0f} min"
+        + (
+            f" (seeds {context['reused_seeds']} reused from the work dir's cache: their training time is the "
+            "earlier run's)"
+            if context.get("reused_seeds")
+            else ""
+        )
+        + ".  \n"
         + _kept_line(context)
         + "Cells: value [bootstrap 95 % interval over subjects]; MURD: mean ±SD over seeds [envelope of the seeds' "
         "intervals]. Study population: 48 subjects, one scan each, age confounded with site; traveling subjects: "
