@@ -247,5 +247,7 @@ def save_results(scores: Mapping[str, Mapping[str, float]], markdown: str, stem:
         keys = list(next(iter(scores.values())))
         writer.writerow(["method", *keys])
         for method, row in scores.items():
-            writer.writerow([method, *(f"{row[key]:.6g}" for key in keys)])
+            writer.writerow(
+                [method, *(f"{row[key]:.6g}" if key in row else "" for key in keys)]
+            )  # SD rows: no interval
     (RESULTS / f"{stem}.md").write_text(f"{header}\n\n{markdown}\n")
