@@ -246,8 +246,6 @@ def save_results(scores: Mapping[str, Mapping[str, float]], markdown: str, stem:
         writer = csv.writer(handle, lineterminator="\n")
         keys = list(next(iter(scores.values())))
         writer.writerow(["method", *keys])
-        for method, row in scores.items():
-            writer.writerow(
-                [method, *(f"{row[key]:.6g}" if key in row else "" for key in keys)]
-            )  # SD rows: no interval
+        for method, row in scores.items():  # a row without a key (an SD row's interval) leaves its cell empty
+            writer.writerow([method, *(f"{row[key]:.6g}" if key in row else "" for key in keys)])
     (RESULTS / f"{stem}.md").write_text(f"{header}\n\n{markdown}\n")
