@@ -105,6 +105,22 @@ def site_quantile_map(
     return target_scale.to_scanner(apply_lookup(model_input, inputs, outputs))
 
 
+def image_quantile_shift(
+    image: NDArray, mask: NDArray, source: NDArray, target: NDArray, target_scale
+) -> NDArray[np.float32]:
+    """One curve per *image*, from the site model: the image's own brain quantiles (model range)
+    moved by the site difference at each quantile level, target - source, so each subject keeps
+    its deviation from its site (anatomy and its own tissue contrast) and loses only the site's."""
+    from bids_harmonize.model.curves import apply_lookup
+    from bids_harmonize.preproc.operations import robust_scale
+
+    model_input = robust_scale(image, mask).to_model(image)
+    own = np.percentile(model_input[mask.astype(bool)], QUANTILE_LEVELS)
+    inputs = np.maximum.accumulate(np.concatenate([[-1.0], own, [1.0]])).astype(np.float32)
+    outputs = np.maximum.accumulate(np.concatenate([[-1.0], own + target - source, [1.0]])).astype(np.float32)
+    return target_scale.to_scanner(apply_lookup(model_input, inputs, outputs))
+
+
 def baseline_harmonizers(
     train_images: Sequence[NDArray],
     train_masks: Sequence[NDArray],
@@ -150,6 +166,9 @@ def baseline_harmonizers(
     if covariates:
         adjusted = _adjusted_quantiles(train_images, train_masks, train_sites, covariates)
         harmonizers["site quantile map, covariate-adjusted"] = lambda image, mask, source: site_quantile_map(
+            image, mask, adjusted[source], adjusted[target_site], target_units
+        )
+        harmonizers["image quantile shift, covariate-adjusted"] = lambda image, mask, source: image_quantile_shift(
             image, mask, adjusted[source], adjusted[target_site], target_units
         )
     return harmonizers
