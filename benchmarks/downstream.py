@@ -268,15 +268,17 @@ def kept_steps(work_dir: Path, seeds: list[int], keep_last: bool) -> dict[int, o
 
 
 def recipe_digest(name: str) -> str:
-    """A short digest of the recipe's settings: a cached MURD result is reused only for the
-    recipe it was measured with."""
+    """A short digest of the recipe's settings and of the model code: a cached MURD result is
+    reused only for the recipe and the code it was measured with."""
     import hashlib
 
+    import bids_harmonize.model
     from bids_harmonize.model.recipes import RECIPES
 
     recipe = RECIPES[name]
     settings = json.dumps({"preset": recipe.preset, **recipe.train_config().to_dict()}, sort_keys=True, default=str)
-    return hashlib.sha256(settings.encode()).hexdigest()[:8]
+    code = b"".join(path.read_bytes() for path in sorted(Path(bids_harmonize.model.__file__).parent.glob("*.py")))
+    return hashlib.sha256(settings.encode() + code).hexdigest()[:8]
 
 
 def _traveling_masks(cohort: Cohort) -> dict[str, NDArray[np.bool_]]:

@@ -76,9 +76,11 @@ class MurdSetup:
 
         def harmonize(image: NDArray, mask: NDArray, source_site: str) -> NDArray:
             model_input = robust_scale(image, mask).to_model(image)
-            return self.target_scale.to_scanner(
-                bundle.harmonize(model_input, self.target_site, source_site=source_site)
+            # The population's brain mask: the template mask's role in the pipeline.
+            harmonized = bundle.harmonize(
+                model_input, self.target_site, source_site=source_site, brain_mask=self.brain_mask
             )
+            return self.target_scale.to_scanner(harmonized)
 
         return harmonize
 

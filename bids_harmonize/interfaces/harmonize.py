@@ -35,6 +35,9 @@ class _HarmonizeInputSpec(BaseInterfaceInputSpec):
     style = traits.Enum("site", "random", "reference", usedefault=True)
     seed = traits.Int(0, usedefault=True)
     reference_file = File(exists=True, desc="template-space image of the target site (style='reference')")
+    brain_mask_file = File(
+        exists=True, desc="the template's brain mask: the image's own quantiles set its intensity map"
+    )
     device = traits.Str("cpu", usedefault=True, nohash=True)
     use_gpu = traits.Bool(False, usedefault=True, nohash=True, desc="tells MultiProc this is a GPU node")
     batch_size = traits.Int(0, usedefault=True, nohash=True, desc="0: fit to device memory")
@@ -53,7 +56,7 @@ class HarmonizeVolume(SimpleInterface):
     def _run_interface(self, runtime):
         import torch
 
-        from bids_harmonize.model import harmonize_volume, load_bundle
+        from bids_harmonize.model import load_bundle
 
         torch.set_num_threads(max(1, self.inputs.num_threads))
         bundle = load_bundle(self.inputs.bundle_dir, device=self.inputs.device)
@@ -64,18 +67,23 @@ class HarmonizeVolume(SimpleInterface):
         reference = None
         if self.inputs.style == "reference" and isdefined(self.inputs.reference_file):
             reference = np.asarray(nb.load(self.inputs.reference_file).dataobj, np.float32)
-        style = bundle.style_code(
-            self.inputs.target_site, self.inputs.style, reference=reference, seed=self.inputs.seed
-        )
-        source = bundle.source_style(volume, self.inputs.source_site)
-        harmonized = harmonize_volume(
-            bundle.translator, volume, style, source_style=source, batch_size=self.inputs.batch_size or None
+        mask = None
+        if isdefined(self.inputs.brain_mask_file):
+            mask = np.asarray(nb.load(self.inputs.brain_mask_file).dataobj) > 0
+        harmonized, (inputs, outputs) = bundle.harmonize_with_lookup(
+            volume,
+            self.inputs.target_site,
+            style=self.inputs.style,
+            reference=reference,
+            seed=self.inputs.seed,
+            source_site=self.inputs.source_site,
+            brain_mask=mask,
+            batch_size=self.inputs.batch_size or None,
         )
         # Non-finite or implausible values are refused where outputs are written, naming the raw
         # image and this bundle (bids/invariant.py, applied by the sink in interfaces/bids.py).
         out = Path(runtime.cwd) / "harmonized_model_range.nii.gz"
         nb.Nifti1Image(harmonized.astype(np.float32), img.affine).to_filename(out)
-        inputs, outputs = bundle.intensity_lookup(style, source)
         lookup = Path(runtime.cwd) / "intensity_lookup.json"
         lookup.write_text(json.dumps({"inputs": inputs.tolist(), "outputs": outputs.tolist()}))
         self._results.update(out_file=str(out), lookup_file=str(lookup))

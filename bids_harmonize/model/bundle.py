@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 import bids_harmonize
+from bids_harmonize.model.anchors import image_lookup
 from bids_harmonize.model.card import (
     BUNDLE_KIND,
     CARD_NAME,
@@ -36,6 +37,7 @@ from bids_harmonize.model.card import (
     validate_card,
 )
 from bids_harmonize.model.common import resolve_device
+from bids_harmonize.model.curves import apply_lookup
 from bids_harmonize.model.infer import harmonize_volume, random_style, reference_style
 from bids_harmonize.model.networks import MURDConfig, Translator
 from bids_harmonize.utils import atomic_write, atomic_write_json, sha256_of
@@ -70,6 +72,7 @@ def save_bundle(
     training: Mapping[str, Any] | None = None,
     seed: int | None = None,
     site_signatures: Mapping[str, Mapping[str, Any]] | None = None,
+    site_quantiles: Tensor | None = None,
     metrics: Mapping[str, Any] | None = None,
     input_contract: InputContract | None = None,
     info: ModelInfo | None = None,
@@ -79,7 +82,8 @@ def save_bundle(
     `site_styles` (num_sites, style_dim) are the deterministic per-site styles; `site_signatures`
     optionally maps site names to the scanner metadata that defines each site; `input_contract`
     says how inputs must be prepared (the group level always gives it); `info` is the model's
-    version, licence and intended use (default: ModelInfo()).
+    version, licence and intended use (default: ModelInfo()). `site_quantiles` (num_sites, levels):
+    the sites' anchor quantiles, which set each image's own intensity map (anchors.image_lookup).
     """
     config = translator.config
     if len(site_names) != config.num_sites or tuple(site_styles.shape) != (config.num_sites, config.style_dim):
@@ -112,6 +116,9 @@ def save_bundle(
         "metrics": dict(metrics or {}),
         **(info or ModelInfo()).card_fields(input_contract.contrast if input_contract else None),
     }
+    if site_quantiles is not None:
+        for site, quantiles in zip(card["sites"], site_quantiles.double().cpu()):
+            site["quantiles"] = quantiles.tolist()
     if input_contract is not None:
         card["input"] = input_contract.to_dict()
     validate_card(card)  # never write a card that load_bundle would refuse
@@ -202,7 +209,12 @@ class ModelBundle:
             return random_style(self.translator, index, seed)
         return torch.tensor(self.card["sites"][index]["style"], dtype=torch.float32)
 
-    def harmonize(
+    def harmonize(self, volume: np.ndarray | Tensor, target_site: str, **options: Any) -> np.ndarray:
+        """Translate a [-1, 1]-scaled volume into `target_site`'s style; same shape out.
+        Options as `harmonize_with_lookup`."""
+        return self.harmonize_with_lookup(volume, target_site, **options)[0]
+
+    def harmonize_with_lookup(
         self,
         volume: np.ndarray | Tensor,
         target_site: str,
@@ -211,19 +223,38 @@ class ModelBundle:
         reference: np.ndarray | Tensor | None = None,
         seed: int = 0,
         source_site: str | None = None,
+        brain_mask: np.ndarray | None = None,
         batch_size: int | None = None,
         slice_axis: int = 2,
-    ) -> np.ndarray:
-        """Translate a [-1, 1]-scaled volume into `target_site`'s style; same shape out.
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """The translated volume and its voxel-wise part as a lookup table (model-range inputs,
+        outputs), which carries the change to other grids (interfaces/harmonize.py).
 
         The style-aware layout renders relative to the volume's own style, read from the volume
-        through the head of `source_site` (required there; the paper layout ignores it).
+        through the head of `source_site` (required there; the paper layout ignores it). With
+        `brain_mask` (on the volume's grid: the template's) and a bundle that stores its sites'
+        anchor quantiles, the voxel-wise part of a site-style translation is the image's own map
+        (anchors.image_lookup) instead of the site curve; the network's residual is added to it.
         """
         code = self.style_code(target_site, style, reference=reference, seed=seed, slice_axis=slice_axis)
         source = self.source_style(volume, source_site, slice_axis=slice_axis)
-        return harmonize_volume(
+        harmonized = harmonize_volume(
             self.translator, volume, code, source_style=source, batch_size=batch_size, slice_axis=slice_axis
         )
+        table = self.intensity_lookup(code, source)
+        quantiles = self.site_quantiles()
+        if style != "site" or brain_mask is None or quantiles is None or source_site is None:
+            return harmonized, table
+        values = np.asarray(volume, np.float32)
+        own = image_lookup(values, brain_mask, quantiles[source_site], quantiles[target_site])
+        return harmonized - apply_lookup(values, *table) + apply_lookup(values, *own), own
+
+    def site_quantiles(self) -> dict[str, np.ndarray] | None:
+        """Each site's anchor quantiles (model range), or None for bundles that do not store them."""
+        sites = self.card["sites"]
+        if not all("quantiles" in site for site in sites):
+            return None
+        return {site["name"]: np.asarray(site["quantiles"], np.float64) for site in sites}
 
     @property
     def site_anchored(self) -> bool:

@@ -92,6 +92,7 @@ class Trainer:
             for network in (self.translator.content_encoder, self.translator.style_encoder, self.translator.generator):
                 network.compile()
         self.anchor_volumes = 0  # training volumes that set covariate-adjusted anchors (0: pooled anchors)
+        self.anchor_quantiles: Tensor | None = None  # (num_sites, levels), model range; the bundle keeps them
         self.curve_anchors = self._curve_anchors(brain_mask, anchor_covariates)
         self.validator = None
         if held_out:  # after the anchors, which read every volume; the gradient steps then skip these
@@ -139,6 +140,7 @@ class Trainer:
             quantiles, self.anchor_volumes = adjusted_site_quantiles(
                 per_volume, self.sampler.site_labels, covariates, self.config.num_sites
             )
+        self.anchor_quantiles = quantiles.clamp(-1.0, 1.0).cpu()
         return anchor_curves(quantiles, self.config.curve_knots).to(self.device)
 
     def warm_up_curves(self) -> None:
@@ -394,6 +396,7 @@ def train(
                 },
                 seed=train_config.seed,
                 site_signatures=site_signatures,
+                site_quantiles=trainer.anchor_quantiles,
                 metrics=metrics,
                 input_contract=input_contract,
             )

@@ -19,10 +19,13 @@ def init_harmonize_wf(
     seed: int = 0,
     device: str = "cpu",
     omp_nthreads: int = 1,
+    brain_mask: str | None = None,
     name: str = "harmonize_wf",
 ) -> pe.Workflow:
     """Inputs: model_input, native_preproc, transform, scale_file (from init_preproc_wf) and,
-    for style='reference', reference_file (a preprocessed image of the target site)."""
+    for style='reference', reference_file (a preprocessed image of the target site).
+    `brain_mask`: the template's brain mask, on the model input's grid (each image's own
+    quantiles inside it set its intensity map; model/anchors.py, image_lookup)."""
     workflow = pe.Workflow(name=name)
     fields = ["model_input", "native_preproc", "transform", "scale_file", "reference_file"]
     inputnode = pe.Node(IdentityInterface(fields=fields), name="inputnode")
@@ -38,6 +41,7 @@ def init_harmonize_wf(
             device=device,
             use_gpu=device.startswith("cuda"),
             num_threads=omp_nthreads,
+            **({"brain_mask_file": brain_mask} if brain_mask else {}),
         ),
         name="murd",
         n_procs=omp_nthreads,

@@ -11,7 +11,7 @@ import torch
 
 from bids_harmonize.model import TrainConfig, load_bundle, train
 from bids_harmonize.model.anchors import anchor_curves, calibrate_curve_head, site_quantiles
-from bids_harmonize.model.curves import MIN_SLOPE, apply_curve, invert_curve
+from bids_harmonize.model.curves import MIN_SLOPE, apply_curve, apply_lookup, invert_curve
 from bids_harmonize.model.data import SliceSampler, stack_volumes
 from bids_harmonize.model.losses import LossWeights
 from bids_harmonize.model.networks import build_translator
@@ -129,3 +129,40 @@ def test_a_brain_mask_on_another_grid_is_refused_by_name(tmp_path, toy_data, tin
     wrong = np.ones((5, 5, 5), bool)
     with pytest.raises(ValueError, match="brain mask has shape"):
         train(volumes, labels, ["siteA", "siteB"], tiny_config, options, tmp_path, progress=False, brain_mask=wrong)
+
+
+def test_with_a_brain_mask_each_image_is_moved_by_its_own_quantiles(
+    tmp_path, toy_data, tiny_config, anchored_train_config
+):
+    volumes, labels = toy_data
+    bundle = load_bundle(
+        train(volumes, labels, ["siteA", "siteB"], tiny_config, anchored_train_config, tmp_path, progress=False)
+    )
+    quantiles = bundle.site_quantiles()
+    assert set(quantiles) == {"siteA", "siteB"} and all(np.all(np.diff(q) >= 0) for q in quantiles.values())
+    mask = volumes[0] > -0.95  # the toy volumes' foreground stands in for the template's brain mask
+    sampler = _sampler(volumes, labels, tiny_config, min_foreground=anchored_train_config.min_foreground)
+    np.testing.assert_allclose(quantiles["siteA"], site_quantiles(sampler, 8)[0].numpy(), atol=0.05)
+    shift = quantiles["siteB"] - quantiles["siteA"]
+    for volume in volumes[:2]:  # two subjects of one site: two maps, each from the image itself
+        plain, site_table = bundle.harmonize_with_lookup(volume, "siteB", source_site="siteA")
+        moved, (inputs, outputs) = bundle.harmonize_with_lookup(volume, "siteB", source_site="siteA", brain_mask=mask)
+        own = np.quantile(volume[mask], np.linspace(0.01, 0.99, 99))
+        np.testing.assert_allclose(inputs[1:-1], np.maximum.accumulate(own), atol=1e-5)
+        expected = np.maximum.accumulate(np.clip(own + shift, -1, 1))  # kept monotone, in the model range
+        np.testing.assert_allclose(outputs[1:-1], expected, atol=1e-5)
+        residual = plain - apply_lookup(volume, *site_table)  # the network's part is kept as it is
+        np.testing.assert_allclose(moved, apply_lookup(volume, inputs, outputs) + residual, atol=1e-5)
+    assert not np.allclose(
+        bundle.harmonize_with_lookup(volumes[0], "siteB", source_site="siteA", brain_mask=mask)[1][0],
+        bundle.harmonize_with_lookup(volumes[1], "siteB", source_site="siteA", brain_mask=mask)[1][0],
+    )
+
+
+def test_a_bundle_without_site_quantiles_keeps_its_site_curve(small_bundle, toy_data):
+    bundle = load_bundle(small_bundle)
+    volume = toy_data[0][0]
+    assert bundle.site_quantiles() is None
+    with_mask = bundle.harmonize_with_lookup(volume, "siteB", source_site="siteA", brain_mask=volume > -0.95)
+    without = bundle.harmonize_with_lookup(volume, "siteB", source_site="siteA")
+    np.testing.assert_array_equal(with_mask[0], without[0])
