@@ -172,9 +172,11 @@ def test_harmonize_wf_wires_inference_then_the_way_back_to_the_native_grid(fakes
         style=style,
         seed=seed,
         omp_nthreads=2,
+        brain_mask=str(fakes["mask"]),
     )
     edges = connections(workflow)
     assert set(workflow.list_node_names()) == {"inputnode", "murd", "to_native", "outputnode"}
+    assert workflow.get_node("murd").inputs.brain_mask_file == str(fakes["mask"])  # each image's own map
     assert edges[("murd", "in_file")] == ("inputnode", "model_input")
     assert edges[("to_native", "harmonized")] == ("murd", "out_file")
     assert edges[("to_native", "lookup_file")] == ("murd", "lookup_file")
@@ -251,6 +253,7 @@ def test_participant_wf_harmonizes_known_sites_and_leaves_the_rest_preprocessed(
 def test_participant_wf_passes_the_plan_to_inference_and_the_sidecar(fakes, style, expected):
     workflow, _ = participant_wf(fakes, [assignment("01", "siteB")], {"T1w": plan(fakes, style, seed=5)}, device="cuda")
     murd = workflow.get_node("harmonize_sub_01_T1w.murd").inputs
+    assert murd.brain_mask_file == str(fakes["mask"])  # the template's mask: each image's own intensity map
     assert (murd.style, murd.seed, murd.source_site, murd.target_site) == (style, 5, "siteB", "siteA")
     assert (murd.bundle_dir, murd.bundle_sha256, murd.use_gpu) == (str(fakes["bundle"]), "sha256:weights", True)
     sidecar = workflow.get_node("sink_sub_01_T1w").inputs.harmonization
