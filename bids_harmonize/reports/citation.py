@@ -86,8 +86,10 @@ _RESIDUAL = "resampled onto the native grid (linear interpolation, zero outside 
 NATIVE_MAPPING = {
     "modulated": (
         "The change was carried to the image's own native grid rather than the translated image resampled: "
-        "the voxel-wise part of the translation (the target style's intensity curve after the inverse of the "
-        "image's own style's curve, as a lookup table) was applied to every voxel of the bias-corrected native "
+        "the voxel-wise part of the translation (for site styles of a bundle that stores its sites' anchor "
+        "quantiles, the image's own brain quantiles moved by the target site's minus the source site's quantile "
+        "at each level; otherwise the target style's intensity curve after the inverse of the image's own style's "
+        "curve; either as a lookup table) was applied to every voxel of the bias-corrected native "
         "image, in the model range of the image's own intensity scale and unclipped, and the rest of the change "
         f"on the template grid (the translated image minus the mapped input) was {_RESIDUAL}, so each scan kept "
         "its own resolution and detail."
