@@ -110,15 +110,14 @@ def image_quantile_shift(
 ) -> NDArray[np.float32]:
     """One curve per *image*, from the site model: the image's own brain quantiles (model range)
     moved by the site difference at each quantile level, target - source, so each subject keeps
-    its deviation from its site (anatomy and its own tissue contrast) and loses only the site's."""
+    its deviation from its site (anatomy and its own tissue contrast) and loses only the site's.
+    It is MURD's voxel-wise map (model.anchors.image_lookup) without any network."""
+    from bids_harmonize.model.anchors import image_lookup
     from bids_harmonize.model.curves import apply_lookup
     from bids_harmonize.preproc.operations import robust_scale
 
     model_input = robust_scale(image, mask).to_model(image)
-    own = np.percentile(model_input[mask.astype(bool)], QUANTILE_LEVELS)
-    inputs = np.maximum.accumulate(np.concatenate([[-1.0], own, [1.0]])).astype(np.float32)
-    outputs = np.maximum.accumulate(np.concatenate([[-1.0], own + target - source, [1.0]])).astype(np.float32)
-    return target_scale.to_scanner(apply_lookup(model_input, inputs, outputs))
+    return target_scale.to_scanner(apply_lookup(model_input, *image_lookup(model_input, mask, source, target)))
 
 
 def baseline_harmonizers(
