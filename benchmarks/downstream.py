@@ -49,7 +49,6 @@ STUDY_PER_SITE, TRAVELING = 12, 8
 SEED = 0
 TRAVEL_STREAM = 300  # + site index: every traveling scan has its own noise
 RESOLUTION_MM = 2.0
-REUSED: list[int] = []  # MURD seeds whose measurements an earlier run cached
 ORACLE = "oracle: each scan matched to the same subject at the target site"
 # Study subjects per site (rows, SITES order) in each age quartile (columns, youngest first):
 # every site spans the whole age range, but site1 leans young and site4 old.
@@ -200,7 +199,9 @@ def cached(path: Path, compute) -> dict:
     return result
 
 
-def run(args: argparse.Namespace, work_dir: Path) -> tuple[dict, dict, Cohort, float]:
+def run(args: argparse.Namespace, work_dir: Path) -> tuple[dict, dict, Cohort, float, list[int]]:
+    """Measurements of every method, MURD's per seed, the cohort, MURD's mean training time and the
+    seeds whose measurements an earlier run had cached."""
     dataset = simulated_consortium(work_dir / "consortium", args.reuse_dataset)
     cohort = load_cohort(dataset)
     images, masks = [im.data for im in cohort.study], [im.mask for im in cohort.study]
@@ -230,7 +231,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> tuple[dict, dict, Cohort, f
             },
         )
     )
-    per_seed, seconds = {}, []
+    per_seed, seconds, reused = {}, [], []
     for seed in [] if args.skip_murd else args.seeds:
         overrides = {"validation_per_site": 0} if args.keep_last else {}
         training = MurdTraining(args.murd_recipe, seed, args.murd_iterations, overrides)
@@ -245,10 +246,10 @@ def run(args: argparse.Namespace, work_dir: Path) -> tuple[dict, dict, Cohort, f
 
         print(f"MURD ({args.murd_recipe}) seed {seed}", flush=True)
         if (cache / f"{key}.json").exists():
-            REUSED.append(seed)
+            reused.append(seed)
         per_seed[seed] = cached(cache / f"{key}.json", compute)
         seconds.append(per_seed[seed]["training_s"])
-    return measured, per_seed, cohort, float(np.mean(seconds)) if seconds else 0.0
+    return measured, per_seed, cohort, float(np.mean(seconds)) if seconds else 0.0, reused
 
 
 def murd_dir(work_dir: Path, seed: int, keep_last: bool) -> Path:
@@ -309,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as temporary:
         work_dir = args.work_dir or Path(temporary)
-        measured, per_seed, cohort, training_s = run(args, work_dir)
+        measured, per_seed, cohort, training_s, reused = run(args, work_dir)
         kept = kept_steps(work_dir, sorted(per_seed), args.keep_last)
     rows, seed_rows, fidelity = summarise(measured, per_seed, cohort, TARGET, SITES)
     context = {
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         "load": os.getloadavg()[1],
         "seeds": sorted(per_seed),
         "kept_steps": kept,
-        "reused_seeds": REUSED,
+        "reused_seeds": reused,
         "stem": "downstream_keep_last" if args.keep_last else "downstream",
         "machine": machine(),
     }

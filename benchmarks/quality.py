@@ -209,8 +209,8 @@ def seed_summary(per_seed: Mapping[str, Mapping[str, float]], label: str) -> dic
     table = {key: np.array([row[key] for row in per_seed.values()], dtype=float) for key in keys}
     mean = {key: float(values.mean()) for key, values in table.items()}
     mean.update(ssim_low=float(table["ssim_low"].min()), ssim_high=float(table["ssim_high"].max()))
-    spread = {key: float(values.std(ddof=1)) if len(values) > 1 else 0.0 for key, values in table.items()}
-    spread.pop("ssim_low"), spread.pop("ssim_high")
+    interval = ("ssim_low", "ssim_high")  # an SD row has no interval
+    spread = {key: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for key, v in table.items() if key not in interval}
     spread["chance"] = mean["chance"]
     return {f"{label}, mean of {len(per_seed)} seeds": mean, f"{label}, SD over seeds": spread}
 

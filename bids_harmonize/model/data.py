@@ -175,7 +175,7 @@ class SliceSampler:
         order = torch.argsort(self.site_labels[volume_index], stable=True)
         self.slice_volume, self.slice_centre = volume_index[order], centre[order]
         self.site_counts = torch.bincount(self.site_labels[self.slice_volume], minlength=self.config.num_sites)
-        self.site_offsets = torch.cumsum(self.site_counts, 0) - self.site_counts
+        self.site_offsets = _starts(self.site_counts)
         empty = (self.site_counts == 0).nonzero().flatten().tolist()
         if empty:
             raise ValueError(
@@ -196,11 +196,11 @@ class SliceSampler:
         keep = ~held[self.slice_volume]  # both orderings are by site, and filtering keeps them so
         self.draw_volume, self.draw_centre = self.slice_volume[keep], self.slice_centre[keep]
         self.draw_counts = torch.bincount(self.site_labels[self.draw_volume], minlength=self.config.num_sites)
-        self.draw_offsets = torch.cumsum(self.draw_counts, 0) - self.draw_counts
+        self.draw_offsets = _starts(self.draw_counts)
         self.reference_volumes = self.volumes_by_site[~held[self.volumes_by_site]]
         sites = self.config.num_sites
         self.reference_counts = torch.bincount(self.site_labels[self.reference_volumes], minlength=sites)
-        self.reference_offsets = torch.cumsum(self.reference_counts, 0) - self.reference_counts
+        self.reference_offsets = _starts(self.reference_counts)
         short = ((self.draw_counts == 0) | (self.reference_counts == 0)).nonzero().flatten().tolist()
         if short:
             held_list = sorted(volume_indices)
@@ -262,6 +262,11 @@ class SliceSampler:
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         self.generator.set_state(state["generator"])
+
+
+def _starts(counts: Tensor) -> Tensor:
+    """Where each group starts in a list ordered by group, from the groups' sizes."""
+    return torch.cumsum(counts, 0) - counts
 
 
 def _place_volumes(volumes: Tensor | VolumeSet, device: torch.device) -> VolumeSet:
