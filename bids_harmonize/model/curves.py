@@ -88,9 +88,16 @@ def apply_lookup(values: np.ndarray, inputs: np.ndarray, outputs: np.ndarray) ->
     """
     values = np.asarray(values, dtype=np.float32)
     result = np.interp(values, inputs, outputs).astype(np.float32)
-    low_slope = (outputs[1] - outputs[0]) / (inputs[1] - inputs[0])
-    high_slope = (outputs[-1] - outputs[-2]) / (inputs[-1] - inputs[-2])
+    low_slope = _end_slope(inputs[:2], outputs[:2])
+    high_slope = _end_slope(inputs[-2:], outputs[-2:])
     below, above = values < inputs[0], values > inputs[-1]
     result[below] = outputs[0] + (values[below] - inputs[0]) * low_slope
     result[above] = outputs[-1] + (values[above] - inputs[-1]) * high_slope
     return result
+
+
+def _end_slope(inputs: np.ndarray, outputs: np.ndarray) -> float:
+    """The slope of an end segment; 1 (values keep their distance from the end) where the segment
+    has no width, as when an image's lowest quantiles all sit at the model range's floor."""
+    width = float(inputs[1] - inputs[0])
+    return float(outputs[1] - outputs[0]) / width if width > 0 else 1.0

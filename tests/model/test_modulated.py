@@ -56,6 +56,15 @@ def test_lookup_table_matches_the_composed_curves_and_extends_its_ends():
     assert beyond[0] > outputs[-1].item()  # extended with the end slope, not clipped
 
 
+def test_a_lookup_whose_lowest_inputs_tie_keeps_values_below_them_finite():
+    # An image whose lowest brain quantiles sit at the floor of the model range gives such a table;
+    # the native grid has values below that floor (the model input is clipped, the scan is not).
+    inputs = np.array([-1.0, -1.0, -0.2, 1.0], np.float32)
+    outputs = np.array([-1.0, -0.9, -0.1, 1.0], np.float32)
+    below = apply_lookup(np.array([-1.2, -1.0], np.float32), inputs, outputs)
+    assert np.all(np.isfinite(below)) and below[0] == pytest.approx(-1.2)
+
+
 @pytest.mark.parametrize("preset", ["tiny", "cpu"])
 def test_an_untrained_translator_returns_its_input(preset):
     config = preset_config(preset, num_sites=3, image_size=SIZE)
