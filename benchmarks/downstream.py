@@ -269,8 +269,8 @@ def kept_steps(work_dir: Path, seeds: list[int], keep_last: bool) -> dict[int, o
 
 
 def recipe_digest(name: str) -> str:
-    """A short digest of the recipe's settings and of the model code: a cached MURD result is
-    reused only for the recipe and the code it was measured with."""
+    """A short digest of the recipe's settings and of the model code (noise matching included): a
+    cached MURD result is reused only for the recipe and the code it was measured with."""
     import hashlib
 
     import bids_harmonize.model
@@ -278,7 +278,9 @@ def recipe_digest(name: str) -> str:
 
     recipe = RECIPES[name]
     settings = json.dumps({"preset": recipe.preset, **recipe.train_config().to_dict()}, sort_keys=True, default=str)
-    code = b"".join(path.read_bytes() for path in sorted(Path(bids_harmonize.model.__file__).parent.glob("*.py")))
+    package = Path(bids_harmonize.model.__file__).parent.parent
+    sources = [*sorted((package / "model").glob("*.py")), package / "preproc" / "noise.py"]  # what inference runs
+    code = b"".join(path.read_bytes() for path in sources)
     return hashlib.sha256(settings.encode() + code).hexdigest()[:8]
 
 

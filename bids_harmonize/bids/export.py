@@ -43,6 +43,7 @@ PROVENANCE_KEYS = (
     "TargetSite",
     "TargetStyle",
     "TargetIntensityScale",
+    "NoiseMatching",
     "OutputRange",
     "ModelBundle",
     "GeneratedBy",

@@ -47,6 +47,7 @@ class _HarmonizeInputSpec(BaseInterfaceInputSpec):
 class _HarmonizeOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="harmonized template-space image in the model range")
     lookup_file = File(exists=True, desc="the voxel-wise part of the change: model-range inputs -> outputs (JSON)")
+    lookup_input_file = File(exists=True, desc="what the lookup applies to: in_file, or its denoised copy")
 
 
 class HarmonizeVolume(SimpleInterface):
@@ -70,7 +71,7 @@ class HarmonizeVolume(SimpleInterface):
         mask = None
         if isdefined(self.inputs.brain_mask_file):
             mask = np.asarray(nb.load(self.inputs.brain_mask_file).dataobj) > 0
-        harmonized, (inputs, outputs) = bundle.harmonize_with_lookup(
+        translation = bundle.harmonize_with_lookup(
             volume,
             self.inputs.target_site,
             style=self.inputs.style,
@@ -83,18 +84,28 @@ class HarmonizeVolume(SimpleInterface):
         # Non-finite or implausible values are refused where outputs are written, naming the raw
         # image and this bundle (bids/invariant.py, applied by the sink in interfaces/bids.py).
         out = Path(runtime.cwd) / "harmonized_model_range.nii.gz"
-        nb.Nifti1Image(harmonized.astype(np.float32), img.affine).to_filename(out)
+        nb.Nifti1Image(translation.harmonized.astype(np.float32), img.affine).to_filename(out)
+        lookup_input = Path(self.inputs.in_file)
+        if translation.denoised:
+            lookup_input = Path(runtime.cwd) / "denoised_model_range.nii.gz"
+            nb.Nifti1Image(translation.lookup_input, img.affine).to_filename(lookup_input)
+        inputs, outputs = translation.lookup
         lookup = Path(runtime.cwd) / "intensity_lookup.json"
-        lookup.write_text(json.dumps({"inputs": inputs.tolist(), "outputs": outputs.tolist()}))
-        self._results.update(out_file=str(out), lookup_file=str(lookup))
+        lookup.write_text(
+            json.dumps({"inputs": inputs.tolist(), "outputs": outputs.tolist(), "denoised": translation.denoised})
+        )
+        self._results.update(out_file=str(out), lookup_file=str(lookup), lookup_input_file=str(lookup_input))
         return runtime
 
 
 class _ToNativeInputSpec(BaseInterfaceInputSpec):
     harmonized = File(exists=True, mandatory=True, desc="template-space output in the model range")
-    model_input = File(exists=True, mandatory=True, desc="template-space input in the model range")
+    model_input = File(
+        exists=True, mandatory=True, desc="what the lookup applied to (HarmonizeVolume's lookup_input_file)"
+    )
     lookup_file = File(exists=True, mandatory=True, desc="voxel-wise part of the change (from HarmonizeVolume)")
     native = File(exists=True, mandatory=True, desc="bias-corrected native image (grid and fallback values)")
+    native_mask = File(exists=True, desc="brain mask on the native grid: where the native image is denoised, if it is")
     transform = File(exists=True, mandatory=True, desc="template -> native points (from RegisterToTemplate)")
     source_scale = File(exists=True, mandatory=True, desc="JSON lo/hi of the source image")
     target_lo = traits.Float(mandatory=True)
@@ -114,7 +125,9 @@ class HarmonizedToNative(SimpleInterface):
     native voxel so the scan keeps its own resolution and detail; and the rest (the template-grid
     output minus the mapped input), a residual resampled onto the native grid and added. Outside
     the template's field of view the residual is zero and the voxel-wise map still applies, so
-    there is no seam at the edge of the field of view.
+    there is no seam at the edge of the field of view. Where the template-grid image was denoised
+    before its map (noise matching, preproc/noise.py), the native image is denoised inside its
+    brain mask the same way before the map applies.
     """
 
     input_spec = _ToNativeInputSpec
@@ -124,6 +137,7 @@ class HarmonizedToNative(SimpleInterface):
         import SimpleITK as sitk
 
         from bids_harmonize.model.curves import apply_lookup
+        from bids_harmonize.preproc.noise import denoise
 
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, self.inputs.num_threads))
         target = op.IntensityScale(self.inputs.target_lo, self.inputs.target_hi)
@@ -140,6 +154,8 @@ class HarmonizedToNative(SimpleInterface):
         )
         raw = np.asarray(native.dataobj, np.float32)
         native_model = 2.0 * (raw - source.lo) / (source.hi - source.lo) - 1.0  # unclipped model range
+        if table.get("denoised", False):
+            native_model = denoise(native_model, self._native_mask(raw.shape))
         result = target.to_scanner(apply_lookup(native_model, *lookup) + residual_native)
         in_template = nb.Nifti1Image(target.to_scanner(harmonized_model), harmonized.affine)
         paths = {
@@ -150,3 +166,14 @@ class HarmonizedToNative(SimpleInterface):
         in_template.to_filename(paths["template_file"])
         self._results.update({k: str(v) for k, v in paths.items()})
         return runtime
+
+    def _native_mask(self, shape: tuple[int, ...]) -> np.ndarray:
+        if not isdefined(self.inputs.native_mask):
+            raise ValueError(
+                f"{self.inputs.lookup_file}: the template-grid image was denoised before its map, so the native "
+                "image must be too; connect the preprocessing's native_mask to this node's native_mask"
+            )
+        mask = np.asarray(nb.load(self.inputs.native_mask).dataobj) > 0
+        if mask.shape != shape:
+            raise ValueError(f"{self.inputs.native_mask}: mask of shape {mask.shape}, native image {shape}")
+        return mask

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,13 @@ from bids_harmonize.model.common import resolve_device
 from bids_harmonize.model.curves import apply_lookup
 from bids_harmonize.model.infer import harmonize_volume, random_style, reference_style
 from bids_harmonize.model.networks import MURDConfig, Translator
+from bids_harmonize.preproc.noise import denoise, should_denoise
 from bids_harmonize.utils import atomic_write, atomic_write_json, sha256_of
 
 __all__ = [
     "CARD_NAME",
     "STYLE_KINDS",
+    "Translation",
     "WEIGHTS_NAME",
     "BundleError",
     "ContractMismatch",
@@ -62,6 +65,19 @@ __all__ = [
 STYLE_KINDS = ("site", "reference", "random")
 
 
+@dataclass(frozen=True)
+class Translation:
+    """A translated volume and how it was made. Its voxel-wise part is `lookup` (model-range
+    inputs, outputs) applied to `lookup_input` (the volume itself or, where noise matching
+    applies, its denoised copy: `denoised`); the rest is the network's residual.
+    interfaces/harmonize.py carries both parts to the native grid."""
+
+    harmonized: np.ndarray
+    lookup: tuple[np.ndarray, np.ndarray]
+    lookup_input: np.ndarray
+    denoised: bool = False
+
+
 def save_bundle(
     out_dir: str | os.PathLike,
     translator: Translator,
@@ -73,6 +89,7 @@ def save_bundle(
     seed: int | None = None,
     site_signatures: Mapping[str, Mapping[str, Any]] | None = None,
     site_quantiles: Tensor | None = None,
+    site_noise: Mapping[str, Mapping[str, Any]] | None = None,
     metrics: Mapping[str, Any] | None = None,
     input_contract: InputContract | None = None,
     info: ModelInfo | None = None,
@@ -83,7 +100,9 @@ def save_bundle(
     optionally maps site names to the scanner metadata that defines each site; `input_contract`
     says how inputs must be prepared (the group level always gives it); `info` is the model's
     version, licence and intended use (default: ModelInfo()). `site_quantiles` (num_sites, levels):
-    the sites' anchor quantiles, which set each image's own intensity map (anchors.image_lookup).
+    the sites' anchor quantiles, which set each image's own intensity map (anchors.image_lookup);
+    `site_noise` (site name -> noise_to_contrast and, where it applies, denoised_shift): what noise
+    matching needs (preproc/noise.py).
     """
     config = translator.config
     if len(site_names) != config.num_sites or tuple(site_styles.shape) != (config.num_sites, config.style_dim):
@@ -119,6 +138,8 @@ def save_bundle(
     if site_quantiles is not None:
         for site, quantiles in zip(card["sites"], site_quantiles.double().cpu()):
             site["quantiles"] = quantiles.tolist()
+    for site in card["sites"]:
+        site.update((site_noise or {}).get(site["name"], {}))
     if input_contract is not None:
         card["input"] = input_contract.to_dict()
     validate_card(card)  # never write a card that load_bundle would refuse
@@ -212,7 +233,7 @@ class ModelBundle:
     def harmonize(self, volume: np.ndarray | Tensor, target_site: str, **options: Any) -> np.ndarray:
         """Translate a [-1, 1]-scaled volume into `target_site`'s style; same shape out.
         Options as `harmonize_with_lookup`."""
-        return self.harmonize_with_lookup(volume, target_site, **options)[0]
+        return self.harmonize_with_lookup(volume, target_site, **options).harmonized
 
     def harmonize_with_lookup(
         self,
@@ -226,15 +247,17 @@ class ModelBundle:
         brain_mask: np.ndarray | None = None,
         batch_size: int | None = None,
         slice_axis: int = 2,
-    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-        """The translated volume and its voxel-wise part as a lookup table (model-range inputs,
-        outputs), which carries the change to other grids (interfaces/harmonize.py).
+    ) -> Translation:
+        """The translated volume with its voxel-wise part as a lookup table, which carries the
+        change to other grids (interfaces/harmonize.py).
 
         The style-aware layout renders relative to the volume's own style, read from the volume
         through the head of `source_site` (required there; the paper layout ignores it). With
         `brain_mask` (on the volume's grid: the template's) and a bundle that stores its sites'
         anchor quantiles, the voxel-wise part of a site-style translation is the image's own map
-        (anchors.image_lookup) instead of the site curve; the network's residual is added to it.
+        (anchors.image_lookup) instead of the site curve, applied to the volume denoised first
+        when the source site is clearly noisier than the target (preproc/noise.py); the network's
+        residual is added to it.
         """
         code = self.style_code(target_site, style, reference=reference, seed=seed, slice_axis=slice_axis)
         source = self.source_style(volume, source_site, slice_axis=slice_axis)
@@ -242,12 +265,33 @@ class ModelBundle:
             self.translator, volume, code, source_style=source, batch_size=batch_size, slice_axis=slice_axis
         )
         table = self.intensity_lookup(code, source)
+        values = (volume.detach().cpu().numpy() if isinstance(volume, Tensor) else np.asarray(volume)).astype(
+            np.float32
+        )
         quantiles = self.site_quantiles()
         if style != "site" or brain_mask is None or quantiles is None or source_site is None:
-            return harmonized, table
-        values = np.asarray(volume, np.float32)
-        own = image_lookup(values, brain_mask, quantiles[source_site], quantiles[target_site])
-        return harmonized - apply_lookup(values, *table) + apply_lookup(values, *own), own
+            return Translation(harmonized, table, values)
+        source_quantiles, lookup_input = quantiles[source_site], values
+        denoised = self.denoises(source_site, target_site)
+        if denoised:
+            lookup_input = denoise(values, brain_mask)
+            source_quantiles = source_quantiles + np.asarray(self._site_entry(source_site)["denoised_shift"])
+        own = image_lookup(lookup_input, brain_mask, source_quantiles, quantiles[target_site])
+        residual = harmonized - apply_lookup(values, *table)
+        return Translation(residual + apply_lookup(lookup_input, *own), own, lookup_input, denoised)
+
+    def noise_ratios(self) -> dict[str, float]:
+        """Each site's noise-to-contrast ratio (preproc/noise.py); {} for bundles without them."""
+        return {site["name"]: site["noise_to_contrast"] for site in self.card["sites"] if "noise_to_contrast" in site}
+
+    def denoises(self, source_site: str, target_site: str) -> bool:
+        """Whether images of `source_site` are denoised before their map to `target_site`."""
+        ratios = self.noise_ratios()
+        noisier = should_denoise(ratios.get(source_site), ratios.get(target_site))
+        return noisier and "denoised_shift" in self._site_entry(source_site)
+
+    def _site_entry(self, site: str) -> dict[str, Any]:
+        return self.card["sites"][self.site_index(site)]
 
     def site_quantiles(self) -> dict[str, np.ndarray] | None:
         """Each site's anchor quantiles (model range), or None for bundles that do not store them."""

@@ -61,7 +61,7 @@ from bids_harmonize.model.networks import (
     build_discriminator,
     build_translator,
 )
-from bids_harmonize.model.styles import bundle_styles
+from bids_harmonize.model.styles import bundle_styles, site_noise
 from bids_harmonize.model.train_config import TrainConfig, lr_factor
 from bids_harmonize.model.training_log import LOG_NAME, run_training
 from bids_harmonize.model.validation import Validator, validation_record, validation_split
@@ -383,6 +383,8 @@ def train(
             styles = bundle_styles(
                 trainer.ema, sampler, trainer.curve_anchors, train_config.style_slices_per_site, train_config.batch_size
             )
+            anchored = mask is not None and trainer.anchor_quantiles is not None  # each image's own map applies
+            noise = site_noise(sampler, mask, site_names) if anchored else None
             save_bundle(
                 out_dir,
                 trainer.ema,
@@ -397,6 +399,7 @@ def train(
                 seed=train_config.seed,
                 site_signatures=site_signatures,
                 site_quantiles=trainer.anchor_quantiles,
+                site_noise=noise,
                 metrics=metrics,
                 input_contract=input_contract,
             )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bids_harmonize import CODE_URL
 from bids_harmonize.bids.outputs import OutputLayout
+from bids_harmonize.preproc.noise import NOISIER, should_denoise
 from bids_harmonize.utils import atomic_write_text
 
 
@@ -72,6 +73,10 @@ BIBTEX = {
     "  title = {deepbet: Fast brain extraction of T1-weighted MRI using Convolutional Neural Networks},\n"
     "  journal = {Computers in Biology and Medicine},\n  volume = {179},\n  pages = {108845},\n"
     "  year = {2024},\n  doi = {10.1016/j.compbiomed.2024.108845}\n}",
+    "manjon2010": "@article{manjon2010,\n  author = {Manj{\\'o}n, Jos{\\'e} V. and Coup{\\'e}, Pierrick and "
+    "Mart{\\'i}-Bonmat{\\'i}, Luis and Collins, D. Louis and Robles, Montserrat},\n  title = {Adaptive Non-Local Means "
+    "Denoising of {MR} Images With Spatially Varying Noise Levels},\n  journal = {Journal of Magnetic Resonance "
+    "Imaging},\n  volume = {31},\n  number = {1},\n  pages = {192--203},\n  year = {2010}\n}",
     "pytorch": "@inproceedings{pytorch,\n  author = {Paszke, Adam and others},\n  title = {PyTorch: An Imperative "
     "Style, High-Performance Deep Learning Library},\n  booktitle = {Advances in Neural Information Processing "
     "Systems 32},\n  pages = {8024--8035},\n  year = {2019}\n}",
@@ -140,7 +145,22 @@ def _model_paragraph(facts: MethodsFacts, model: ModelUse) -> str:
             f"on the template grid. {NATIVE_MAPPING[architecture]} The result was mapped to site "
             f"{model.target_site}'s intensity scale (the median of its training images' scales)."
         )
+        text += _noise_sentence(sites, model.target_site) if model.target_style == "site" else ""
     return text
+
+
+def _noise_sentence(sites: list[dict], target_site: str) -> str:
+    """Which sites' images were denoised before their map (preproc/noise.py), if any."""
+    ratios = {site["name"]: site["noise_to_contrast"] for site in sites if "noise_to_contrast" in site}
+    denoised = [name for name in ratios if should_denoise(ratios[name], ratios.get(target_site))]
+    if not denoised:
+        return ""
+    return (
+        f" Images of {', '.join(denoised)}, whose noise-to-contrast ratio exceeded site {target_site}'s by more "
+        f"than {NOISIER} times, were first denoised inside their brain mask with adaptive non-local means "
+        "[@manjon2010] (ANTs DenoiseImage through antspyx), on the template grid and on the native grid alike, "
+        "and moved by their site's quantiles measured on denoised images."
+    )
 
 
 def _mask_sentences(facts: MethodsFacts) -> tuple[str, str]:

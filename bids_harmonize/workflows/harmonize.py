@@ -22,12 +22,12 @@ def init_harmonize_wf(
     brain_mask: str | None = None,
     name: str = "harmonize_wf",
 ) -> pe.Workflow:
-    """Inputs: model_input, native_preproc, transform, scale_file (from init_preproc_wf) and,
+    """Inputs: model_input, native_preproc, native_mask, transform, scale_file (from init_preproc_wf) and,
     for style='reference', reference_file (a preprocessed image of the target site).
     `brain_mask`: the template's brain mask, on the model input's grid (each image's own
     quantiles inside it set its intensity map; model/anchors.py, image_lookup)."""
     workflow = pe.Workflow(name=name)
-    fields = ["model_input", "native_preproc", "transform", "scale_file", "reference_file"]
+    fields = ["model_input", "native_preproc", "native_mask", "transform", "scale_file", "reference_file"]
     inputnode = pe.Node(IdentityInterface(fields=fields), name="inputnode")
     outputnode = pe.Node(IdentityInterface(fields=["native_harmonized", "template_harmonized"]), name="outputnode")
     murd = pe.Node(
@@ -58,13 +58,17 @@ def init_harmonize_wf(
                 inputnode,
                 to_native,
                 [
-                    ("model_input", "model_input"),
                     ("native_preproc", "native"),
+                    ("native_mask", "native_mask"),
                     ("transform", "transform"),
                     ("scale_file", "source_scale"),
                 ],
             ),
-            (murd, to_native, [("out_file", "harmonized"), ("lookup_file", "lookup_file")]),
+            (
+                murd,
+                to_native,
+                [("out_file", "harmonized"), ("lookup_file", "lookup_file"), ("lookup_input_file", "model_input")],
+            ),
             (to_native, outputnode, [("native_file", "native_harmonized"), ("template_file", "template_harmonized")]),
         ]
     )

@@ -12,6 +12,7 @@ from bids_harmonize.bids.outputs import OUTPUTS, node_name
 from bids_harmonize.interfaces.bids import DerivativesSink
 from bids_harmonize.interfaces.volumes import TissueVolumes
 from bids_harmonize.preproc.brainmask import DEFAULT_METHOD
+from bids_harmonize.preproc.noise import noise_record
 from bids_harmonize.sites import SiteAssignment
 from bids_harmonize.workflows.harmonize import init_harmonize_wf
 from bids_harmonize.workflows.preproc import PREPROC_OUTPUTS, init_preproc_wf
@@ -38,9 +39,15 @@ class HarmonizationPlan:
     seed: int = 0
     reference_image: str | None = None  # raw image of the target site, for style='reference'
     card_sha256: str = ""  # SHA-256 of the bundle's model.json as read when planning
+    noise_ratios: tuple[tuple[str, float], ...] = ()  # (site, noise-to-contrast) from the card (model/noise.py)
 
-    def sidecar_fields(self) -> dict[str, Any]:
+    def sidecar_fields(self, source_site: str | None = None) -> dict[str, Any]:
+        """The harmonization's provenance; with `source_site`, whether its images are denoised."""
+        noise = {}
+        if source_site is not None and self.style == "site" and self.noise_ratios:
+            noise = {"NoiseMatching": noise_record(source_site, self.target_site, dict(self.noise_ratios))}
         return {
+            **noise,
             "TargetSite": self.target_site,
             "TargetStyle": self.style if self.style != "random" else f"random (seed {self.seed})",
             "TargetIntensityScale": {"lo": self.target_scale[0], "hi": self.target_scale[1]},
@@ -127,7 +134,7 @@ def init_participant_wf(
             brain_mask=str(template.mask),
             name=f"harmonize_{node_name(a.image.relpath)}",
         )
-        sink.inputs.harmonization = plan.sidecar_fields()
+        sink.inputs.harmonization = plan.sidecar_fields(a.site)
         workflow.connect(
             [
                 (
@@ -135,7 +142,7 @@ def init_participant_wf(
                     harmonize,
                     [
                         (f"outputnode.{f}", f"inputnode.{f}")
-                        for f in ("model_input", "native_preproc", "transform", "scale_file")
+                        for f in ("model_input", "native_preproc", "native_mask", "transform", "scale_file")
                     ],
                 ),
                 (

@@ -145,17 +145,18 @@ def test_with_a_brain_mask_each_image_is_moved_by_its_own_quantiles(
     np.testing.assert_allclose(quantiles["siteA"], site_quantiles(sampler, 8)[0].numpy(), atol=0.05)
     shift = quantiles["siteB"] - quantiles["siteA"]
     for volume in volumes[:2]:  # two subjects of one site: two maps, each from the image itself
-        plain, site_table = bundle.harmonize_with_lookup(volume, "siteB", source_site="siteA")
-        moved, (inputs, outputs) = bundle.harmonize_with_lookup(volume, "siteB", source_site="siteA", brain_mask=mask)
+        plain = bundle.harmonize_with_lookup(volume, "siteB", source_site="siteA")
+        moved = bundle.harmonize_with_lookup(volume, "siteB", source_site="siteA", brain_mask=mask)
+        (inputs, outputs), site_table = moved.lookup, plain.lookup
         own = np.quantile(volume[mask], np.linspace(0.01, 0.99, 99))
         np.testing.assert_allclose(inputs[1:-1], np.maximum.accumulate(own), atol=1e-5)
         expected = np.maximum.accumulate(np.clip(own + shift, -1, 1))  # kept monotone, in the model range
         np.testing.assert_allclose(outputs[1:-1], expected, atol=1e-5)
-        residual = plain - apply_lookup(volume, *site_table)  # the network's part is kept as it is
-        np.testing.assert_allclose(moved, apply_lookup(volume, inputs, outputs) + residual, atol=1e-5)
+        residual = plain.harmonized - apply_lookup(volume, *site_table)  # the network's part is kept as it is
+        np.testing.assert_allclose(moved.harmonized, apply_lookup(volume, inputs, outputs) + residual, atol=1e-5)
     assert not np.allclose(
-        bundle.harmonize_with_lookup(volumes[0], "siteB", source_site="siteA", brain_mask=mask)[1][0],
-        bundle.harmonize_with_lookup(volumes[1], "siteB", source_site="siteA", brain_mask=mask)[1][0],
+        bundle.harmonize_with_lookup(volumes[0], "siteB", source_site="siteA", brain_mask=mask).lookup[0],
+        bundle.harmonize_with_lookup(volumes[1], "siteB", source_site="siteA", brain_mask=mask).lookup[0],
     )
 
 
@@ -165,4 +166,4 @@ def test_a_bundle_without_site_quantiles_keeps_its_site_curve(small_bundle, toy_
     assert bundle.site_quantiles() is None
     with_mask = bundle.harmonize_with_lookup(volume, "siteB", source_site="siteA", brain_mask=volume > -0.95)
     without = bundle.harmonize_with_lookup(volume, "siteB", source_site="siteA")
-    np.testing.assert_array_equal(with_mask[0], without[0])
+    np.testing.assert_array_equal(with_mask.harmonized, without.harmonized)

@@ -7,6 +7,7 @@ tier instead of minutes into an end-to-end run. `pytest -m graph` runs this tier
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +181,10 @@ def test_harmonize_wf_wires_inference_then_the_way_back_to_the_native_grid(fakes
     assert edges[("murd", "in_file")] == ("inputnode", "model_input")
     assert edges[("to_native", "harmonized")] == ("murd", "out_file")
     assert edges[("to_native", "lookup_file")] == ("murd", "lookup_file")
-    for field, source in [("native", "native_preproc"), ("transform", "transform"), ("source_scale", "scale_file")]:
+    # The native map applies to what the template-grid map applied to: the input, or its denoised copy.
+    assert edges[("to_native", "model_input")] == ("murd", "lookup_input_file")
+    wired = [("native", "native_preproc"), ("native_mask", "native_mask"), ("transform", "transform")]
+    for field, source in [*wired, ("source_scale", "scale_file")]:
         assert edges[("to_native", field)] == ("inputnode", source)
     assert edges[("outputnode", "native_harmonized")] == ("to_native", "native_file")
     assert (("murd", "reference_file") in edges) == (style == "reference")
@@ -238,8 +242,10 @@ def test_participant_wf_harmonizes_known_sites_and_leaves_the_rest_preprocessed(
         sink, preproc = name.replace("harmonize_", "sink_"), name.replace("harmonize_", "preproc_")
         assert origin(workflow, (sink, "native_harmonized"), edges) == (f"{name}.to_native", "native_file")
         assert origin(workflow, (f"{name}.murd", "in_file"), edges) == (f"{preproc}.scale", "out_file")
-        # The change is carried to the bias-corrected native image (as the methods text says).
+        # The change is carried to the bias-corrected native image (as the methods text says), denoised
+        # (where noise matching applies) inside the image's own native brain mask.
         assert origin(workflow, (f"{name}.to_native", "native"), edges) == (f"{preproc}.n4", "out_file")
+        assert origin(workflow, (f"{name}.to_native", "native_mask"), edges)[1] == "out_file"
         reference = origin(workflow, (f"{name}.murd", "reference_file"), edges)
         assert reference == (("preproc_reference_T1w.scale", "out_file") if style == "reference" else None)
     for sink in sinks - {name.replace("harmonize_", "sink_") for name in harmonized}:
@@ -261,6 +267,20 @@ def test_participant_wf_passes_the_plan_to_inference_and_the_sidecar(fakes, styl
     if style == "reference":
         reference = workflow.get_node("preproc_reference_T1w.inputnode").inputs.in_file
         assert reference == str(fakes["reference"])
+
+
+def test_the_sidecar_says_whether_the_image_is_denoised_before_its_map(fakes):
+    noisy = dataclasses.replace(plan(fakes), noise_ratios=(("siteA", 0.1), ("siteB", 0.2)))
+    images = [assignment("01", "siteB"), assignment("02", "siteA")]
+    workflow, _ = participant_wf(fakes, images, {"T1w": noisy})
+    matching = {
+        subject: workflow.get_node(f"sink_sub_{subject}_T1w").inputs.harmonization["NoiseMatching"]
+        for subject in ("01", "02")
+    }
+    assert matching["01"]["Denoised"] is True and matching["01"]["SourceNoiseToContrast"] == 0.2
+    assert matching["02"]["Denoised"] is False  # the target site's own images
+    workflow, _ = participant_wf(fakes, images[:1], {"T1w": plan(fakes)})  # a bundle without noise records
+    assert "NoiseMatching" not in workflow.get_node("sink_sub_01_T1w").inputs.harmonization
 
 
 def test_participant_wf_reads_each_image_and_writes_under_out(fakes):

@@ -15,6 +15,7 @@ from scipy import ndimage
 from bids_harmonize.interfaces.harmonize import HarmonizedToNative
 from bids_harmonize.model.curves import apply_lookup
 from bids_harmonize.preproc import operations as op
+from bids_harmonize.preproc.noise import denoise
 from bids_harmonize.reports.citation import MethodsFacts, ModelUse, methods_markdown
 
 NATIVE_SHAPE = (64, 64, 64)  # 1 mm
@@ -37,11 +38,16 @@ def gradient_energy(image: np.ndarray, mask: np.ndarray) -> float:
 
 
 def run_to_native(
-    tmp_path, native: np.ndarray, lookup: tuple[np.ndarray, np.ndarray], residual: float | np.ndarray
+    tmp_path,
+    native: np.ndarray,
+    lookup: tuple[np.ndarray, np.ndarray],
+    residual: float | np.ndarray,
+    native_mask: np.ndarray | None = None,
+    denoised: bool = False,
 ) -> np.ndarray:
     """Template grid: 2 mm covering only the central 48 mm (the scan reaches beyond it). The
     model's output is the lookup applied to its input plus `residual`: a value added inside the
-    head, or an array on the template grid."""
+    head, or an array on the template grid. `denoised`: the lookup says its input was denoised."""
     native_img = nb.Nifti1Image(native, np.eye(4))
     template_affine = np.diag([2.0, 2.0, 2.0, 1.0])
     template_affine[:3, 3] = 8.0
@@ -57,7 +63,12 @@ def run_to_native(
     nb.Nifti1Image(harmonized.astype(np.float32), template_affine).to_filename(paths["harmonized"])
     transform = op.save_transform(sitk.AffineTransform(3), tmp_path / "xfm.txt")
     (tmp_path / "scale.json").write_text(json.dumps(SOURCE.as_dict()))
-    (tmp_path / "lookup.json").write_text(json.dumps({"inputs": lookup[0].tolist(), "outputs": lookup[1].tolist()}))
+    table = {"inputs": lookup[0].tolist(), "outputs": lookup[1].tolist(), "denoised": denoised}
+    (tmp_path / "lookup.json").write_text(json.dumps(table))
+    masked = {}
+    if native_mask is not None:
+        nb.Nifti1Image(native_mask.astype(np.uint8), np.eye(4)).to_filename(tmp_path / "mask.nii.gz")
+        masked = {"native_mask": str(tmp_path / "mask.nii.gz")}
     node = HarmonizedToNative(
         harmonized=str(paths["harmonized"]),
         model_input=str(paths["model_input"]),
@@ -67,6 +78,7 @@ def run_to_native(
         source_scale=str(tmp_path / "scale.json"),
         target_lo=TARGET.lo,
         target_hi=TARGET.hi,
+        **masked,
     )
     result = node.run(cwd=str(tmp_path))
     assert nb.load(result.outputs.native_file).shape == native_img.shape
@@ -92,18 +104,42 @@ def test_no_seam_at_the_edge_of_the_template_field_of_view(tmp_path):
     np.testing.assert_allclose(output, TARGET.to_scanner(SOURCE.to_model(native)), rtol=1e-4)
 
 
+def test_a_denoised_translation_denoises_the_native_scan_inside_its_brain_mask(tmp_path):
+    native = fine_scan()
+    brain = native > 0
+    identity = np.linspace(-1, 1, 33, dtype=np.float32)
+    (tmp_path / "unmasked").mkdir()
+    with pytest.raises(Exception, match="native_mask"):  # never the map without the denoising it was made for
+        run_to_native(tmp_path / "unmasked", native, (identity, identity), 0.0, denoised=True)
+    output = run_to_native(tmp_path, native, (identity, identity), 0.0, native_mask=brain, denoised=True)
+    unclipped = 2.0 * (native - SOURCE.lo) / (SOURCE.hi - SOURCE.lo) - 1.0  # the scan's values, not clipped
+    mapped = TARGET.to_scanner(unclipped)
+    np.testing.assert_allclose(output, TARGET.to_scanner(denoise(unclipped, brain)), rtol=1e-4, atol=0.5)
+    np.testing.assert_allclose(output[~brain], mapped[~brain], rtol=1e-5)
+    assert gradient_energy(output, brain) < 0.8 * gradient_energy(mapped, brain)
+
+
 # ----------------------------------------------------------------------------- the methods text
 TEMPLATE_FOV_MM = (8.0, 54.0)  # first and last template voxel centre, in native mm on each axis
 RAMP_PER_MM = 0.005  # a residual rising along the first axis, in model-range units per mm
 
 
-def methods_text(tmp_path, architecture: str) -> str:
+def methods_text(tmp_path, architecture: str, sites: list[dict] | None = None) -> str:
     bundle = tmp_path / "models" / "T1w"
     bundle.mkdir(parents=True)
-    card = {"preset": "tiny", "network": {"architecture": architecture}, "sites": [{"name": "siteA"}]}
+    card = {"preset": "tiny", "network": {"architecture": architecture}, "sites": sites or [{"name": "siteA"}]}
     (bundle / "model.json").write_text(json.dumps(card))
     facts = MethodsFacts(("T1w",), "MNI152NLin2009cSym", 2, "scanner", (ModelUse("T1w", bundle, "siteA", "site"),))
     return " ".join(methods_markdown(facts).split())
+
+
+def test_the_methods_text_names_the_sites_whose_images_were_denoised(tmp_path):
+    sites = [{"name": "siteA", "noise_to_contrast": 0.1}, {"name": "siteB", "noise_to_contrast": 0.2}]
+    text = methods_text(tmp_path / "noisy", "modulated", sites)
+    assert "Images of siteB, whose noise-to-contrast ratio exceeded site siteA's" in text
+    assert "[@manjon2010]" in text and "on the native grid alike" in text
+    sites[1]["noise_to_contrast"] = 0.11  # not clearly noisier: nothing denoised, nothing said
+    assert "denoised" not in methods_text(tmp_path / "quiet", "modulated", sites)
 
 
 @pytest.mark.parametrize(
