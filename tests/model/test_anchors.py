@@ -173,33 +173,20 @@ def test_own_quantiles_set_the_anchors_as_site_means_and_the_card_says_so(
     tmp_path, toy_data, tiny_config, anchored_train_config
 ):
     volumes, labels = toy_data
+
+    def trained(out, own_quantiles):
+        return train(
+            volumes, labels, ["siteA", "siteB"], tiny_config, anchored_train_config, out,
+            progress=False, own_quantiles=own_quantiles,
+        )  # fmt: skip
+
     # Each volume inside its own foreground, as the group level measures each image in its own mask.
     own = [mask_quantiles(volume, volume > -0.95) for volume in volumes]
-    bundle = load_bundle(
-        train(
-            volumes,
-            labels,
-            ["siteA", "siteB"],
-            tiny_config,
-            anchored_train_config,
-            tmp_path,
-            progress=False,
-            own_quantiles=[row.tolist() for row in own],
-        )
-    )
+    bundle = load_bundle(trained(tmp_path, [row.tolist() for row in own]))
     quantiles = bundle.site_quantiles()
     for index, site in enumerate(("siteA", "siteB")):
         mean = np.mean([row for row, label in zip(own, labels) if label == index], axis=0)
         np.testing.assert_allclose(quantiles[site], np.clip(np.maximum.accumulate(mean), -1, 1), atol=1e-6)
     assert bundle.card["training"]["anchor_masks"] == "own"
     with pytest.raises(ValueError, match="own quantiles need 6 rows of 99 levels"):
-        train(
-            volumes,
-            labels,
-            ["siteA", "siteB"],
-            tiny_config,
-            anchored_train_config,
-            tmp_path / "bad",
-            progress=False,
-            own_quantiles=[[0.0] * 5] * 6,
-        )
+        trained(tmp_path / "bad", [[0.0] * 5] * 6)
