@@ -70,15 +70,16 @@ class MurdSetup:
     target_scale: object  # preproc.operations.IntensityScale
     brain_mask: NDArray[np.bool_] | None = None  # the population's brain (the template mask's role)
     anchor_covariates: dict[str, list[float]] | None = None  # as the group level passes participants.tsv's
-    own_quantiles: list[list[float]] | None = None  # each volume inside its own mask, as the group level measures
 
     def harmonizer(self, bundle) -> Harmonizer:
         from bids_harmonize.preproc.operations import robust_scale
 
         def harmonize(image: NDArray, mask: NDArray, source_site: str) -> NDArray:
             model_input = robust_scale(image, mask).to_model(image)
-            # The image's own brain mask, as the participant level carries its mask onto the template grid.
-            harmonized = bundle.harmonize(model_input, self.target_site, source_site=source_site, brain_mask=mask)
+            # The population's brain mask: the template mask's role in the pipeline.
+            harmonized = bundle.harmonize(
+                model_input, self.target_site, source_site=source_site, brain_mask=self.brain_mask
+            )
             return self.target_scale.to_scanner(harmonized)
 
         return harmonize
@@ -96,7 +97,6 @@ class MurdSetup:
             work_dir / "murd",
             brain_mask=self.brain_mask,
             anchor_covariates=self.anchor_covariates,
-            own_quantiles=self.own_quantiles,
             work_dir=work_dir / "murd_training",
             resume=False,
             progress=False,
@@ -119,7 +119,6 @@ def prepare_murd(
     does; the target intensity scale is the median of the target site's training scales.
     `covariates` (column -> one value per image) adjust the site anchors, as the group level's."""
     from bids_harmonize.model import preset_config
-    from bids_harmonize.model.anchors import mask_quantiles
     from bids_harmonize.model.recipes import RECIPES
     from bids_harmonize.model.slices import model_image_size
     from bids_harmonize.preproc.operations import median_scale, robust_scale
@@ -138,8 +137,7 @@ def prepare_murd(
     # Where at least half of the subjects have brain: the role the template mask plays in the pipeline.
     brain = np.mean(np.asarray(masks, dtype=bool), axis=0) >= 0.5
     labels = [names.index(site) for site in sites]
-    own = [mask_quantiles(volume, mask).tolist() for volume, mask in zip(volumes, masks, strict=True)]
-    return MurdSetup(volumes, labels, names, config, options, target_site, target_scale, brain, covariates, own)
+    return MurdSetup(volumes, labels, names, config, options, target_site, target_scale, brain, covariates)
 
 
 # ----------------------------------------------------------------------------- the quality benchmarks' phantom

@@ -36,7 +36,7 @@ class _HarmonizeInputSpec(BaseInterfaceInputSpec):
     seed = traits.Int(0, usedefault=True)
     reference_file = File(exists=True, desc="template-space image of the target site (style='reference')")
     brain_mask_file = File(
-        exists=True, desc="the image's own brain mask on the template grid: its quantiles there set its intensity map"
+        exists=True, desc="the template's brain mask: the image's own quantiles set its intensity map"
     )
     device = traits.Str("cpu", usedefault=True, nohash=True)
     use_gpu = traits.Bool(False, usedefault=True, nohash=True, desc="tells MultiProc this is a GPU node")

@@ -143,29 +143,6 @@ class TemplateMaskToNative(_ThreadedInterface):
         return runtime
 
 
-class _MaskToTemplateInputSpec(_ThreadedInputSpec):
-    mask = File(exists=True, mandatory=True, desc="the image's own brain mask, native grid")
-    reference = File(exists=True, mandatory=True, desc="template image or mask whose grid the mask takes")
-    transform = File(exists=True, mandatory=True, desc="template -> native points (from RegisterToTemplate)")
-
-
-class NativeMaskToTemplate(_ThreadedInterface):
-    """Carry the image's own brain mask onto the template grid (nearest neighbour): the voxels
-    whose quantiles set its intensity map (model/anchors.py, image_lookup)."""
-
-    input_spec = _MaskToTemplateInputSpec
-    output_spec = _ImageOutputSpec
-
-    def _run_interface(self, runtime):
-        self._set_threads()
-        reference = nb.load(self.inputs.reference)
-        transform = op.load_transform(Path(self.inputs.transform))
-        mask = op.mask_on_template(nb.load(self.inputs.mask), reference, transform)
-        nb.Nifti1Image(mask.astype(np.uint8), reference.affine).to_filename(self._out("brain_mask_template.nii.gz"))
-        self._results["out_file"] = self._out("brain_mask_template.nii.gz")
-        return runtime
-
-
 class _MaskRecordInputSpec(BaseInterfaceInputSpec):
     method = traits.Enum(*brainmask.METHODS, mandatory=True)
     mask = File(exists=True, desc="the learned mask (native grid)")

@@ -258,7 +258,7 @@ def run_group(config: RunConfig, images: list[ImageRecord], site_inventory: Site
             contrast,
             assignments,
             template,
-            lambda image, name: OutputLayout(config.output_dir).output(image, name, template.name, template.resolution),
+            lambda image: template_preproc_path(config, template, image),
             device,
             threads,
         )

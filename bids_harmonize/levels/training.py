@@ -26,8 +26,6 @@ from bids_harmonize.model.store import VolumeStore
 from bids_harmonize.preproc.operations import (
     IntensityScale,
     intensity_convention,
-    load_transform,
-    mask_on_template,
     median_scale,
     robust_scale,
 )
@@ -53,24 +51,6 @@ def store_image(store: VolumeStore, path: Path, key: str, mask: np.ndarray) -> i
         extra = {"scale": scale.as_dict(), "brain_counts": brain_counts(volume, mask).tolist()}
         row = store.add(key, stamp, np.moveaxis(volume, SLICE_AXIS, 0), extra)
     return row
-
-
-def own_quantiles(store: VolumeStore, row: int, native_mask: Path, transform: Path, template: nb.Nifti1Image) -> list:
-    """The stored volume's quantiles (anchors.QUANTILE_LEVELS) inside the image's own brain mask,
-    carried from its native grid onto the template's (as the participant level's own_mask node
-    does), so the anchors measure each image as inference will."""
-    from bids_harmonize.model.anchors import mask_quantiles
-
-    for path in (native_mask, transform):
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path}: missing, but the group level needs each image's brain mask and registration. Fix: run "
-                "the participant level for this image again (or delete its preprocessed outputs, so the group "
-                "level redoes them)"
-            )
-    mask = mask_on_template(nb.load(native_mask), template, load_transform(transform))
-    volume = np.moveaxis(store.read_volume(row), 0, SLICE_AXIS).astype(np.float32)
-    return mask_quantiles(volume, mask).tolist()
 
 
 def site_signatures(store: VolumeStore, rows: list[int], usable: list[SiteAssignment]) -> dict[str, dict]:
@@ -135,13 +115,12 @@ def train_contrast(
     contrast: str,
     assignments: list[SiteAssignment],
     template: TemplateFiles,
-    derivative: Callable[[ImageRecord, str], Path],
+    preproc_path: Callable[[ImageRecord], Path],
     device: str,
     threads: int,
 ) -> str:
     """Train the contrast's bundle into OUT/models/<contrast> from each image's template-space
-    preprocessed file, brain mask and registration (`derivative(image, output name)`, names of
-    bids.outputs.OUTPUTS); returns a line for the user."""
+    preprocessed file (`preproc_path`); returns a line for the user."""
     import torch
 
     from bids_harmonize.model import preset_config
@@ -172,13 +151,8 @@ def train_contrast(
     before = len(store)
     rows = []
     for a in usable:
-        path = derivative(a.image, "template_preproc")
+        path = preproc_path(a.image)
         rows.append(store_image(store, path, str(path.relative_to(config.output_dir)), mask))
-    template_image = nb.load(template.mask)
-    quantiles = [
-        own_quantiles(store, row, derivative(a.image, "native_mask"), derivative(a.image, "transform"), template_image)
-        for row, a in zip(rows, usable)
-    ]
     LOGGER.info(
         "%s: volume store %s holds %d volumes (%d added now, %.2f GB)",
         contrast,
@@ -216,7 +190,6 @@ def train_contrast(
         progress=config.verbosity > 0,
         brain_mask=str(template.mask),
         anchor_covariates=anchor_covariates(config, usable, sites),
-        own_quantiles=quantiles,
         input_contract=InputContract(
             contrast=contrast,
             template=template.name,

@@ -111,51 +111,6 @@ def anchor_design(
     return design, usable
 
 
-def training_anchor_quantiles(
-    sampler,
-    num_sites: int,
-    slices_per_site: int,
-    brain_mask: Tensor | None = None,
-    covariates: Tensor | None = None,
-    own_quantiles: Tensor | None = None,
-) -> tuple[Tensor, int]:
-    """(num_sites, levels) anchor quantiles and how many volumes set them (0: pooled slices).
-
-    own_quantiles (V, levels): each training volume's quantiles inside its own brain mask, as the
-    caller measured them (the group level, where each image's mask is known); the anchors are then
-    their site means, or with covariates the adjusted site coefficients. Without them, the
-    volumes' slices inside `brain_mask` count: per volume and adjusted with covariates, else
-    pooled per site."""
-    if own_quantiles is None and covariates is None:
-        return site_quantiles(sampler, slices_per_site, brain_mask), 0
-    per_volume = own_quantiles if own_quantiles is not None else volume_quantiles(sampler, brain_mask)
-    if covariates is None:
-        covariates = torch.zeros(len(per_volume), 0, dtype=torch.float64)  # site means
-    return adjusted_site_quantiles(per_volume, sampler.site_labels, covariates, num_sites)
-
-
-def own_quantile_matrix(values: Sequence[Sequence[float]] | None, num_volumes: int) -> Tensor | None:
-    """Each volume's own-mask quantiles as a (num_volumes, levels) float64 matrix (NaN rows: a
-    volume without brain voxels, left out of the fit); None without them."""
-    if values is None:
-        return None
-    matrix = torch.tensor([list(row) for row in values], dtype=torch.float64)
-    if tuple(matrix.shape) != (num_volumes, len(QUANTILE_LEVELS)):
-        raise ValueError(
-            f"own quantiles need {num_volumes} rows of {len(QUANTILE_LEVELS)} levels (anchors.QUANTILE_LEVELS); "
-            f"got shape {tuple(matrix.shape)}"
-        )
-    return matrix
-
-
-def mask_quantiles(volume: np.ndarray, brain_mask: np.ndarray) -> np.ndarray:
-    """The volume's quantiles at QUANTILE_LEVELS inside `brain_mask` (model range, float64)."""
-    values = np.asarray(volume, np.float64)[np.asarray(brain_mask, bool)]
-    if values.size == 0:
-        raise ValueError("the brain mask selects no voxel of the volume: pass the image's brain mask")
-    return np.quantile(values, QUANTILE_LEVELS.numpy())
-
-
 def covariate_matrix(covariates: Mapping[str, Sequence[float | None]] | None, num_volumes: int) -> Tensor | None:
     """name -> one value per volume (None or NaN: missing), as a (num_volumes, C) float64 matrix
     with NaN where a value is missing (None without any covariate)."""
@@ -168,15 +123,11 @@ def covariate_matrix(covariates: Mapping[str, Sequence[float | None]] | None, nu
     return torch.tensor(rows, dtype=torch.float64).T.contiguous()
 
 
-def anchor_record(
-    covariates: Mapping[str, Sequence[float | None]] | None, volumes: int, own_masks: bool = False
-) -> dict[str, Any]:
-    """What the bundle's card says about the anchors: their covariates (when there were any) and
-    whether each volume's own brain mask set them (`anchor_masks`: "own" or "shared")."""
-    record: dict[str, Any] = {"anchor_masks": "own" if own_masks else "shared"}
-    if covariates:
-        record["anchor_covariates"] = {"columns": list(covariates), "volumes": volumes}
-    return record
+def anchor_record(covariates: Mapping[str, Sequence[float | None]] | None, volumes: int) -> dict[str, Any]:
+    """What the bundle's card says about the anchors' covariates (nothing when there were none)."""
+    if not covariates:
+        return {}
+    return {"anchor_covariates": {"columns": list(covariates), "volumes": volumes}}
 
 
 def _voxels(sampler, volume_index: Tensor, centre: Tensor, brain_mask: Tensor | None) -> Tensor:
@@ -278,7 +229,10 @@ def image_lookup(
     downstream benchmark this took GM/WM volume differences from 6.8/6.6 % to 1.6/3.3 %
     (benchmarks/results/downstream.md).
     """
-    own = mask_quantiles(volume, brain_mask)
+    values = np.asarray(volume, np.float64)[np.asarray(brain_mask, bool)]
+    if values.size == 0:
+        raise ValueError("the brain mask selects no voxel of the volume: pass the template's brain mask")
+    own = np.quantile(values, QUANTILE_LEVELS.numpy())
     moved = np.clip(own + np.asarray(target, np.float64) - np.asarray(source, np.float64), -1.0, 1.0)
     inputs = np.maximum.accumulate(np.concatenate([[-1.0], own, [1.0]]))
     outputs = np.maximum.accumulate(np.concatenate([[-1.0], moved, [1.0]]))

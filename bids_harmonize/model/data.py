@@ -90,15 +90,6 @@ def data_fingerprint(volume_hashes: Sequence[str], site_labels: Sequence[int], s
     return "sha256:" + hashlib.sha256(json.dumps(entries).encode()).hexdigest()
 
 
-def extended_fingerprint(data_hash: str, *matrices: Tensor | None) -> str:
-    """`data_hash` extended by what else sets the model (the anchors' covariates, each volume's own
-    quantiles): the same volumes with other anchors are other training data."""
-    for matrix in matrices:
-        if matrix is not None:
-            data_hash = hashlib.sha256(f"{data_hash}:{matrix.numpy().tobytes().hex()}".encode()).hexdigest()
-    return data_hash
-
-
 def _describe(source: VolumeSource) -> str:
     return "array volume" if isinstance(source, np.ndarray) else str(source)
 
@@ -271,30 +262,6 @@ class SliceSampler:
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         self.generator.set_state(state["generator"])
-
-
-def training_sampler(
-    volumes: Tensor | VolumeSet,
-    site_labels: Sequence[int],
-    config: MURDConfig,
-    train_config,
-    device: torch.device,
-    rank: int = 0,
-) -> SliceSampler:
-    """The sampler train() draws from, set up by the training settings (a TrainConfig)."""
-    return SliceSampler(
-        volumes,
-        site_labels,
-        config,
-        batch_size=train_config.batch_size,
-        site_balanced=train_config.site_balanced,
-        min_foreground=train_config.min_foreground,
-        content_noise_std=train_config.content_noise_std,
-        seed=train_config.seed,
-        device=device,
-        rank=rank,
-        crop_size=train_config.crop_size,
-    )
 
 
 def _starts(counts: Tensor) -> Tensor:

@@ -56,8 +56,6 @@ class TrainingJob:
     brain_mask: str | None = None  # NIfTI on the volumes' grid (the template mask): for the curve anchors
     # column -> one value per row (None: missing): the anchors' covariates (train(anchor_covariates=))
     anchor_covariates: dict[str, list[float | None]] | None = None
-    # Per row, its quantiles inside its own brain mask (train(own_quantiles=)); None: the brain_mask's
-    own_quantiles: list[list[float]] | None = None
 
     def write(self, path: Path) -> Path:
         return atomic_write_json(path, dataclasses.asdict(self))
@@ -85,7 +83,6 @@ def run_job(job: TrainingJob) -> Path:
         input_contract=InputContract.from_dict(job.input_contract) if job.input_contract is not None else None,
         brain_mask=None if job.brain_mask is None else np.asarray(nib.load(job.brain_mask).dataobj) > 0,
         anchor_covariates=job.anchor_covariates,
-        own_quantiles=job.own_quantiles,
     )
 
 

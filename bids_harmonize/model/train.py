@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -20,12 +21,13 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from bids_harmonize.model.anchors import (
+    adjusted_site_quantiles,
     anchor_curves,
     anchor_record,
     covariate_matrix,
     fit_curves_to_anchors,
-    own_quantile_matrix,
-    training_anchor_quantiles,
+    site_quantiles,
+    volume_quantiles,
 )
 from bids_harmonize.model.bundle import save_bundle
 from bids_harmonize.model.card import InputContract
@@ -42,9 +44,7 @@ from bids_harmonize.model.data import (
     VolumeSource,
     check_site_labels,
     data_fingerprint,
-    extended_fingerprint,
     mask_slices_first,
-    training_sampler,
     training_volume_set,
 )
 from bids_harmonize.model.distributed import DistributedContext, init_distributed
@@ -81,7 +81,6 @@ class Trainer:
         brain_mask: Tensor | None = None,
         anchor_covariates: Tensor | None = None,
         held_out: tuple[int, ...] = (),
-        own_quantiles: Tensor | None = None,
     ) -> None:
         self.config, self.train_config, self.sampler = config, train_config, sampler
         self.device, self.context = device, context
@@ -94,7 +93,7 @@ class Trainer:
                 network.compile()
         self.anchor_volumes = 0  # training volumes that set covariate-adjusted anchors (0: pooled anchors)
         self.anchor_quantiles: Tensor | None = None  # (num_sites, levels), model range; the bundle keeps them
-        self.curve_anchors = self._curve_anchors(brain_mask, anchor_covariates, own_quantiles)
+        self.curve_anchors = self._curve_anchors(brain_mask, anchor_covariates)
         self.validator = None
         if held_out:  # after the anchors, which read every volume; the gradient steps then skip these
             sampler.hold_out(held_out)
@@ -129,16 +128,18 @@ class Trainer:
         ]
         self.step = 0
 
-    def _curve_anchors(
-        self, brain_mask: Tensor | None, covariates: Tensor | None, own_quantiles: Tensor | None
-    ) -> Tensor | None:
-        """Each site's anchor curve, when the anchor term is on (anchors.training_anchor_quantiles)."""
+    def _curve_anchors(self, brain_mask: Tensor | None, covariates: Tensor | None) -> Tensor | None:
+        """Each site's anchor curve from its training slices, when the anchor term is on; with
+        covariates, from every site's quantiles at the same covariate values (anchors.py)."""
         if self.train_config.loss_weights.anchor == 0 or not self.translator.needs_source_style:
             return None
-        slices = self.train_config.style_slices_per_site
-        quantiles, self.anchor_volumes = training_anchor_quantiles(
-            self.sampler, self.config.num_sites, slices, brain_mask, covariates, own_quantiles
-        )
+        if covariates is None:
+            quantiles = site_quantiles(self.sampler, self.train_config.style_slices_per_site, brain_mask)
+        else:
+            per_volume = volume_quantiles(self.sampler, brain_mask)
+            quantiles, self.anchor_volumes = adjusted_site_quantiles(
+                per_volume, self.sampler.site_labels, covariates, self.config.num_sites
+            )
         self.anchor_quantiles = quantiles.clamp(-1.0, 1.0).cpu()
         return anchor_curves(quantiles, self.config.curve_knots).to(self.device)
 
@@ -312,7 +313,6 @@ def train(
     slice_axis: int = 2,
     brain_mask: np.ndarray | None = None,
     anchor_covariates: Mapping[str, Sequence[float | None]] | None = None,
-    own_quantiles: Sequence[Sequence[float]] | None = None,
     progress: bool = True,
     on_step: Callable[[Trainer], None] | None = None,
 ) -> Path:
@@ -330,8 +330,6 @@ def train(
     `anchor_covariates`: name -> one value per volume (None or NaN: missing; categorical covariates as 0/1
     indicator columns): the site anchors are then every site's quantiles at the same covariate
     values (anchors.adjusted_site_quantiles), so a site's older population does not move its curve.
-    `own_quantiles`: each volume's quantiles at anchors.QUANTILE_LEVELS inside its own brain mask
-    (anchors.mask_quantiles): the anchors then come from these, as inference measures each image.
     `input_contract` (how the volumes were prepared) goes into the bundle's card.
     Under torchrun (WORLD_SIZE > 1) every process runs this; rank 0 writes the files.
     `on_step(trainer)` runs after every iteration (e.g. to snapshot the EMA weights).
@@ -348,9 +346,21 @@ def train(
         training_set, volume_hashes = training_volume_set(volumes, slice_axis)
         data_hash = data_hash or data_fingerprint(volume_hashes, site_labels, site_names)
         covariates = covariate_matrix(anchor_covariates, len(site_labels))
-        own = own_quantile_matrix(own_quantiles, len(site_labels))
-        data_hash = extended_fingerprint(data_hash, covariates, own)  # other anchors: a checkpoint must not mix them
-        sampler = training_sampler(training_set, site_labels, config, train_config, device, context.rank)
+        if covariates is not None:  # other covariates, other anchors: a checkpoint must not mix them
+            data_hash = hashlib.sha256(f"{data_hash}:{covariates.numpy().tobytes().hex()}".encode()).hexdigest()
+        sampler = SliceSampler(
+            training_set,
+            site_labels,
+            config,
+            batch_size=train_config.batch_size,
+            site_balanced=train_config.site_balanced,
+            min_foreground=train_config.min_foreground,
+            content_noise_std=train_config.content_noise_std,
+            seed=train_config.seed,
+            device=device,
+            rank=context.rank,
+            crop_size=train_config.crop_size,
+        )
         mask = None if brain_mask is None else mask_slices_first(brain_mask, slice_axis, tuple(training_set.shape[1:]))
         split = validation_split(site_labels, train_config.validation_per_site)
         trainer = Trainer(
@@ -362,7 +372,6 @@ def train(
             brain_mask=mask,
             anchor_covariates=covariates,
             held_out=split.held_out,
-            own_quantiles=own,
         )
         checkpoint = work_dir / CHECKPOINT_NAME
         if resume and checkpoint.exists():
@@ -384,7 +393,7 @@ def train(
                 data_hash=data_hash,
                 training={
                     **train_config.to_dict(),
-                    **anchor_record(anchor_covariates, trainer.anchor_volumes, own is not None),
+                    **anchor_record(anchor_covariates, trainer.anchor_volumes),
                     **validation_record(trainer.validator, split, train_config),
                 },
                 seed=train_config.seed,

@@ -172,12 +172,6 @@ def resample(
     return to_nibabel(out, np.uint8 if nearest else np.float32)
 
 
-def mask_on_template(mask: nb.Nifti1Image, template: nb.Nifti1Image, to_native: sitk.Transform) -> np.ndarray:
-    """A native-grid brain mask carried onto the template grid (nearest neighbour), as a boolean
-    array; `to_native` maps template points to native points (RegisterToTemplate's transform)."""
-    return np.asarray(resample(mask, template, to_native, nearest=True).dataobj) > 0
-
-
 def save_transform(transform: sitk.Transform, path: Path) -> Path:
     sitk.WriteTransform(transform, str(path))
     return path

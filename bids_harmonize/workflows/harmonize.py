@@ -6,7 +6,6 @@ from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import engine as pe
 
 from bids_harmonize.interfaces.harmonize import HarmonizedToNative, HarmonizeVolume
-from bids_harmonize.interfaces.preproc import NativeMaskToTemplate
 
 
 def init_harmonize_wf(
@@ -20,14 +19,13 @@ def init_harmonize_wf(
     seed: int = 0,
     device: str = "cpu",
     omp_nthreads: int = 1,
-    template_mask: str | None = None,
+    brain_mask: str | None = None,
     name: str = "harmonize_wf",
 ) -> pe.Workflow:
     """Inputs: model_input, native_preproc, native_mask, transform, scale_file (from init_preproc_wf) and,
     for style='reference', reference_file (a preprocessed image of the target site).
-    `template_mask`: the template's brain mask (the model input's grid). With it, the image's own
-    brain mask is carried onto that grid (node own_mask) and its quantiles inside it set the
-    image's intensity map (model/anchors.py, image_lookup)."""
+    `brain_mask`: the template's brain mask, on the model input's grid (each image's own
+    quantiles inside it set its intensity map; model/anchors.py, image_lookup)."""
     workflow = pe.Workflow(name=name)
     fields = ["model_input", "native_preproc", "native_mask", "transform", "scale_file", "reference_file"]
     inputnode = pe.Node(IdentityInterface(fields=fields), name="inputnode")
@@ -43,6 +41,7 @@ def init_harmonize_wf(
             device=device,
             use_gpu=device.startswith("cuda"),
             num_threads=omp_nthreads,
+            **({"brain_mask_file": brain_mask} if brain_mask else {}),
         ),
         name="murd",
         n_procs=omp_nthreads,
@@ -73,14 +72,6 @@ def init_harmonize_wf(
             (to_native, outputnode, [("native_file", "native_harmonized"), ("template_file", "template_harmonized")]),
         ]
     )
-    if template_mask:
-        own_mask = pe.Node(NativeMaskToTemplate(reference=template_mask, num_threads=omp_nthreads), name="own_mask")
-        workflow.connect(
-            [
-                (inputnode, own_mask, [("native_mask", "mask"), ("transform", "transform")]),
-                (own_mask, murd, [("out_file", "brain_mask_file")]),
-            ]
-        )
     if style == "reference":
         workflow.connect(inputnode, "reference_file", murd, "reference_file")
     return workflow

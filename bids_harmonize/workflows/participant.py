@@ -131,7 +131,7 @@ def init_participant_wf(
             seed=plan.seed,
             device=device,
             omp_nthreads=omp_nthreads,
-            template_mask=str(template.mask),
+            brain_mask=str(template.mask),
             name=f"harmonize_{node_name(a.image.relpath)}",
         )
         sink.inputs.harmonization = plan.sidecar_fields(a.site)

@@ -114,16 +114,3 @@ def test_a_crashed_node_is_one_console_line_and_its_traceback_stays_in_the_crash
     )
     assert _without_traceback(record) and record.getMessage() == f"Node scale failed.\nSaving crash info to {crash}"
     assert crash_summary(crash) == f"wf.preproc_sub_02_T1w.scale: ValueError: degenerate intensity range ({crash})"
-
-
-def test_a_missing_brain_mask_or_registration_at_group_level_names_the_file_and_the_fix(tmp_path):
-    import nibabel as nb
-    import numpy as np
-
-    from bids_harmonize.levels.training import own_quantiles
-
-    template = nb.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4))
-    missing = tmp_path / "sub-01_desc-brain_mask.nii.gz"
-    with pytest.raises(FileNotFoundError, match="sub-01_desc-brain_mask.nii.gz: missing") as error:
-        own_quantiles(None, 0, missing, tmp_path / "xfm.txt", template)
-    assert "run the participant level for this image again" in str(error.value)

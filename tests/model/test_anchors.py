@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bids_harmonize.model import TrainConfig, load_bundle, train
-from bids_harmonize.model.anchors import anchor_curves, calibrate_curve_head, mask_quantiles, site_quantiles
+from bids_harmonize.model.anchors import anchor_curves, calibrate_curve_head, site_quantiles
 from bids_harmonize.model.curves import MIN_SLOPE, apply_curve, apply_lookup, invert_curve
 from bids_harmonize.model.data import SliceSampler, stack_volumes
 from bids_harmonize.model.losses import LossWeights
@@ -167,26 +167,3 @@ def test_a_bundle_without_site_quantiles_keeps_its_site_curve(small_bundle, toy_
     with_mask = bundle.harmonize_with_lookup(volume, "siteB", source_site="siteA", brain_mask=volume > -0.95)
     without = bundle.harmonize_with_lookup(volume, "siteB", source_site="siteA")
     np.testing.assert_array_equal(with_mask.harmonized, without.harmonized)
-
-
-def test_own_quantiles_set_the_anchors_as_site_means_and_the_card_says_so(
-    tmp_path, toy_data, tiny_config, anchored_train_config
-):
-    volumes, labels = toy_data
-
-    def trained(out, own_quantiles):
-        return train(
-            volumes, labels, ["siteA", "siteB"], tiny_config, anchored_train_config, out,
-            progress=False, own_quantiles=own_quantiles,
-        )  # fmt: skip
-
-    # Each volume inside its own foreground, as the group level measures each image in its own mask.
-    own = [mask_quantiles(volume, volume > -0.95) for volume in volumes]
-    bundle = load_bundle(trained(tmp_path, [row.tolist() for row in own]))
-    quantiles = bundle.site_quantiles()
-    for index, site in enumerate(("siteA", "siteB")):
-        mean = np.mean([row for row, label in zip(own, labels) if label == index], axis=0)
-        np.testing.assert_allclose(quantiles[site], np.clip(np.maximum.accumulate(mean), -1, 1), atol=1e-6)
-    assert bundle.card["training"]["anchor_masks"] == "own"
-    with pytest.raises(ValueError, match="own quantiles need 6 rows of 99 levels"):
-        trained(tmp_path / "bad", [[0.0] * 5] * 6)

@@ -98,30 +98,3 @@ def test_registration_with_a_fixed_seed_is_reproducible_including_seed_zero():
     runs = [np.array(op.register_affine(moving, fixed, seed=0).GetParameters()) for _ in range(3)]
     assert all(np.array_equal(runs[0], r) for r in runs[1:])
     assert op.itk_seed(0) != 0 and op.itk_seed(0) != op.itk_seed(1)
-
-
-def test_an_images_own_mask_reaches_the_template_grid_through_its_registration(tmp_path):
-    """Native 1 mm grid, template 2 mm grid; the registration maps template points 4 mm along x
-    into the native space (the head sits 4 mm further along x in the scanner)."""
-    native = np.zeros((40, 40, 40), np.uint8)
-    native[14:26, 10:30, 10:30] = 1  # x 14-25 mm
-    template = nb.Nifti1Image(np.zeros((20, 20, 20), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
-    to_native = sitk.TranslationTransform(3, (-4.0, 0.0, 0.0))  # ITK points are LPS: -4 mm in L is +4 mm in R
-    mask = op.mask_on_template(nb.Nifti1Image(native, np.eye(4)), template, to_native)
-    assert mask.dtype == bool and mask.shape == (20, 20, 20)
-    inside_x = np.flatnonzero(mask.any(axis=(1, 2)))
-    np.testing.assert_array_equal(inside_x * 2.0 + 4.0, [14.0, 16.0, 18.0, 20.0, 22.0, 24.0])
-
-    from bids_harmonize.interfaces.preproc import NativeMaskToTemplate
-
-    nb.Nifti1Image(native, np.eye(4)).to_filename(tmp_path / "mask.nii.gz")
-    template.to_filename(tmp_path / "template.nii.gz")
-    op.save_transform(to_native, tmp_path / "xfm.txt")
-    node = NativeMaskToTemplate(
-        mask=str(tmp_path / "mask.nii.gz"),
-        reference=str(tmp_path / "template.nii.gz"),
-        transform=str(tmp_path / "xfm.txt"),
-    )
-    out = nb.load(node.run(cwd=str(tmp_path)).outputs.out_file)
-    np.testing.assert_array_equal(np.asarray(out.dataobj) > 0, mask)
-    np.testing.assert_array_equal(out.affine, template.affine)

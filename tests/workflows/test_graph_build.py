@@ -173,15 +173,11 @@ def test_harmonize_wf_wires_inference_then_the_way_back_to_the_native_grid(fakes
         style=style,
         seed=seed,
         omp_nthreads=2,
-        template_mask=str(fakes["mask"]),
+        brain_mask=str(fakes["mask"]),
     )
     edges = connections(workflow)
-    assert set(workflow.list_node_names()) == {"inputnode", "own_mask", "murd", "to_native", "outputnode"}
-    # Each image's own map, from its own brain mask carried onto the template grid.
-    assert edges[("murd", "brain_mask_file")] == ("own_mask", "out_file")
-    assert edges[("own_mask", "mask")] == ("inputnode", "native_mask")
-    assert edges[("own_mask", "transform")] == ("inputnode", "transform")
-    assert workflow.get_node("own_mask").inputs.reference == str(fakes["mask"])
+    assert set(workflow.list_node_names()) == {"inputnode", "murd", "to_native", "outputnode"}
+    assert workflow.get_node("murd").inputs.brain_mask_file == str(fakes["mask"])  # each image's own map
     assert edges[("murd", "in_file")] == ("inputnode", "model_input")
     assert edges[("to_native", "harmonized")] == ("murd", "out_file")
     assert edges[("to_native", "lookup_file")] == ("murd", "lookup_file")
@@ -249,9 +245,7 @@ def test_participant_wf_harmonizes_known_sites_and_leaves_the_rest_preprocessed(
         # The change is carried to the bias-corrected native image (as the methods text says), denoised
         # (where noise matching applies) inside the image's own native brain mask.
         assert origin(workflow, (f"{name}.to_native", "native"), edges) == (f"{preproc}.n4", "out_file")
-        native_mask = origin(workflow, (f"{name}.to_native", "native_mask"), edges)
-        assert native_mask[1] == "out_file" and native_mask[0].startswith(preproc)
-        assert origin(workflow, (f"{name}.own_mask", "mask"), edges) == native_mask  # the same mask, both grids
+        assert origin(workflow, (f"{name}.to_native", "native_mask"), edges)[1] == "out_file"
         reference = origin(workflow, (f"{name}.murd", "reference_file"), edges)
         assert reference == (("preproc_reference_T1w.scale", "out_file") if style == "reference" else None)
     for sink in sinks - {name.replace("harmonize_", "sink_") for name in harmonized}:
@@ -265,8 +259,7 @@ def test_participant_wf_harmonizes_known_sites_and_leaves_the_rest_preprocessed(
 def test_participant_wf_passes_the_plan_to_inference_and_the_sidecar(fakes, style, expected):
     workflow, _ = participant_wf(fakes, [assignment("01", "siteB")], {"T1w": plan(fakes, style, seed=5)}, device="cuda")
     murd = workflow.get_node("harmonize_sub_01_T1w.murd").inputs
-    # The image's own learned mask, carried onto the template's grid: its own intensity map.
-    assert workflow.get_node("harmonize_sub_01_T1w.own_mask").inputs.reference == str(fakes["mask"])
+    assert murd.brain_mask_file == str(fakes["mask"])  # the template's mask: each image's own intensity map
     assert (murd.style, murd.seed, murd.source_site, murd.target_site) == (style, 5, "siteB", "siteA")
     assert (murd.bundle_dir, murd.bundle_sha256, murd.use_gpu) == (str(fakes["bundle"]), "sha256:weights", True)
     sidecar = workflow.get_node("sink_sub_01_T1w").inputs.harmonization
