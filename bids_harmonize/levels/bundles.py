@@ -184,8 +184,6 @@ def harmonization_plans(
             seed=int(argument) if style == "random" else config.seed,
             reference_image=argument if style == "reference" else None,
             card_sha256=card.card_sha256,
-            noise_ratios=tuple(
-                (site["name"], site["noise_to_contrast"]) for site in card.data["sites"] if "noise_to_contrast" in site
-            ),
+            noise_ratios=tuple(card.noise_ratios().items()),
         )
     return plans, contracts

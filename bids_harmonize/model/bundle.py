@@ -282,7 +282,7 @@ class ModelBundle:
 
     def noise_ratios(self) -> dict[str, float]:
         """Each site's noise-to-contrast ratio (preproc/noise.py); {} for bundles without them."""
-        return {site["name"]: site["noise_to_contrast"] for site in self.card["sites"] if "noise_to_contrast" in site}
+        return self.model_card.noise_ratios()
 
     def denoises(self, source_site: str, target_site: str) -> bool:
         """Whether images of `source_site` are denoised before their map to `target_site`."""

@@ -248,6 +248,10 @@ class ModelCard:
             raise UnknownSiteError(site, self.sites)
         return self.sites.index(site)
 
+    def noise_ratios(self) -> dict[str, float]:
+        """Each site's noise-to-contrast ratio (preproc/noise.py); {} for cards without them."""
+        return {site["name"]: site["noise_to_contrast"] for site in self.data["sites"] if "noise_to_contrast" in site}
+
     def signature(self, site: str) -> dict[str, Any]:
         """What the card keeps of ``site`` (image count, intensity scale, ...); {} when nothing."""
         return self.data["sites"][self.site_index(site)]["signature"] or {}

@@ -5,13 +5,13 @@ An intensity map moves each tissue's intensities but keeps the image's noise, an
 spatial prior (Atropos's Markov random field) labels a noisy image differently from a clean one
 with the same histogram. On the downstream benchmark even the oracle map (each scan matched to the
 same subject's scan at the target site) left the low-SNR 1.5 T site's WM volume +2.7 % off; with
-the scan denoised first (non-local means), +0.95 % (benchmarks/results/downstream.md).
+the scan denoised first (non-local means), +0.95 % (a probe; docs/model.md, "Noise matching").
 
 Each site's noise-to-contrast ratio (the median over its training volumes) goes into the bundle's
 card, and for every site noisier than the quietest one so does the shift that denoising brings
 to its anchor quantiles (model/styles.py, site_noise), so the denoised image is moved by a site
 difference measured on denoised images. The denoiser is ANTs' non-local means (antspyx),
-deterministic and run inside the brain.
+run inside the brain (repeatable up to ITK's multithreaded summation order).
 """
 
 from __future__ import annotations
