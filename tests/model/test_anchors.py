@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bids_harmonize.model import TrainConfig, load_bundle, train
-from bids_harmonize.model.anchors import anchor_curves, calibrate_curve_head, site_quantiles
+from bids_harmonize.model.anchors import anchor_curves, calibrate_curve_head, site_quantiles, volume_quantiles
 from bids_harmonize.model.curves import MIN_SLOPE, apply_curve, apply_lookup, invert_curve
 from bids_harmonize.model.data import SliceSampler, stack_volumes
 from bids_harmonize.model.losses import LossWeights
@@ -65,6 +65,19 @@ def test_site_quantiles_read_each_sites_foreground(toy_data, tiny_config):
     assert quantiles.shape == (2, 99)
     assert torch.all(quantiles.diff(dim=1) >= 0)
     assert not torch.allclose(quantiles[0], quantiles[1], atol=0.05)  # the toy sites differ in contrast
+
+
+def test_each_volumes_quantiles_read_every_usable_slice(toy_data, tiny_config):
+    labels = toy_data[1]
+    volumes = [np.concatenate([v, v[..., ::-1] * 0.9, v * 0.8, v[..., ::-1]], axis=2) for v in toy_data[0]]  # 48 slices
+    sampler = _sampler(volumes, labels, tiny_config, min_foreground=0.1)
+    brain = torch.ones(np.moveaxis(volumes[0], 2, 0).shape, dtype=torch.bool)
+    every = volume_quantiles(sampler, brain)
+    for index, volume in enumerate(volumes):
+        usable = sampler.slice_centre[sampler.slice_volume == index].numpy()
+        stored = np.moveaxis(volume, 2, 0)[usable].astype(np.float16)  # the sampler keeps float16
+        np.testing.assert_allclose(every[index].numpy(), np.quantile(stored.astype(np.float64), LEVELS), atol=1e-6)
+    assert not torch.allclose(volume_quantiles(sampler, brain, slices_per_volume=2), every)
 
 
 def test_calibration_makes_each_site_style_render_its_anchor(tiny_config):
