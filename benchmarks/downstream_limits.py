@@ -5,8 +5,9 @@ with site anchors from populations of different sizes and make-ups.
     python benchmarks/downstream_limits.py --work-dir /work/bench/ds [--seed 0] [--draws 5]
 
 Uses the consortium and the seed's bundle that benchmarks/downstream.py left in --work-dir (the
-bundle only decides which sites are denoised; the network's residual is left out, which on this
-benchmark changes no volume). Rows, per source site (GM/WM AVDP % of the traveling subjects):
+bundle only decides which sites are denoised; the network's residual is left out: on this
+benchmark it moves the volumes by under 0.05 points, docs/model.md). Rows, per source site
+(GM/WM AVDP % of the traveling subjects):
 - anchors from k study subjects per site (k < 12: a random draw, mean over --draws draws),
   covariate-adjusted for age and sex as the group level does: the curve of the anchors'
   sampling error against the study's size;
