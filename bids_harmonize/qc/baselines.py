@@ -176,19 +176,27 @@ def baseline_harmonizers(
 def _adjusted_quantiles(
     images: Sequence[NDArray], masks: Sequence[NDArray], sites: Sequence[str], covariates: dict[str, list[float]]
 ) -> dict[str, NDArray]:
+    per_image = [
+        np.percentile(_model_brain_values(image, mask), QUANTILE_LEVELS)
+        for image, mask in zip(images, masks, strict=True)
+    ]
+    return adjusted_site_anchors(np.array(per_image), sites, covariates)
+
+
+def adjusted_site_anchors(
+    per_image: NDArray, sites: Sequence[str], covariates: dict[str, list[float]]
+) -> dict[str, NDArray]:
+    """Site name -> its quantiles at the images' mean covariates (model.anchors.
+    adjusted_site_quantiles), from each image's quantiles (images x levels, model range)."""
     import torch
 
     from bids_harmonize.model.anchors import adjusted_site_quantiles, covariate_matrix
 
     names = sorted(set(sites))
-    per_image = [
-        np.percentile(_model_brain_values(image, mask), QUANTILE_LEVELS)
-        for image, mask in zip(images, masks, strict=True)
-    ]
     quantiles, _ = adjusted_site_quantiles(
-        torch.tensor(np.array(per_image)),
+        torch.tensor(np.asarray(per_image, np.float64)),
         torch.tensor([names.index(site) for site in sites]),
-        covariate_matrix(covariates, len(images)),
+        covariate_matrix(covariates, len(sites)),
         len(names),
     )
     return {site: quantiles[k].numpy() for k, site in enumerate(names)}

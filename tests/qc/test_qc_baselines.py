@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from bids_harmonize.qc import between_site_wasserstein
-from bids_harmonize.qc.baselines import baseline_harmonizers, fit_nyul, match_histogram, nyul, whitestripe, zscore
+from bids_harmonize.qc.baselines import (
+    adjusted_site_anchors,
+    baseline_harmonizers,
+    fit_nyul,
+    match_histogram,
+    nyul,
+    whitestripe,
+    zscore,
+)
 from bids_harmonize.simulate import add_rician_noise, noise_sigma, simulate_dataset
 
 
@@ -73,3 +81,16 @@ def test_baselines_reduce_between_site_distance(simulated_scans) -> None:
     # z-score and WhiteStripe are affine maps: after the metrics' own robust rescaling they
     # leave the distance as it was.
     assert distance["z-score"] == pytest.approx(distance["none"], rel=1e-3)
+
+
+def test_adjusted_site_anchors_keep_an_age_effect_out_of_the_site_difference() -> None:
+    rng = np.random.default_rng(0)
+    sites = ["a"] * 10 + ["b"] * 10
+    ages = np.concatenate([rng.uniform(20, 40, 10), rng.uniform(50, 80, 10)])  # site b is older
+    levels = np.linspace(-0.5, 0.5, 99)
+    per_image = np.array([levels - 0.004 * age + (0.1 if site == "b" else 0.0) for site, age in zip(sites, ages)])
+    anchors = adjusted_site_anchors(per_image, sites, {"age": list(ages)})
+    assert sorted(anchors) == ["a", "b"]
+    np.testing.assert_allclose(anchors["b"] - anchors["a"], 0.1, atol=1e-9)  # the scanner's part only
+    pooled = per_image[10:].mean(0) - per_image[:10].mean(0)
+    assert abs(float(pooled.mean()) - 0.1) > 0.05  # without the adjustment, age would count as site
