@@ -34,15 +34,13 @@ from bids_harmonize.model.anchors import image_lookup
 from bids_harmonize.model.curves import apply_lookup
 from bids_harmonize.qc.baselines import adjusted_site_anchors
 from bids_harmonize.qc.volumes import tissue_volumes
-from bids_harmonize.simulate.anatomy import load_template_anatomy
 from bids_harmonize.simulate.dataset import SCAN_STREAM
-from bids_harmonize.simulate.render import add_rician_noise, noise_sigma, render_ground_truth
 from bids_harmonize.simulate.sites import Site
-from bids_harmonize.simulate.subjects import Subject, make_subject
+from bids_harmonize.simulate.subjects import Subject
 
 sys.path.insert(0, str(Path(__file__).parent))
 import downstream as ds  # noqa: E402
-from downstream_limits import ModelInputs  # noqa: E402
+from downstream_limits import ModelInputs, Renderer  # noqa: E402
 
 from harness import RESULTS, MurdTraining, machine, prepare_murd  # noqa: E402
 
@@ -62,31 +60,24 @@ def nominal(subject: Subject) -> Subject:
     return dataclasses.replace(subject, relaxation_scale={name: (1.0, 1.0) for name in subject.relaxation_scale})
 
 
-class Renderer:
-    """The benchmark's subjects drawn again from their seeded streams (cached) and rendered on the
-    template grid, as SimulatedDataset.noisy_render does, with one factor changed."""
+class VariantScans:
+    """The benchmark's subjects (drawn once, cached) rendered with one factor changed."""
 
     def __init__(self, dataset) -> None:
-        self.dataset, self.template = dataset, load_template_anatomy(dataset.resolution_mm)
-        self.labels, self.drawn = list(dataset.site_of_subject), {}
+        self.render, self.drawn = Renderer(dataset), {}
 
     def subject(self, label: str) -> Subject:
         if label not in self.drawn:
-            index = self.labels.index(label)
-            self.drawn[label] = make_subject(self.template, label, np.random.default_rng([self.dataset.seed, index]))
+            self.drawn[label] = self.render.subject(self.render.index(label))
         return self.drawn[label]
 
     def __call__(self, label: str, site_label: str, stream: int, variant: str) -> NDArray:
-        site, subject = self.dataset.site(site_label), self.subject(label)
+        site, subject = self.render.dataset.site(site_label), self.subject(label)
         if variant == "no through-plane blur":
-            site = without_blur(site, self.dataset.resolution_mm)
+            site = without_blur(site, self.render.dataset.resolution_mm)
         if variant == "nominal relaxation times":
             subject = nominal(subject)
-        image = render_ground_truth(subject, site, CONTRAST, self.template.grid)
-        if variant == "no noise":
-            return image
-        rng = np.random.default_rng([self.dataset.seed, self.labels.index(label), stream])
-        return add_rician_noise(image, noise_sigma(site), rng, offset=site.intensity_offset)
+        return self.render.scan(subject, self.render.index(label), site, stream, noise=variant != "no noise")
 
 
 def changed_sites(variant: str, site: str) -> set[str]:
@@ -95,7 +86,7 @@ def changed_sites(variant: str, site: str) -> set[str]:
     return {site, ds.TARGET} if variant == "nominal relaxation times" else {site}
 
 
-def variant_cohort(cohort: ds.Cohort, render: Renderer, variant: str, site: str) -> tuple[list, list]:
+def variant_cohort(cohort: ds.Cohort, render: VariantScans, variant: str, site: str) -> tuple[list, list]:
     """The study images and the traveling scans at `site` and the target, re-rendered where the
     variant changes them."""
     changed = changed_sites(variant, site)
@@ -147,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     bundle = load_bundle(args.work_dir / f"murd-seed{args.seed}" / "murd")
     denoised = {site for site in ds.SITES if bundle.denoises(site, ds.TARGET)}
     covariates = ds.anchor_covariates(cohort, args.work_dir / "consortium")
-    render, rows = Renderer(dataset), {}
+    render, rows = VariantScans(dataset), {}
     for variant in VARIANTS:
         noisy = denoised - ({args.site} if variant == "no noise" else set())
         study, traveling = variant_cohort(cohort, render, variant, args.site)

@@ -11,6 +11,9 @@ benchmark it moves the volumes by under 0.05 points, docs/model.md). Rows, per s
 - anchors from k study subjects per site (k < 12: a random draw, mean over --draws draws),
   covariate-adjusted for age and sex as the group level does: the curve of the anchors'
   sampling error against the study's size;
+- anchors from larger studies (--larger, default 24 and 48 subjects per site): the benchmark's
+  12 plus new subjects the simulator draws, dealt to the sites by the same age table: where the
+  curve goes when the study grows;
 - anchors from the traveling subjects themselves, leave-one-out (each subject mapped with the
   other 7 subjects' quantiles at every site): populations matched in anatomy, so no sampling
   difference between sites is left; what remains is the map's own limit;
@@ -25,6 +28,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +42,11 @@ from bids_harmonize.preproc.operations import robust_scale
 from bids_harmonize.qc.baselines import adjusted_site_anchors
 from bids_harmonize.qc.downstream import absolute_volume_difference
 from bids_harmonize.qc.volumes import tissue_volumes
+from bids_harmonize.simulate.anatomy import load_template_anatomy
+from bids_harmonize.simulate.dataset import SCAN_STREAM
+from bids_harmonize.simulate.render import add_rician_noise, noise_sigma, render_ground_truth
+from bids_harmonize.simulate.sites import Site
+from bids_harmonize.simulate.subjects import Subject, make_subject
 
 sys.path.insert(0, str(Path(__file__).parent))
 import downstream as ds  # noqa: E402
@@ -46,6 +55,7 @@ from harness import RESULTS, MurdTraining, machine, prepare_murd  # noqa: E402
 
 Anchors = dict[str, NDArray[np.float64]]
 SIZES = (4, 8, 12)
+LARGER = (24, 48)  # study subjects per site: the benchmark's 12 and new ones the simulator draws
 MURD_SEEDS = (0, 1, 2, 3, 4)  # the seeds downstream.py trains by default
 
 
@@ -59,9 +69,15 @@ def main(argv: list[str] | None = None) -> int:
         help="the MURD seed whose bundle decides the denoising (alike for all seeds: it comes from the data)",
     )
     parser.add_argument("--draws", type=int, default=5, help="random draws of k subjects per site, k < 12")
+    parser.add_argument(
+        "--larger", type=int, nargs="*", default=list(LARGER), help="larger studies: subjects per site, multiples of 12"
+    )
     args = parser.parse_args(argv)
+    if any(size <= ds.STUDY_PER_SITE or size % ds.STUDY_PER_SITE for size in args.larger):
+        parser.error(f"--larger takes multiples of {ds.STUDY_PER_SITE} above {ds.STUDY_PER_SITE}")
     started = time.perf_counter()
-    cohort = ds.load_cohort(ds.simulated_consortium(args.work_dir / "consortium", reuse=True))
+    dataset = ds.simulated_consortium(args.work_dir / "consortium", reuse=True)
+    cohort = ds.load_cohort(dataset)
     study, travel = cohort.study, cohort.traveling
     setup = prepare_murd(
         [im.data for im in study],
@@ -82,6 +98,18 @@ def main(argv: list[str] | None = None) -> int:
 
     covariates = ds.anchor_covariates(cohort, args.work_dir / "consortium")
     rows = sampling_curve(study_quantiles, [im.site for im in study], covariates, args.draws, score)
+    if args.larger:
+        more = larger_study(Renderer(dataset), model, max(args.larger) // ds.STUDY_PER_SITE - 1)
+        for size in sorted(args.larger):
+            kept = (size // ds.STUDY_PER_SITE - 1) * len(ds.SITES) * ds.STUDY_PER_SITE
+            quantiles = np.concatenate([study_quantiles, more.quantiles[:kept]])
+            sites = [im.site for im in study] + more.sites[:kept]
+            joined = {name: values + more.covariates[name][:kept] for name, values in covariates.items()}
+            anchors = adjusted_site_anchors(quantiles, sites, joined)
+            rows[f"study anchors, {size} subjects per site (the 12 and {size - 12} drawn anew)"] = score(
+                lambda subject, anchors=anchors: anchors
+            )
+            print(f"{size} subjects per site: done", flush=True)
     travel_quantiles = {(im.subject, im.site): model.quantiles_of(x) for im, x in zip(travel, travel_inputs)}
     rows["traveling subjects' own anchors, leave one out (matched populations)"] = score(
         lambda subject: leave_one_out(travel_quantiles, subject)
@@ -115,6 +143,57 @@ def sampling_curve(
         )
         print(f"{k} subjects per site: done", flush=True)
     return rows
+
+
+class Renderer:
+    """The simulator's subjects drawn from their seeded streams (index i is the i-th subject, also
+    beyond the dataset's) and rendered on the template grid, as SimulatedDataset.noisy_render does."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset, self.template = dataset, load_template_anatomy(dataset.resolution_mm)
+        self.labels = list(dataset.site_of_subject)
+
+    def index(self, label: str) -> int:
+        return self.labels.index(label)
+
+    def subject(self, index: int) -> Subject:
+        label = f"{index + 1:0{len(self.labels[0])}d}"
+        return make_subject(self.template, label, np.random.default_rng([self.dataset.seed, index]))
+
+    def scan(self, subject: Subject, index: int, site: Site, stream: int, noise: bool = True) -> NDArray:
+        image = render_ground_truth(subject, site, "T1w", self.template.grid)
+        if not noise:
+            return image
+        rng = np.random.default_rng([self.dataset.seed, index, stream])
+        return add_rician_noise(image, noise_sigma(site), rng, offset=site.intensity_offset)
+
+
+@dataclass
+class DrawnStudy:
+    quantiles: NDArray[np.float64]
+    sites: list[str]
+    covariates: dict[str, list[float]]
+
+
+def larger_study(render: Renderer, model: ModelInputs, batches: int) -> DrawnStudy:
+    """`batches` x 48 new study subjects, drawn after the benchmark's and dealt 12 to each site by
+    its age table (downstream.assign_study_sites): their brain quantiles, sites and covariates,
+    in the order the batches were drawn."""
+    first, size = len(render.labels), len(ds.SITES) * ds.STUDY_PER_SITE
+    study = DrawnStudy(np.empty((0, len(QUANTILE_LEVELS))), [], {"age": [], "sex=M": []})
+    for batch in range(batches):
+        drawn = {index: render.subject(index) for index in range(first + batch * size, first + (batch + 1) * size)}
+        dealt = ds.assign_study_sites({s.label: float(s.age) for s in drawn.values()}, seed=ds.SEED + 1 + batch)
+        for index, subject in drawn.items():  # one batch at a time: about 1 GiB of drawn anatomy
+            site = dealt[subject.label]
+            data = render.scan(subject, index, render.dataset.site(site), SCAN_STREAM)
+            image = ds.Image(subject.label, site, data, subject.brain_mask)
+            study.quantiles = np.vstack([study.quantiles, model.quantiles(image)])
+            study.sites.append(site)
+            study.covariates["age"].append(float(subject.age))
+            study.covariates["sex=M"].append(float(subject.sex == "M"))
+        print(f"drawn study batch {batch + 1} of {batches}", flush=True)
+    return study
 
 
 def leave_one_out(quantiles: dict[tuple[str, str], NDArray], subject: str) -> Anchors:
@@ -198,7 +277,8 @@ def report(rows, noisy: set[str], machine_line: str, seconds: float, args: argpa
         "# Where the volume error stops: the anchors' population against the map's own limit",
         "",
         "Command: `python benchmarks/downstream_limits.py "
-        f"--work-dir {args.work_dir} --seed {args.seed} --draws {args.draws}`  ",
+        f"--work-dir {args.work_dir} --seed {args.seed} --draws {args.draws}"
+        + (f" --larger {' '.join(map(str, args.larger))}`  " if args.larger else " --larger`  "),
         f"Machine: {machine_line}; {seconds / 60:.1f} min.  ",
         f"Denoised sites (seed {args.seed}'s bundle): {', '.join(sorted(noisy)) or 'none'}. "
         "Cells: mean AVDP % over the 8 traveling subjects' scans from that site "

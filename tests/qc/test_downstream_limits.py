@@ -37,3 +37,32 @@ def test_recorded_rows_give_each_source_sites_mean_volume_difference(limits, tmp
     assert rows["site4"] == {"GM": pytest.approx(0.0), "WM": pytest.approx(0.0)}
     with pytest.raises(SystemExit, match="no traveling rows"):
         limits.recorded_avdp(table, "another method")
+
+
+def test_a_larger_study_deals_each_batch_by_the_benchmarks_age_table(limits):
+    from types import SimpleNamespace
+
+    ds = limits.ds
+
+    class FakeRender:
+        labels = [f"{i + 1:02d}" for i in range(56)]
+        dataset = SimpleNamespace(site=lambda label: label)
+
+        def subject(self, index):
+            return SimpleNamespace(label=f"{index + 1:02d}", age=20 + index % 61, sex="MF"[index % 2], brain_mask=None)
+
+        def scan(self, subject, index, site, stream):
+            return np.full(3, float(index))
+
+    model = SimpleNamespace(quantiles=lambda image: np.full(99, image.data[0]))
+    study = limits.larger_study(FakeRender(), model, batches=2)
+    assert len(study.sites) == 2 * 48 and study.quantiles.shape == (96, 99)
+    for batch in (study.sites[:48], study.sites[48:]):
+        assert {site: batch.count(site) for site in ds.SITES} == {site: 12 for site in ds.SITES}
+    indices = study.quantiles[:, 0].astype(int)  # each row's subject, through the fake scan
+    assert sorted(indices) == list(range(56, 56 + 96))  # new subjects only, each once
+    assert study.covariates["age"] == [20.0 + i % 61 for i in indices]
+    assert study.covariates["sex=M"] == [float(i % 2 == 0) for i in indices]
+    old = [a for a, s in zip(study.covariates["age"][:48], study.sites[:48]) if s == ds.SITES[-1]]
+    young = [a for a, s in zip(study.covariates["age"][:48], study.sites[:48]) if s == ds.TARGET]
+    assert np.mean(old) > np.mean(young)  # the table's confound: the target leans young
