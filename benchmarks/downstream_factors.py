@@ -113,6 +113,7 @@ def signed_differences(study, traveling, model: ModelInputs, covariates, site: s
     for image in (im for im in traveling if im.site == site):
         x = model.values(image)
         mapped = apply_lookup(x, *image_lookup(x, model.brain_mask, anchors[site], anchors[ds.TARGET]))
+        # Left in the model range: tissue_volumes rescales every image to its own brain percentiles.
         volumes = tissue_volumes(mapped, image.mask, voxel_ml)
         ref = reference[image.subject]
         result[image.subject] = {t: 100.0 * (volumes[t] - ref[t]) / ref[t] for t in ("GM", "WM")}
