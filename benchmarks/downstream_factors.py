@@ -29,9 +29,6 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from bids_harmonize.model import load_bundle
-from bids_harmonize.model.anchors import image_lookup
-from bids_harmonize.model.curves import apply_lookup
 from bids_harmonize.qc.baselines import adjusted_site_anchors
 from bids_harmonize.qc.volumes import tissue_volumes
 from bids_harmonize.simulate.dataset import SCAN_STREAM
@@ -40,9 +37,9 @@ from bids_harmonize.simulate.subjects import Subject
 
 sys.path.insert(0, str(Path(__file__).parent))
 import downstream as ds  # noqa: E402
-from downstream_limits import ModelInputs, Renderer  # noqa: E402
+from downstream_limits import ModelInputs, Renderer, benchmark_inputs, target_volumes  # noqa: E402
 
-from harness import RESULTS, MurdTraining, machine, prepare_murd  # noqa: E402
+from harness import RESULTS, machine  # noqa: E402
 
 VARIANTS = ("as scanned", "no through-plane blur", "no noise", "nominal relaxation times")
 CONTRAST = "T1w"
@@ -103,19 +100,18 @@ def variant_cohort(cohort: ds.Cohort, render: VariantScans, variant: str, site: 
     return study, traveling
 
 
-def signed_differences(study, traveling, model: ModelInputs, covariates, site: str, voxel_ml: float) -> dict:
+def signed_differences(
+    quantiles: NDArray, study, traveling, model: ModelInputs, covariates, site: str, voxel_ml: float
+) -> dict:
     """subject -> {GM, WM: signed volume difference % of its mapped scan at `site` against its
-    scan at the target}."""
-    quantiles = np.stack([model.quantiles(im) for im in study])
+    scan at the target}; `quantiles` are the study images' (one row each)."""
     anchors = adjusted_site_anchors(quantiles, [im.site for im in study], covariates)
-    reference = {im.subject: tissue_volumes(im.data, im.mask, voxel_ml) for im in traveling if im.site == ds.TARGET}
+    reference = target_volumes(traveling, voxel_ml)
     result = {}
     for image in (im for im in traveling if im.site == site):
-        x = model.values(image)
-        mapped = apply_lookup(x, *image_lookup(x, model.brain_mask, anchors[site], anchors[ds.TARGET]))
         # Left in the model range: tissue_volumes rescales every image to its own brain percentiles.
-        volumes = tissue_volumes(mapped, image.mask, voxel_ml)
-        ref = reference[image.subject]
+        mapped = model.mapped(model.values(image), anchors[site], anchors[ds.TARGET])
+        volumes, ref = tissue_volumes(mapped, image.mask, voxel_ml), reference[image.subject]
         result[image.subject] = {t: 100.0 * (volumes[t] - ref[t]) / ref[t] for t in ("GM", "WM")}
     return result
 
@@ -127,25 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="the MURD seed whose bundle decides the denoising")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    dataset = ds.simulated_consortium(args.work_dir / "consortium", reuse=True)
-    cohort = ds.load_cohort(dataset)
-    setup = prepare_murd(
-        [im.data for im in cohort.study],
-        [im.mask for im in cohort.study],
-        [im.site for im in cohort.study],
-        ds.TARGET,
-        MurdTraining("cpu", args.seed, None, {}),
-    )
-    bundle = load_bundle(args.work_dir / f"murd-seed{args.seed}" / "murd")
-    denoised = {site for site in ds.SITES if bundle.denoises(site, ds.TARGET)}
+    dataset, cohort, setup, denoised = benchmark_inputs(args.work_dir, args.seed)
     covariates = ds.anchor_covariates(cohort, args.work_dir / "consortium")
+    scanned = [ModelInputs(setup.brain_mask, denoised).quantiles(im) for im in cohort.study]
     render, rows = VariantScans(dataset), {}
     for variant in VARIANTS:
-        noisy = denoised - ({args.site} if variant == "no noise" else set())
+        model = ModelInputs(setup.brain_mask, denoised - ({args.site} if variant == "no noise" else set()))
         study, traveling = variant_cohort(cohort, render, variant, args.site)
-        rows[variant] = signed_differences(
-            study, traveling, ModelInputs(setup.brain_mask, noisy), covariates, args.site, cohort.voxel_ml
-        )
+        changed = changed_sites(variant, args.site)  # the other sites' images are the scanned ones
+        quantiles = np.stack([model.quantiles(im) if im.site in changed else q for im, q in zip(study, scanned)])
+        rows[variant] = signed_differences(quantiles, study, traveling, model, covariates, args.site, cohort.voxel_ml)
         print(f"{variant}: done ({time.perf_counter() - started:.0f} s)", flush=True)
     scales = {label: render.subject(label).relaxation_scale for label in rows[VARIANTS[0]]}
     text = report(rows, scales, denoised, machine(), time.perf_counter() - started, args)

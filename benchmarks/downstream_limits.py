@@ -76,22 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     if any(size <= ds.STUDY_PER_SITE or size % ds.STUDY_PER_SITE for size in args.larger):
         parser.error(f"--larger takes multiples of {ds.STUDY_PER_SITE} above {ds.STUDY_PER_SITE}")
     started = time.perf_counter()
-    dataset = ds.simulated_consortium(args.work_dir / "consortium", reuse=True)
-    cohort = ds.load_cohort(dataset)
+    dataset, cohort, setup, noisy = benchmark_inputs(args.work_dir, args.seed)
     study, travel = cohort.study, cohort.traveling
-    setup = prepare_murd(
-        [im.data for im in study],
-        [im.mask for im in study],
-        [im.site for im in study],
-        ds.TARGET,
-        MurdTraining("cpu", args.seed, None, {}),
-    )
-    bundle = load_bundle(args.work_dir / f"murd-seed{args.seed}" / "murd")
-    noisy = {site for site in ds.SITES if bundle.denoises(site, ds.TARGET)}
     model = ModelInputs(setup.brain_mask, noisy)
     study_quantiles = np.stack([model.quantiles(im) for im in study])
     travel_inputs = [model.values(im) for im in travel]
-    reference = {im.subject: tissue_volumes(im.data, im.mask, cohort.voxel_ml) for im in travel if im.site == ds.TARGET}
+    reference = target_volumes(travel, cohort.voxel_ml)
 
     def score(anchors_for: Callable[[str], Anchors]) -> dict[str, dict[str, float]]:
         return site_avdp(travel, travel_inputs, anchors_for, model, setup.target_scale, reference, cohort.voxel_ml)
@@ -102,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         more = larger_study(Renderer(dataset), model, max(args.larger) // ds.STUDY_PER_SITE - 1)
         for size in sorted(args.larger):
             kept = (size // ds.STUDY_PER_SITE - 1) * len(ds.SITES) * ds.STUDY_PER_SITE
-            quantiles = np.concatenate([study_quantiles, more.quantiles[:kept]])
+            quantiles = np.concatenate([study_quantiles, np.array(more.quantiles[:kept])])
             sites = [im.site for im in study] + more.sites[:kept]
             joined = {name: values + more.covariates[name][:kept] for name, values in covariates.items()}
             anchors = adjusted_site_anchors(quantiles, sites, joined)
@@ -122,6 +112,27 @@ def main(argv: list[str] | None = None) -> int:
     (RESULTS / "downstream_limits.md").write_text(text)
     print(text)
     return 0
+
+
+def benchmark_inputs(work_dir: Path, seed: int):
+    """What downstream.py left in work_dir: the consortium, its cohort, MURD's set-up on the study
+    images (population brain mask, target scale) and the sites the seed's bundle denoises."""
+    dataset = ds.simulated_consortium(work_dir / "consortium", reuse=True)
+    cohort = ds.load_cohort(dataset)
+    setup = prepare_murd(
+        [im.data for im in cohort.study],
+        [im.mask for im in cohort.study],
+        [im.site for im in cohort.study],
+        ds.TARGET,
+        MurdTraining("cpu", seed, None, {}),
+    )
+    bundle = load_bundle(work_dir / f"murd-seed{seed}" / "murd")
+    return dataset, cohort, setup, {site for site in ds.SITES if bundle.denoises(site, ds.TARGET)}
+
+
+def target_volumes(traveling: list, voxel_ml: float) -> dict[str, dict[str, float]]:
+    """subject -> tissue volumes of its traveling scan at the target site (the AVDP reference)."""
+    return {im.subject: tissue_volumes(im.data, im.mask, voxel_ml) for im in traveling if im.site == ds.TARGET}
 
 
 def sampling_curve(
@@ -170,7 +181,7 @@ class Renderer:
 
 @dataclass
 class DrawnStudy:
-    quantiles: NDArray[np.float64]
+    quantiles: list[NDArray[np.float64]]
     sites: list[str]
     covariates: dict[str, list[float]]
 
@@ -180,7 +191,7 @@ def larger_study(render: Renderer, model: ModelInputs, batches: int) -> DrawnStu
     its age table (downstream.assign_study_sites): their brain quantiles, sites and covariates,
     in the order the batches were drawn."""
     first, size = len(render.labels), len(ds.SITES) * ds.STUDY_PER_SITE
-    study = DrawnStudy(np.empty((0, len(QUANTILE_LEVELS))), [], {"age": [], "sex=M": []})
+    study = DrawnStudy([], [], {"age": [], "sex=M": []})
     for batch in range(batches):
         drawn = {index: render.subject(index) for index in range(first + batch * size, first + (batch + 1) * size)}
         dealt = ds.assign_study_sites({s.label: float(s.age) for s in drawn.values()}, seed=ds.SEED + 1 + batch)
@@ -188,7 +199,7 @@ def larger_study(render: Renderer, model: ModelInputs, batches: int) -> DrawnStu
             site = dealt[subject.label]
             data = render.scan(subject, index, render.dataset.site(site), SCAN_STREAM)
             image = ds.Image(subject.label, site, data, subject.brain_mask)
-            study.quantiles = np.vstack([study.quantiles, model.quantiles(image)])
+            study.quantiles.append(model.quantiles(image))
             study.sites.append(site)
             study.covariates["age"].append(float(subject.age))
             study.covariates["sex=M"].append(float(subject.sex == "M"))
@@ -221,6 +232,10 @@ class ModelInputs:
     def quantiles(self, image: ds.Image) -> NDArray[np.float64]:
         return self.quantiles_of(self.values(image))
 
+    def mapped(self, values: NDArray, source: NDArray, target: NDArray) -> NDArray:
+        """The image (model range) through its own map, moved by the anchors' `target - source`."""
+        return apply_lookup(values, *image_lookup(values, self.brain_mask, source, target))
+
 
 def site_avdp(
     travel, inputs, anchors_for, model: ModelInputs, target_scale, reference, voxel_ml
@@ -231,8 +246,8 @@ def site_avdp(
         if image.site == ds.TARGET:
             continue
         anchors = anchors_for(image.subject)
-        lookup = image_lookup(x, model.brain_mask, anchors[image.site], anchors[ds.TARGET])
-        volumes = tissue_volumes(target_scale.to_scanner(apply_lookup(x, *lookup)), image.mask, voxel_ml)
+        mapped = model.mapped(x, anchors[image.site], anchors[ds.TARGET])
+        volumes = tissue_volumes(target_scale.to_scanner(mapped), image.mask, voxel_ml)
         for tissue in ("GM", "WM"):
             avdp = absolute_volume_difference(volumes[tissue], reference[image.subject][tissue])
             per_site.setdefault(image.site, {}).setdefault(tissue, []).append(float(avdp))

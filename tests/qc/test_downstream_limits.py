@@ -56,10 +56,10 @@ def test_a_larger_study_deals_each_batch_by_the_benchmarks_age_table(limits):
 
     model = SimpleNamespace(quantiles=lambda image: np.full(99, image.data[0]))
     study = limits.larger_study(FakeRender(), model, batches=2)
-    assert len(study.sites) == 2 * 48 and study.quantiles.shape == (96, 99)
+    assert len(study.sites) == 2 * 48 and np.array(study.quantiles).shape == (96, 99)
     for batch in (study.sites[:48], study.sites[48:]):
         assert {site: batch.count(site) for site in ds.SITES} == {site: 12 for site in ds.SITES}
-    indices = study.quantiles[:, 0].astype(int)  # each row's subject, through the fake scan
+    indices = np.array(study.quantiles)[:, 0].astype(int)  # each row's subject, through the fake scan
     assert sorted(indices) == list(range(56, 56 + 96))  # new subjects only, each once
     assert study.covariates["age"] == [20.0 + i % 61 for i in indices]
     assert study.covariates["sex=M"] == [float(i % 2 == 0) for i in indices]
