@@ -11,7 +11,8 @@ Each site's noise-to-contrast ratio (the median over its training volumes) goes 
 card, and for every site noisier than the quietest one so does the shift that denoising brings
 to its anchor quantiles (model/styles.py, site_noise), so the denoised image is moved by a site
 difference measured on denoised images. The denoiser is ANTs' non-local means (antspyx),
-run inside the brain (repeatable up to ITK's multithreaded summation order).
+run inside the brain; repeatable but for ITK's threads, which under load leave a few voxels in
+10,000 apart (once one of them by 0.74: tests/preproc/test_noise.py).
 """
 
 from __future__ import annotations
