@@ -29,6 +29,13 @@ from bids_harmonize.bids.ignore import is_ignored, read_bidsignore
 from bids_harmonize.bids.naming import NamingError, parse_name
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.bids.screen import read_header_geometry
+from bids_harmonize.bids.selection import (
+    SUPPORTED_CONTRASTS,
+    bids_entity_names,
+    check_filter_entities,
+    check_labels,
+    matches,
+)
 from bids_harmonize.errors import ExitCode, HarmonizeError
 from bids_harmonize.utils import atomic_write_json
 
@@ -36,7 +43,6 @@ LOGGER = logging.getLogger("bids_harmonize.discovery")
 # pybids' own default ignores, plus derivatives (indexed separately, never as raw input).
 IGNORED_TOP_LEVEL = {"code", "derivatives", "sourcedata", "stimuli", "models"}
 IMAGE_EXTENSIONS = (".nii.gz", ".nii")
-SUPPORTED_CONTRASTS = ("T1w", "T2w")
 _CACHE_FORMAT = 2
 
 
@@ -44,18 +50,6 @@ class DatasetError(HarmonizeError):
     """The input is not a usable BIDS dataset."""
 
     exit_code = ExitCode.INVALID_BIDS
-
-
-class SelectionError(HarmonizeError):
-    """Labels, filters or contrasts select nothing."""
-
-    exit_code = ExitCode.NOTHING_SELECTED
-
-
-class FilterFileError(HarmonizeError, ValueError):
-    """The --bids-filter-file is unusable."""
-
-    exit_code = ExitCode.USAGE
 
 
 @dataclass
@@ -250,76 +244,6 @@ def read_index(layout: Any) -> IndexTables:
     return tables
 
 
-# ----------------------------------------------------------------------------- selection
-def load_filter_file(path: Path | None) -> dict[str, dict[str, Any]]:
-    """Read a --bids-filter-file: {"t1w": {entity: value}, "t2w": {...}} (fMRIPrep's form)."""
-    if path is None:
-        return {}
-    try:
-        content = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise FilterFileError(
-            f"--bids-filter-file {path} is not valid JSON ({err}). Fix: write an object such as "
-            '{"t1w": {"acquisition": "mprage"}, "t2w": {"session": "01"}}.'
-        ) from err
-    known = {c.lower() for c in SUPPORTED_CONTRASTS}
-    if not isinstance(content, dict) or not set(content) <= known:
-        raise FilterFileError(
-            f"--bids-filter-file {path}: top-level keys must be among {sorted(known)}, got "
-            f"{sorted(content) if isinstance(content, dict) else type(content).__name__}."
-        )
-    for key, query in content.items():
-        if not isinstance(query, dict):
-            raise FilterFileError(f"--bids-filter-file {path}: '{key}' must map entity names to values.")
-    return content
-
-
-def _matches(value: Any, wanted: Any) -> bool:
-    """pybids query semantics: None = entity absent, "*" = present, list = any of, else equal."""
-    if wanted is None:
-        return value is None
-    if wanted == "*":
-        return value is not None
-    if isinstance(wanted, list):
-        return any(_matches(value, w) for w in wanted)
-    if value is None:
-        return False
-    if str(value).isdigit() and str(wanted).isdigit():  # run-2 matches 2 and "02"
-        return int(value) == int(wanted)
-    return str(value) == str(wanted)
-
-
-def _check_labels(kind: str, wanted: list[str] | None, available: list[str]) -> list[str] | None:
-    if not wanted:
-        return None
-    prefix = "sub-" if kind == "participant" else "ses-"
-    labels = [w[len(prefix) :] if w.startswith(prefix) else w for w in wanted]
-    unknown = sorted(set(labels) - set(available))
-    if unknown:
-        shown = ", ".join(available[:30]) + (" ..." if len(available) > 30 else "")
-        raise SelectionError(
-            f"{kind} label(s) {', '.join(unknown)} not found in the dataset. Available: {shown or 'none'}. "
-            f"Fix: pass labels without or with the '{prefix}' prefix, as listed."
-        )
-    return labels
-
-
-def bids_entity_names() -> set[str]:
-    """Every entity pybids knows for raw BIDS (present in this dataset or not)."""
-    from bids.layout.models import Config
-
-    return set(Config.load("bids").entities) | {"datatype", "suffix", "extension"}
-
-
-def _check_filter_entities(filters: dict[str, Any], known: set[str], source: str) -> None:
-    unknown = sorted(set(filters) - known)
-    if unknown:
-        raise FilterFileError(
-            f"{source}: {unknown} are not BIDS entity names. Fix: use pybids' long names, e.g. "
-            "acquisition, reconstruction, run, session, echo (not the short forms acq, rec, ses)."
-        )
-
-
 def discover_images(
     bids_dir: Path,
     *,
@@ -341,10 +265,10 @@ def discover_images(
         for path, ents in index.entities.items()
         if ents.get("datatype") == "anat" and ents.get("extension") in IMAGE_EXTENSIONS
     }
-    subjects = _check_labels(
+    subjects = check_labels(
         "participant", participant_labels, sorted({str(e["subject"]) for e in anat.values() if "subject" in e})
     )
-    sessions = _check_labels(
+    sessions = check_labels(
         "session", session_labels, sorted({str(e["session"]) for e in anat.values() if "session" in e})
     )
     known_entities = bids_entity_names()
@@ -353,7 +277,7 @@ def discover_images(
     headers_before = len(cache["headers"])
     for contrast in contrasts:
         query: dict[str, Any] = dict((filters or {}).get(contrast.lower(), {}))
-        _check_filter_entities(query, known_entities, filter_source)
+        check_filter_entities(query, known_entities, filter_source)
         query["suffix"] = contrast
         if subjects:
             query["subject"] = subjects
@@ -362,7 +286,7 @@ def discover_images(
         matched = [
             (path, ents)
             for path, ents in sorted(anat.items())
-            if all(_matches(ents.get(k), v) for k, v in query.items())
+            if all(matches(ents.get(k), v) for k, v in query.items())
         ]
         if not matched and (filters or {}).get(contrast.lower()):
             LOGGER.warning("%s: the filter %s matches no %s image", filter_source, filters[contrast.lower()], contrast)

@@ -17,10 +17,11 @@ from pathlib import Path
 from bids_harmonize import console
 from bids_harmonize.bids import derivatives
 from bids_harmonize.bids.covariates import read_covariates
-from bids_harmonize.bids.layout import SelectionError, discover_images, load_filter_file
+from bids_harmonize.bids.layout import discover_images
 from bids_harmonize.bids.outputs import OutputLayout
 from bids_harmonize.bids.records import ImageRecord
 from bids_harmonize.bids.screen import image_problem, screen_images
+from bids_harmonize.bids.selection import SelectionError, load_filter_file
 from bids_harmonize.cli.parser import CLIError, parse_args
 from bids_harmonize.config import RunConfig
 from bids_harmonize.console import LogSettings

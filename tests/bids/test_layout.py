@@ -4,13 +4,8 @@ import os
 
 import pytest
 
-from bids_harmonize.bids.layout import (
-    DatasetError,
-    FilterFileError,
-    SelectionError,
-    discover_images,
-    load_filter_file,
-)
+from bids_harmonize.bids.layout import DatasetError, discover_images
+from bids_harmonize.bids.selection import FilterFileError, SelectionError, load_filter_file
 from helpers import Scan, make_bids, scan_path, standard_scans
 
 

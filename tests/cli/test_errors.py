@@ -44,7 +44,7 @@ def test_every_exception_class_derives_from_the_base_and_carries_a_code(cls):
 
 
 def test_callers_that_catch_builtins_still_catch_them():
-    from bids_harmonize.bids.layout import FilterFileError
+    from bids_harmonize.bids.selection import FilterFileError
     from bids_harmonize.levels.run import WorkflowFailed
     from bids_harmonize.model.bundle import UnknownSiteError
 
