@@ -45,7 +45,7 @@ COLUMNS = {  # measure -> header
 }
 
 
-def _table(rows: Sequence[Mapping[str, float]]) -> np.ndarray:
+def volume_table(rows: Sequence[Mapping[str, float]]) -> np.ndarray:
     return np.array([[row[t] for t in TISSUES] for row in rows], dtype=np.float64)
 
 
@@ -87,7 +87,7 @@ def measures(
 def _combat_rows(measured: Mapping, cohort, target: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """neuroCombat on the unharmonized volumes of every image (study and traveling together, as a
     consortium would run it), to the target site, with and without age as a covariate."""
-    study, traveling = _table(measured["none"]["study"]), _table(measured["none"]["traveling"])
+    study, traveling = volume_table(measured["none"]["study"]), volume_table(measured["none"]["traveling"])
     images = [*cohort.study, *cohort.traveling]
     table = np.vstack([study, traveling])
     sites = [im.site for im in images]
@@ -104,33 +104,33 @@ def summarise(measured: Mapping, per_seed: Mapping, cohort, target: str, sites: 
     n_sites, k = len(sites), sites.index(target)
 
     def shaped(traveling_rows) -> np.ndarray:
-        return _table(traveling_rows).reshape(-1, n_sites, len(TISSUES))
+        return volume_table(traveling_rows).reshape(-1, n_sites, len(TISSUES))
 
     reference = shaped(measured["none"]["traveling"])[:, k, :]
-    at_target = _table(measured["rescan"]["study"])[:, 1]
+    at_target = volume_table(measured["rescan"]["study"])[:, 1]
     rows = {}
     truth_study = np.array([[cohort.truth[im.subject][t] for t in TISSUES] for im in cohort.study])
     truth_travel = np.array([[cohort.truth[s][t] for t in TISSUES] for s in _traveling_subjects(cohort)])
     rows["ground truth (no scanner)"] = measures(
         truth_study, np.repeat(truth_travel[:, None, :], n_sites, axis=1), truth_travel, cohort, k, NO_IMAGE, None
     )
-    rescan = _table(measured["rescan"]["traveling"])
+    rescan = volume_table(measured["rescan"]["traveling"])
     rows["target-site rescan (noise floor)"] = _noise_floor(rescan, reference)
     for name, result in measured.items():
         if name == "rescan":
             continue
         if "study" not in result:  # traveling scans only (the per-subject oracle)
-            rows[name] = _traveling_only(shaped(result["traveling"]), reference, k)
+            rows[name] = traveling_only(shaped(result["traveling"]), reference, k)
             continue
         rows[name] = measures(
-            _table(result["study"]), shaped(result["traveling"]), reference, cohort, k, result, at_target
+            volume_table(result["study"]), shaped(result["traveling"]), reference, cohort, k, result, at_target
         )
     for name, (study, traveling) in _combat_rows(measured, cohort, target).items():
         rows[name] = measures(
             study, traveling.reshape(-1, n_sites, len(TISSUES)), reference, cohort, k, NO_IMAGE, at_target
         )
     seed_rows = {
-        seed: measures(_table(r["study"]), shaped(r["traveling"]), reference, cohort, k, r, at_target)
+        seed: measures(volume_table(r["study"]), shaped(r["traveling"]), reference, cohort, k, r, at_target)
         for seed, r in per_seed.items()
     }
     if seed_rows:
@@ -149,7 +149,7 @@ def _noise_floor(rescan: np.ndarray, reference: np.ndarray) -> dict[str, Estimat
     return row
 
 
-def _traveling_only(traveling: np.ndarray, reference: np.ndarray, target_index: int) -> dict[str, Estimate | None]:
+def traveling_only(traveling: np.ndarray, reference: np.ndarray, target_index: int) -> dict[str, Estimate | None]:
     """AVDP and between-site CoV of a method that only the traveling subjects can have."""
     row: dict[str, Estimate | None] = dict.fromkeys(COLUMNS)
     sources = [k for k in range(traveling.shape[1]) if k != target_index]
@@ -181,7 +181,7 @@ def _over_seeds(rows: Sequence[Mapping[str, Estimate | None]]) -> dict[str, Esti
     return out
 
 
-def _cell(estimate: Estimate | None, sd: float | None = None) -> str:
+def estimate_cell(estimate: Estimate | None, sd: float | None = None) -> str:
     if estimate is None:
         return "n/a"
     text = f"{estimate.value:.3g}"
@@ -195,7 +195,8 @@ def _cell(estimate: Estimate | None, sd: float | None = None) -> str:
 def markdown(rows: Mapping[str, Mapping]) -> str:
     lines = ["| method | " + " | ".join(COLUMNS.values()) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for name, row in rows.items():
-        lines.append(f"| {name} | " + " | ".join(_cell(row[key], row.get(f"{key}_sd")) for key in COLUMNS) + " |")
+        cells = (estimate_cell(row[key], row.get(f"{key}_sd")) for key in COLUMNS)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
