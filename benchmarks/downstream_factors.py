@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     dataset, cohort, setup, denoised = benchmark_inputs(args.work_dir, args.seed)
     covariates = ds.anchor_covariates(cohort, args.work_dir / "consortium")
-    scanned = [ModelInputs(setup.brain_mask, denoised).quantiles(im) for im in cohort.study]
+    as_scanned = ModelInputs(setup.brain_mask, denoised)
+    scanned = [as_scanned.quantiles(im) for im in cohort.study]
     render, rows = VariantScans(dataset), {}
     for variant in VARIANTS:
         model = ModelInputs(setup.brain_mask, denoised - ({args.site} if variant == "no noise" else set()))

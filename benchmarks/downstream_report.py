@@ -49,6 +49,11 @@ def volume_table(rows: Sequence[Mapping[str, float]]) -> np.ndarray:
     return np.array([[row[t] for t in TISSUES] for row in rows], dtype=np.float64)
 
 
+def by_subject_and_site(traveling_rows: Sequence[Mapping[str, float]], n_sites: int) -> np.ndarray:
+    """The traveling scans' volumes (subject-major rows) as (subjects, sites, tissues)."""
+    return volume_table(traveling_rows).reshape(-1, n_sites, len(TISSUES))
+
+
 def measures(
     study: np.ndarray,
     traveling: np.ndarray,
@@ -104,7 +109,7 @@ def summarise(measured: Mapping, per_seed: Mapping, cohort, target: str, sites: 
     n_sites, k = len(sites), sites.index(target)
 
     def shaped(traveling_rows) -> np.ndarray:
-        return volume_table(traveling_rows).reshape(-1, n_sites, len(TISSUES))
+        return by_subject_and_site(traveling_rows, n_sites)
 
     reference = shaped(measured["none"]["traveling"])[:, k, :]
     at_target = volume_table(measured["rescan"]["study"])[:, 1]

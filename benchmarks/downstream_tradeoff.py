@@ -35,16 +35,16 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from bids_harmonize.model.anchors import QUANTILE_LEVELS
+from bids_harmonize.model.anchors import QUANTILE_LEVELS, image_lookup
 from bids_harmonize.model.curves import apply_lookup
 from bids_harmonize.qc.baselines import adjusted_site_anchors
-from bids_harmonize.qc.volumes import TISSUES, tissue_volumes
+from bids_harmonize.qc.volumes import tissue_volumes
 
 sys.path.insert(0, str(Path(__file__).parent))
 import downstream as ds  # noqa: E402
 from downstream_limits import ModelInputs, benchmark_inputs  # noqa: E402
 
-from downstream_report import estimate_cell, measures, traveling_only, volume_table  # noqa: E402
+from downstream_report import by_subject_and_site, estimate_cell, measures, traveling_only, volume_table  # noqa: E402
 from harness import RESULTS, machine  # noqa: E402
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
@@ -61,12 +61,9 @@ SHOWN = {  # measure -> header
 
 def blended_lookup(values: NDArray, brain_mask: NDArray, moved_by: NDArray, pooled: NDArray, alpha: float):
     """The lookup table of one image (model range): its own brain quantiles to
-    (1 - alpha) * (own + moved_by) + alpha * pooled, clipped to the model range and kept monotone."""
+    (1 - alpha) * (own + moved_by) + alpha * pooled (MURD's image_lookup, moved by that much)."""
     own = np.quantile(np.asarray(values, np.float64)[brain_mask], QUANTILE_LEVELS.numpy())
-    outputs = np.clip((1 - alpha) * (own + moved_by) + alpha * pooled, -1.0, 1.0)
-    inputs = np.maximum.accumulate(np.concatenate([[-1.0], own, [1.0]]))
-    outputs = np.maximum.accumulate(np.concatenate([[-1.0], outputs, [1.0]]))
-    return inputs.astype(np.float32), outputs.astype(np.float32)
+    return image_lookup(values, brain_mask, 0.0, (1 - alpha) * moved_by + alpha * (pooled - own))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,10 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     cached = {name: json.loads((args.work_dir / "measured" / f"{name}.json").read_text()) for name in CACHED}
     n_sites, k = len(ds.SITES), ds.SITES.index(ds.TARGET)
 
-    def by_subject_and_site(rows: list[dict[str, float]]) -> np.ndarray:
-        return volume_table(rows).reshape(-1, n_sites, len(TISSUES))
-
-    reference = by_subject_and_site(cached["none"]["traveling"])[:, k, :]
+    reference = by_subject_and_site(cached["none"]["traveling"], n_sites)[:, k, :]
     at_target = volume_table(cached["rescan_study"]["study"])[:, 1]
     _, cohort, setup, noisy = benchmark_inputs(args.work_dir, args.seed)
     model = ModelInputs(setup.brain_mask, noisy)
@@ -94,21 +88,21 @@ def main(argv: list[str] | None = None) -> int:
     target_values = [x[setup.brain_mask] for x, im in zip(study_values, cohort.study) if im.site == ds.TARGET]
     pooled = np.quantile(np.concatenate(target_values).astype(np.float64), QUANTILE_LEVELS.numpy())
 
-    def volumes(images: list[ds.Image], inputs: list[NDArray], alpha: float) -> np.ndarray:
+    def volumes(images: list[ds.Image], inputs: list[NDArray], alpha: float) -> list[dict[str, float]]:
         rows = []
         for image, x in zip(images, inputs, strict=True):
             moved_by = anchors[ds.TARGET] - anchors[image.site]
             mapped = apply_lookup(x, *blended_lookup(x, setup.brain_mask, moved_by, pooled, alpha))
             rows.append(tissue_volumes(setup.target_scale.to_scanner(mapped), image.mask, cohort.voxel_ml))
-        return volume_table(rows)
+        return rows
 
     rows = {}
     for alpha in args.alphas:
-        study = volumes(cohort.study, study_values, alpha)
-        traveling = volumes(cohort.traveling, travel_values, alpha).reshape(-1, n_sites, len(TISSUES))
+        study = volume_table(volumes(cohort.study, study_values, alpha))
+        traveling = by_subject_and_site(volumes(cohort.traveling, travel_values, alpha), n_sites)
         rows[f"alpha {alpha:g}"] = measures(study, traveling, reference, cohort, k, {}, at_target)
         print(f"alpha {alpha:g}: done ({(time.perf_counter() - started) / 60:.1f} min)", flush=True)
-    oracle_row = traveling_only(by_subject_and_site(cached["oracle"]["traveling"]), reference, k)
+    oracle_row = traveling_only(by_subject_and_site(cached["oracle"]["traveling"], n_sites), reference, k)
     rows[f"{ds.ORACLE} (AVDP and CoV only)"] = {key: oracle_row.get(key) for key in SHOWN}
     text = report(rows, noisy, time.perf_counter() - started, args)
     (RESULTS / "downstream_tradeoff.md").write_text(text)
